@@ -1,0 +1,1 @@
+"""Adapters: the database schema, the unit of work and the repository."""

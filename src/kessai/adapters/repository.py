@@ -1,0 +1,278 @@
+"""Reading and writing the gateway's books inside a unit of work.
+
+Every function takes the unit's ``Connection``; none commits. A state change and its audit event
+are written by the same unit, so they commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import schema as t
+from kessai.domain.errors import Conflict, InternalError
+from kessai.domain.model import (
+    Payment,
+    PaymentKind,
+    PaymentStatus,
+    PendingReason,
+    Refund,
+    RefundStatus,
+)
+
+_code_keys: dict[str, str] = {}
+CODE_KEY_NAME: Final = "code_hmac_key"
+
+
+def code_key(conn: Connection) -> str:
+    """The database's secret for keyed hashes of customer codes (created by the first migration).
+
+    Cached per database: it never changes once created, so every instance may keep it.
+    """
+    url = str(conn.engine.url)
+    key = _code_keys.get(url)
+    if key is None:
+        value = conn.execute(
+            sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME)
+        ).scalar_one_or_none()
+        if value is None:
+            raise InternalError("the database is not migrated: run `kessai migrate`")
+        key = _code_keys[url] = str(value)
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPayment:
+    """A payment with the bookkeeping the domain does not need."""
+
+    pk: int
+    payment: Payment
+    provider: str
+    provider_ref: str | None
+    provider_checked_at: datetime | None
+    request_hash: str
+
+
+def _refunds(conn: Connection, payment_pk: int) -> tuple[Refund, ...]:
+    rows = conn.execute(
+        sa.select(t.refunds).where(t.refunds.c.payment_id == payment_pk).order_by(t.refunds.c.id)
+    ).all()
+    return tuple(
+        Refund(
+            refund_id=r.refund_id,
+            refund_key=r.refund_key,
+            amount=r.amount,
+            status=RefundStatus(r.status),
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            failure_reason=r.failure_reason,
+        )
+        for r in rows
+    )
+
+
+def _to_stored(conn: Connection, row: sa.Row[Any]) -> StoredPayment:
+    payment = Payment(
+        trans_id=row.trans_id,
+        trans_key=row.trans_key,
+        merchant_id=row.merchant_id,
+        terminal_id=row.terminal_id,
+        kind=PaymentKind(row.kind),
+        service_id=row.service_id,
+        amount=row.amount,
+        status=PaymentStatus(row.status),
+        pending_reason=PendingReason(row.pending_reason) if row.pending_reason else None,
+        failure_code=row.failure_code,
+        failure_message=row.failure_message,
+        refunded_amount=row.refunded_amount,
+        voucher_no=row.voucher_no,
+        code_masked=row.code_masked,
+        qr_data=row.qr_data,
+        qr_expires_at=row.qr_expires_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        version=row.version,
+        refunds=_refunds(conn, row.id),
+    )
+    return StoredPayment(
+        pk=row.id,
+        payment=payment,
+        provider=row.provider,
+        provider_ref=row.provider_ref,
+        provider_checked_at=row.provider_checked_at,
+        request_hash=row.request_hash,
+    )
+
+
+def find_payment(
+    conn: Connection,
+    merchant_id: int,
+    *,
+    trans_id: str | None = None,
+    trans_key: str | None = None,
+) -> StoredPayment | None:
+    """Find a merchant's payment by transId or transKey; another merchant's is simply absent."""
+    query = sa.select(t.payments).where(t.payments.c.merchant_id == merchant_id)
+    if trans_id is not None:
+        query = query.where(t.payments.c.trans_id == trans_id)
+    elif trans_key is not None:
+        query = query.where(t.payments.c.trans_key == trans_key)
+    else:
+        raise InternalError("find_payment needs trans_id or trans_key")
+    row = conn.execute(query).first()
+    return None if row is None else _to_stored(conn, row)
+
+
+def insert_payment(
+    conn: Connection,
+    payment: Payment,
+    *,
+    provider: str,
+    request_hash: str,
+) -> int:
+    """Insert a new payment; answers its primary key."""
+    result = conn.execute(
+        t.payments.insert().values(
+            trans_id=payment.trans_id,
+            merchant_id=payment.merchant_id,
+            terminal_id=payment.terminal_id,
+            trans_key=payment.trans_key,
+            kind=payment.kind.value,
+            service_id=payment.service_id,
+            amount=payment.amount,
+            status=payment.status.value,
+            pending_reason=payment.pending_reason.value if payment.pending_reason else None,
+            refunded_amount=0,
+            voucher_no=payment.voucher_no,
+            code_masked=payment.code_masked,
+            request_hash=request_hash,
+            qr_data=payment.qr_data,
+            qr_expires_at=payment.qr_expires_at,
+            provider=provider,
+            version=payment.version,
+            created_at=payment.created_at,
+            updated_at=payment.updated_at,
+        )
+    )
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def save_payment(
+    conn: Connection,
+    pk: int,
+    before: Payment,
+    after: Payment,
+    **extra: Any,
+) -> None:
+    """Write ``after`` over ``before``, only if nobody changed the row meanwhile.
+
+    The version check makes concurrent writers (a REQUEST finishing while a PAYCHECK refreshes the
+    same payment) safe: the loser gets a Conflict and re-reads instead of overwriting.
+    """
+    result = conn.execute(
+        t.payments.update()
+        .where(t.payments.c.id == pk, t.payments.c.version == before.version)
+        .values(
+            status=after.status.value,
+            pending_reason=after.pending_reason.value if after.pending_reason else None,
+            failure_code=after.failure_code,
+            failure_message=after.failure_message,
+            refunded_amount=after.refunded_amount,
+            voucher_no=after.voucher_no,
+            qr_data=after.qr_data,
+            version=after.version,
+            updated_at=after.updated_at,
+            **extra,
+        )
+    )
+    if result.rowcount != 1:
+        raise StaleWrite(f"payment {before.trans_id} changed concurrently")
+
+
+class StaleWrite(Conflict):
+    """Another unit changed the row between our read and our write."""
+
+    default_code = "IDEMPOTENCY_CONFLICT"
+
+
+def touch_provider_check(conn: Connection, pk: int, now: datetime) -> None:
+    """Record that the provider was asked about this payment at ``now``."""
+    conn.execute(t.payments.update().where(t.payments.c.id == pk).values(provider_checked_at=now))
+
+
+def insert_refund(conn: Connection, payment_pk: int, refund: Refund, actor: str) -> None:
+    """Insert a refund row; the (payment, refundKey) constraint rejects a racing duplicate."""
+    conn.execute(
+        t.refunds.insert().values(
+            refund_id=refund.refund_id,
+            payment_id=payment_pk,
+            refund_key=refund.refund_key,
+            amount=refund.amount,
+            status=refund.status.value,
+            failure_reason=refund.failure_reason,
+            actor=actor,
+            created_at=refund.created_at,
+            updated_at=refund.updated_at,
+        )
+    )
+
+
+def update_refund(conn: Connection, refund: Refund) -> None:
+    """Record a refund's new status."""
+    conn.execute(
+        t.refunds.update()
+        .where(t.refunds.c.refund_id == refund.refund_id)
+        .values(
+            status=refund.status.value,
+            failure_reason=refund.failure_reason,
+            updated_at=refund.updated_at,
+        )
+    )
+
+
+def audit(
+    conn: Connection,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    merchant_id: int | None = None,
+    terminal_id: int | None = None,
+    payment_pk: int | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    detail: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Append one entry to the audit trail (the table refuses updates and deletes)."""
+    conn.execute(
+        t.audit_events.insert().values(
+            at=at,
+            actor=actor,
+            action=action,
+            merchant_id=merchant_id,
+            terminal_id=terminal_id,
+            payment_id=payment_pk,
+            from_status=from_status,
+            to_status=to_status,
+            detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None,
+            request_id=request_id,
+        )
+    )
+
+
+def audit_trail(conn: Connection, payment_pk: int) -> list[dict[str, Any]]:
+    """A payment's audit entries, oldest first."""
+    rows = conn.execute(
+        sa.select(t.audit_events)
+        .where(t.audit_events.c.payment_id == payment_pk)
+        .order_by(t.audit_events.c.id)
+    ).all()
+    return [dict(row._mapping) for row in rows]

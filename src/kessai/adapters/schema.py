@@ -1,0 +1,237 @@
+"""The database schema, in SQLAlchemy Core. One schema serves SQLite and PostgreSQL.
+
+Uniqueness that money depends on is enforced here, by constraints, so that racing requests cannot
+both succeed whatever the code above does: one transKey per merchant, one refundKey per payment,
+one live session per terminal, one transId in the whole gateway.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps stored in UTC and always read back timezone-aware.
+
+    SQLite has no timezone type; without this, values would come back naive and compare wrongly
+    with aware ones.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC before storing; naive values are a programmer error."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Attach UTC to what SQLite returns naive."""
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now_col(name: str, nullable: bool = False) -> sa.Column[datetime]:
+    return sa.Column(name, UTCDateTime(), nullable=nullable)
+
+
+meta = sa.Table(
+    "kessai_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+
+merchants = sa.Table(
+    "merchants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    _now_col("created_at"),
+)
+
+integrations = sa.Table(
+    "integrations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("os", sa.String(6), nullable=False, unique=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    _now_col("created_at"),
+)
+
+terminals = sa.Table(
+    "terminals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("mid", sa.String(16), nullable=False, unique=True),
+    sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("passcode_hash", sa.String(200), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("login_failures", sa.Integer, nullable=False, default=0),
+    _now_col("login_locked_until", nullable=True),
+    sa.Column("passcode_failures", sa.Integer, nullable=False, default=0),
+    _now_col("passcode_locked_until", nullable=True),
+    _now_col("last_seen_at", nullable=True),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the bearer token; the token itself is never stored.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("terminal_id", sa.Integer, sa.ForeignKey("terminals.id"), nullable=False),
+    sa.Column("device_key", sa.String(50), nullable=False),
+    sa.Column("os", sa.String(6), nullable=False),
+    _now_col("created_at"),
+    _now_col("last_seen_at"),
+    _now_col("idle_expires_at"),
+    _now_col("ended_at", nullable=True),
+    sa.Column("end_reason", sa.String(20), nullable=True),
+    # One live session per terminal: a partial unique index, so two racing LOGINs cannot both
+    # insert one.
+    sa.Index(
+        "uq_sessions_live_terminal",
+        "terminal_id",
+        unique=True,
+        sqlite_where=sa.text("ended_at IS NULL"),
+        postgresql_where=sa.text("ended_at IS NULL"),
+    ),
+)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("trans_id", sa.String(10), nullable=False, unique=True),
+    sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id"), nullable=False),
+    sa.Column("terminal_id", sa.Integer, sa.ForeignKey("terminals.id"), nullable=False),
+    sa.Column("trans_key", sa.String(34), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("service_id", sa.String(2), nullable=False),
+    sa.Column("amount", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("pending_reason", sa.String(24), nullable=True),
+    sa.Column("failure_code", sa.String(40), nullable=True),
+    sa.Column("failure_message", sa.String(200), nullable=True),
+    sa.Column("refunded_amount", sa.Integer, nullable=False, default=0),
+    sa.Column("voucher_no", sa.String(20), nullable=True),
+    # The customer's one-time code is a secret: only a masked form and a keyed hash are kept.
+    sa.Column("code_masked", sa.String(40), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("qr_data", sa.String(512), nullable=True),
+    _now_col("qr_expires_at", nullable=True),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column("provider_ref", sa.String(64), nullable=True),
+    _now_col("provider_checked_at", nullable=True),
+    sa.Column("version", sa.Integer, nullable=False, default=1),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+    sa.UniqueConstraint("merchant_id", "trans_key"),
+    sa.CheckConstraint("amount >= 1 AND amount <= 9999999", name="amount_bounds"),
+    sa.CheckConstraint(
+        "refunded_amount >= 0 AND refunded_amount <= amount", name="refunded_le_amount"
+    ),
+    sa.Index("ix_payments_merchant_created", "merchant_id", "created_at"),
+)
+
+refunds = sa.Table(
+    "refunds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("refund_id", sa.String(12), nullable=False, unique=True),
+    sa.Column("payment_id", sa.Integer, sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("refund_key", sa.String(34), nullable=False),
+    sa.Column("amount", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("failure_reason", sa.String(200), nullable=True),
+    sa.Column("actor", sa.String(40), nullable=False),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+    sa.UniqueConstraint("payment_id", "refund_key"),
+    sa.CheckConstraint("amount >= 1", name="amount_positive"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _now_col("at"),
+    sa.Column("merchant_id", sa.Integer, nullable=True),
+    sa.Column("terminal_id", sa.Integer, nullable=True),
+    sa.Column("payment_id", sa.Integer, nullable=True),
+    sa.Column("actor", sa.String(60), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("from_status", sa.String(20), nullable=True),
+    sa.Column("to_status", sa.String(20), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("request_id", sa.String(40), nullable=True),
+    sa.Index("ix_audit_events_payment", "payment_id"),
+)
+
+# The sandbox wallets' own books: what each simulated wallet issued, charged and refunded. They
+# share the database for convenience but are written only through the sandbox connector, in
+# transactions of their own, exactly as a real provider's books would be separate.
+sandbox_codes = sa.Table(
+    "sandbox_codes",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("service_id", sa.String(2), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    _now_col("issued_at"),
+    _now_col("used_at", nullable=True),
+)
+
+sandbox_charges = sa.Table(
+    "sandbox_charges",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ref", sa.String(64), nullable=False, unique=True),
+    sa.Column("service_id", sa.String(2), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("amount", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=True),
+    sa.Column("merchant_name", sa.String(100), nullable=False),
+    sa.Column("qr_token", sa.String(64), nullable=True, unique=True),
+    # A "timeout" outcome hides its true status from queries until this instant.
+    _now_col("visible_at", nullable=True),
+    _now_col("expires_at", nullable=True),
+    sa.Column("refunded_amount", sa.Integer, nullable=False, default=0),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+)
+
+sandbox_refunds = sa.Table(
+    "sandbox_refunds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("refund_ref", sa.String(64), nullable=False, unique=True),
+    sa.Column("charge_ref", sa.String(64), nullable=False),
+    sa.Column("amount", sa.Integer, nullable=False),
+    _now_col("created_at"),
+)

@@ -1,0 +1,1 @@
+"""The HTTP layer: parses, calls one gateway operation, maps errors to the envelope."""

@@ -1,0 +1,131 @@
+"""The Litestar application: terminal API, sandbox pages, health, metrics and OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from litestar import Litestar, Response, Router, get
+from litestar.config.response_cache import ResponseCacheConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.template.config import TemplateConfig
+
+from kessai import __version__
+from kessai.adapters.db import Database
+from kessai.api import errors, metrics, sandbox_pages, terminal
+from kessai.api.wire import Health
+from kessai.clock import Clock, system_clock
+from kessai.config import Settings
+from kessai.connectors.sandbox import SandboxWallets
+from kessai.domain.errors import KessaiError
+from kessai.service.gateway import Gateway
+
+log = logging.getLogger("kessai")
+
+
+def build_gateway(database_url: str, settings: Settings, clock: Clock = system_clock) -> Gateway:
+    """A gateway on ``database_url`` with the sandbox wallets as its provider."""
+    db = Database(database_url)
+    sandbox = SandboxWallets(
+        db,
+        public_url=settings.public_url,
+        clock=clock,
+        reveal_after_seconds=settings.sandbox_reveal_after_seconds,
+    )
+    return Gateway(db, {"sandbox": sandbox}, settings, clock=clock)
+
+
+@get("/healthz", tags=["Operations"], summary="Liveness and database check")
+async def healthz(state: State) -> Response[Health]:
+    """Answer 200 when the database answers, 503 otherwise."""
+    gateway = terminal.gateway_of(state)
+    try:
+        await gateway.db.run(lambda conn: conn.execute(sa.text("SELECT 1")).scalar(), write=False)
+    except Exception:  # any failure means "not healthy"; the details go to the log
+        log.exception("health check failed")
+        return Response(Health("unavailable", "down"), status_code=503)
+    return Response(Health("ok", "up"))
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Any) -> dict[str, Any]:
+    """The OpenAPI description of the API."""
+    schema = request.app.openapi_schema.to_schema()
+    assert isinstance(schema, dict)
+    return schema
+
+
+def create_app(
+    database_url: str,
+    settings: Settings | None = None,
+    *,
+    clock: Clock = system_clock,
+) -> Litestar:
+    """Build the application; the database must already be migrated."""
+    settings = settings or Settings.from_env()
+    gateway = build_gateway(database_url, settings, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            gateway.db.close()
+
+    v1 = Router(path="/v1", route_handlers=terminal.ROUTES)
+    handlers: list[Any] = [v1, healthz, metrics.metrics, openapi_json]
+    if settings.sandbox_enabled:
+        handlers.extend(sandbox_pages.ROUTES)
+    template_dir = Path(str(files("kessai") / "api" / "templates"))
+    return Litestar(
+        route_handlers=handlers,
+        state=State({"gateway": gateway}),
+        lifespan=[lifespan],
+        middleware=[errors.request_id_middleware, metrics.metrics_middleware],
+        exception_handlers={
+            KessaiError: errors.handle_kessai_error,
+            ValidationException: errors.handle_validation,
+            HTTPException: errors.handle_http,
+            Exception: errors.handle_unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Kessai terminal API",
+            version=__version__,
+            description=(
+                "The QR payment API for shop terminals. Operations carry the guide's names "
+                "(LOGIN, REQUEST, PAYCHECK, …). Amounts are integer yen. Every error has the "
+                'shape {"error": {"code", "message", "field", "retryable", "requestId"}}.'
+            ),
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "sessionToken": SecurityScheme(
+                        type="http", scheme="bearer", description="sessionToken from LOGIN"
+                    )
+                }
+            ),
+        ),
+        template_config=TemplateConfig(directory=template_dir, engine=JinjaTemplateEngine),
+        request_max_body_size=settings.max_body_bytes,
+        response_cache_config=ResponseCacheConfig(),
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """The uvicorn factory used by ``kessai serve``: configuration comes from the environment."""
+    url = os.environ.get("KESSAI_DATABASE_URL", "sqlite:///kessai.db")
+    logging.basicConfig(level=os.environ.get("KESSAI_LOG_LEVEL", "INFO"))
+    return create_app(url, Settings.from_env())

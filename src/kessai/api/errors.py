@@ -1,0 +1,165 @@
+"""Turning every failure into the one error envelope, with a request id."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.enums import ScopeType
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from kessai.api.wire import ErrorBody, ErrorDetail
+from kessai.domain.errors import InvalidRequest, KessaiError
+
+log = logging.getLogger("kessai.api")
+
+_FIELD_IN_MESSAGE = re.compile(r"`\$\.([A-Za-z0-9_]+)")
+_MISSING = re.compile(r"missing required field `([A-Za-z0-9_]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]{0,60})")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id the request-id middleware gave this request."""
+    state = scope.get("state") or {}
+    value = state.get("request_id")
+    return value if isinstance(value, str) else "unknown"
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Give every request an id, and echo it in the X-Request-Id header of the answer."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(10)
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def envelope(
+    request_id: str,
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    retryable: bool = False,
+    retry_after_seconds: int | None = None,
+) -> Response[ErrorBody]:
+    """The error answer every failure ends as."""
+    headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
+    return Response(
+        ErrorBody(ErrorDetail(code, message, field, retryable, request_id)),
+        status_code=status,
+        headers=headers,
+    )
+
+
+def handle_kessai_error(request: Request[Any, Any, Any], exc: KessaiError) -> Response[ErrorBody]:
+    """A domain error: its own code, status and field."""
+    return envelope(
+        request_id_of(request.scope),
+        exc.http_status,
+        exc.code,
+        exc.message,
+        exc.field,
+        exc.retryable,
+        exc.retry_after_seconds,
+    )
+
+
+def handle_validation(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[ErrorBody]:
+    """Malformed JSON, wrong types, missing or unknown fields, as decoded by msgspec."""
+    rid = request_id_of(request.scope)
+    detail = str(exc.detail)
+    if "malformed" in detail.lower() or ("JSON" in detail and "Validation failed" not in detail):
+        return envelope(rid, 400, "MALFORMED_JSON", "the body is not valid JSON")
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    message = str(first.get("message", detail))
+    key = first.get("key")
+    if (match := _UNKNOWN.search(message)) is not None:
+        return envelope(
+            rid, 400, "UNKNOWN_FIELD", f"unknown field {match.group(1)}", match.group(1)
+        )
+    if (match := _MISSING.search(message)) is not None:
+        return envelope(rid, 400, "INVALID_FIELD", f"{match.group(1)} is required", match.group(1))
+    if "Expected `object`" in message and key in (None, "data"):
+        return envelope(rid, 400, "MALFORMED_JSON", "the body must be a JSON object")
+    if (match := _FIELD_IN_MESSAGE.search(message)) is not None:
+        key = match.group(1)
+    field = key if isinstance(key, str) and key != "data" else None
+    clean = message.replace("`", "")
+    text = f"{field}: {clean}" if field else clean
+    if first.get("source") == "query" and field:
+        text = f"query parameter {field}: {clean}"
+    return envelope(rid, 400, "INVALID_FIELD", text, field)
+
+
+def strict_decode_error(exc: msgspec.MsgspecError) -> InvalidRequest:
+    """The error for a body that fails strict decoding (no type coercion at all)."""
+    message = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return InvalidRequest("the body is not valid JSON", code="MALFORMED_JSON")
+    match = _FIELD_IN_MESSAGE.search(message)
+    field = match.group(1) if match else None
+    if (unknown := _UNKNOWN.search(message)) is not None:
+        return InvalidRequest(
+            f"unknown field {unknown.group(1)}", code="UNKNOWN_FIELD", field=unknown.group(1)
+        )
+    if (missing := _MISSING.search(message)) is not None:
+        return InvalidRequest(f"{missing.group(1)} is required", field=missing.group(1))
+    if field is None and "Expected `object`" in message:
+        return InvalidRequest("the body must be a JSON object", code="MALFORMED_JSON")
+    clean = message.replace("`", "").split(" - at ")[0]
+    return InvalidRequest(f"{field}: {clean}" if field else clean, field=field)
+
+
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    """Routing and framework errors, in our envelope."""
+    rid = request_id_of(request.scope)
+    if isinstance(exc, NotFoundException):
+        return envelope(rid, 404, "NOT_FOUND", "no such route")
+    if isinstance(exc, MethodNotAllowedException):
+        return envelope(rid, 405, "METHOD_NOT_ALLOWED", "this route does not take that method")
+    if exc.status_code == 400 and "malformed" in str(exc.detail).lower():
+        return envelope(rid, 400, "MALFORMED_JSON", "the body is not valid JSON")
+    if exc.status_code == 413:
+        return envelope(rid, 413, "BODY_TOO_LARGE", "the request body is too large")
+    if exc.status_code == 415:
+        return envelope(rid, 415, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
+    if 400 <= exc.status_code < 500:
+        return envelope(rid, exc.status_code, "INVALID_FIELD", str(exc.detail))
+    log.error("framework error %s on %s", exc.status_code, request.url.path)
+    return envelope(rid, 500, "INTERNAL_ERROR", "internal error", retryable=True)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """A bug. The message stays generic; the log has the traceback and the request id."""
+    rid = request_id_of(request.scope)
+    log.exception("unexpected error (request %s)", rid)
+    return envelope(
+        rid, 500, "INTERNAL_ERROR", f"internal error; quote request id {rid}", retryable=True
+    )

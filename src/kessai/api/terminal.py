@@ -1,0 +1,382 @@
+"""The nine operations of the terminal API under /v1, one handler per guide operation."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import segno
+from litestar import Request, Response, get, post, put
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import Response as RawResponse
+
+from kessai.api.errors import request_id_of, strict_decode_error
+from kessai.api.wire import (
+    Empty,
+    IdentifyAnswer,
+    IdentifyBody,
+    LoginAnswer,
+    LoginBody,
+    PaymentOut,
+    QrBody,
+    QrImage,
+    RefundBody,
+    RefundOut,
+    RequestBody,
+    VoucherBody,
+)
+from kessai.domain.errors import NotFound, Unauthenticated
+from kessai.domain.model import PaymentKind
+from kessai.service.gateway import Gateway, PaymentView
+
+SECURITY: list[dict[str, list[str]]] = [{"sessionToken": []}]
+TAG = "Terminal API"
+
+
+def gateway_of(state: State) -> Gateway:
+    """The gateway the app was built with."""
+    gateway = state.gateway
+    assert isinstance(gateway, Gateway)
+    return gateway
+
+
+def bearer(request: Request[Any, Any, Any]) -> str:
+    """The session token of ``Authorization: Bearer …``; SESSION_REQUIRED when there is none."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 200:
+        raise Unauthenticated(
+            "send the sessionToken from LOGIN as `Authorization: Bearer <sessionToken>`",
+            code="SESSION_REQUIRED",
+        )
+    return token
+
+
+B = TypeVar("B", bound=msgspec.Struct)
+
+
+async def strict(request: Request[Any, Any, Any], body_type: type[B]) -> B:
+    """Decode the body again, strictly: "5" is not 5 and 1.0 is not 1 for money and ids.
+
+    The framework's own decoding (kept for the OpenAPI description and its early errors)
+    coerces strings to numbers; a payment API must not.
+    """
+    try:
+        return msgspec.json.decode(await request.body(), type=body_type)
+    except msgspec.MsgspecError as exc:
+        raise strict_decode_error(exc) from exc
+
+
+def payment_out(view: PaymentView, base_path: str = "/v1") -> PaymentOut:
+    """The wire form of a payment."""
+    p = view.payment
+    image = None
+    if p.kind is PaymentKind.MERCHANT_QR and p.qr_data:
+        image = QrImage(
+            png=f"{base_path}/payments/{p.trans_id}/qr.png",
+            svg=f"{base_path}/payments/{p.trans_id}/qr.svg",
+        )
+    return PaymentOut(
+        trans_id=p.trans_id,
+        trans_key=p.trans_key,
+        kind=p.kind.value,
+        service_id=p.service_id,
+        service_name=view.service.name if view.service else p.service_id,
+        amount=p.amount,
+        currency="JPY",
+        status=p.status.value,
+        pending_reason=p.pending_reason.value if p.pending_reason else None,
+        failure_code=p.failure_code,
+        failure_message=p.failure_message,
+        refunded_amount=p.refunded_amount,
+        refundable_amount=p.refundable_amount,
+        voucher_no=p.voucher_no,
+        code_masked=p.code_masked,
+        qr_data=p.qr_data,
+        qr_expires_at=p.qr_expires_at,
+        qr_image=image,
+        refunds=[
+            RefundOut(
+                refund_id=r.refund_id,
+                refund_key=r.refund_key,
+                amount=r.amount,
+                status=r.status.value,
+                failure_reason=r.failure_reason,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in p.refunds
+        ],
+        created_at=p.created_at,
+        updated_at=p.updated_at,
+    )
+
+
+def _answer(view: PaymentView) -> Response[PaymentOut]:
+    headers = {"Idempotent-Replayed": "true"} if view.replayed else None
+    return Response(payment_out(view), headers=headers, status_code=200)
+
+
+@post(
+    "/login",
+    operation_id="LOGIN",
+    summary="LOGIN — open the terminal's session",
+    description=(
+        "Log in once; the session lasts until LOGOUT, the idle timeout, or an administrator "
+        "ends it. One device per mid: another `key` is refused while a session is live; the "
+        "same `key` replaces its own session."
+    ),
+    tags=[TAG],
+    status_code=200,
+)
+async def login(state: State, request: Request[Any, Any, Any], data: LoginBody) -> LoginAnswer:
+    """LOGIN."""
+    data = await strict(request, LoginBody)
+    result = await gateway_of(state).login(
+        mid=data.mid,
+        key=data.key,
+        password=data.password,
+        os_value=data.os,
+        request_id=request_id_of(request.scope),
+    )
+    return LoginAnswer(session_token=result.session_token, expires_at=result.expires_at)
+
+
+@post(
+    "/logout",
+    operation_id="LOGOUT",
+    summary="LOGOUT — end the session",
+    tags=[TAG],
+    security=SECURITY,
+    status_code=200,
+)
+async def logout(state: State, request: Request[Any, Any, Any]) -> Empty:
+    """LOGOUT."""
+    await gateway_of(state).logout(bearer(request), request_id_of(request.scope))
+    return Empty()
+
+
+@post(
+    "/payments",
+    operation_id="REQUEST",
+    summary="REQUEST — charge the customer's code",
+    description=(
+        "The terminal scanned the code on the customer's phone. The answer is the payment: "
+        "COMPLETED, FAILED (with failureCode), or PENDING with pendingReason "
+        "WAITING_FOR_CUSTOMER (the wallet asks the customer to confirm) or OUTCOME_UNKNOWN "
+        "(the provider has not answered yet) — then poll PAYCHECK. transKey is the idempotency "
+        "key: a retry with the same transKey and parameters answers the same payment and never "
+        "charges twice."
+    ),
+    tags=[TAG],
+    security=SECURITY,
+    status_code=200,
+)
+async def request_payment(
+    state: State, request: Request[Any, Any, Any], data: RequestBody
+) -> Response[PaymentOut]:
+    """REQUEST."""
+    data = await strict(request, RequestBody)
+    view = await gateway_of(state).request(
+        bearer(request),
+        trans_key=data.trans_key,
+        amount=data.amount,
+        code=data.code,
+        service_id=data.service_id,
+        request_id=request_id_of(request.scope),
+    )
+    return _answer(view)
+
+
+# Path parameters keep the guide's name (transId) so the OpenAPI paths read like the guide.
+TransId = Annotated[str, Parameter(description="The 10-digit payment number", max_length=10)]
+
+
+@get(
+    "/payments/{transId:str}",
+    operation_id="PAYCHECK",
+    summary="PAYCHECK — a payment by transId",
+    description="For a PENDING payment the gateway asks the provider (at most once a second).",
+    tags=[TAG],
+    security=SECURITY,
+)
+async def paycheck(state: State, request: Request[Any, Any, Any], transId: TransId) -> PaymentOut:
+    """PAYCHECK."""
+    view = await gateway_of(state).paycheck(bearer(request), transId, request_id_of(request.scope))
+    return payment_out(view)
+
+
+@get(
+    "/payments",
+    operation_id="STATUS",
+    summary="STATUS — a payment by transKey",
+    description="Find a payment by the transKey the terminal generated, without its transId.",
+    tags=[TAG],
+    security=SECURITY,
+)
+async def status(
+    state: State,
+    request: Request[Any, Any, Any],
+    trans_key: Annotated[
+        str, Parameter(query="transKey", description="The terminal's transKey", max_length=64)
+    ],
+) -> PaymentOut:
+    """STATUS."""
+    view = await gateway_of(state).status(bearer(request), trans_key, request_id_of(request.scope))
+    return payment_out(view)
+
+
+@post(
+    "/payments/{transId:str}/refunds",
+    operation_id="CANCEL",
+    summary="CANCEL — refund a payment (full or partial)",
+    description=(
+        "Needs the terminal's passCode. Omit amount to refund all that remains. Send a "
+        "refundKey to make retries safe: the same refundKey answers the same refund. Five wrong "
+        "passCodes lock refunds on the terminal."
+    ),
+    tags=[TAG],
+    security=SECURITY,
+    status_code=200,
+)
+async def cancel(
+    state: State, request: Request[Any, Any, Any], transId: TransId, data: RefundBody
+) -> Response[PaymentOut]:
+    """CANCEL."""
+    data = await strict(request, RefundBody)
+    view = await gateway_of(state).refund(
+        bearer(request),
+        transId,
+        passcode=data.pass_code,
+        amount=data.amount,
+        refund_key=data.refund_key,
+        request_id=request_id_of(request.scope),
+    )
+    return _answer(view)
+
+
+@put(
+    "/payments/{transId:str}/voucher",
+    operation_id="VOUCHERNO",
+    summary="VOUCHERNO — attach the shop's voucher number",
+    tags=[TAG],
+    security=SECURITY,
+)
+async def voucher(
+    state: State, request: Request[Any, Any, Any], transId: TransId, data: VoucherBody
+) -> PaymentOut:
+    """VOUCHERNO."""
+    data = await strict(request, VoucherBody)
+    view = await gateway_of(state).set_voucher(
+        bearer(request), transId, data.voucher_no, request_id_of(request.scope)
+    )
+    return payment_out(view)
+
+
+@post(
+    "/qr-codes",
+    operation_id="GET-QR-CODE",
+    summary="GET-QR-CODE — a dynamic QR code for one payment",
+    description=(
+        "The answer is a PENDING payment (WAITING_FOR_CUSTOMER) with qrData, qrExpiresAt and "
+        "links to PNG and SVG images of the code. ttlSeconds defaults to 300 (30 to 1800). "
+        "After qrExpiresAt the payment becomes EXPIRED and can no longer be paid."
+    ),
+    tags=[TAG],
+    security=SECURITY,
+    status_code=200,
+)
+async def get_qr_code(
+    state: State, request: Request[Any, Any, Any], data: QrBody
+) -> Response[PaymentOut]:
+    """GET-QR-CODE."""
+    data = await strict(request, QrBody)
+    view = await gateway_of(state).get_qr_code(
+        bearer(request),
+        trans_key=data.trans_key,
+        amount=data.amount,
+        service_id=data.service_id,
+        ttl_seconds=data.ttl_seconds,
+        request_id=request_id_of(request.scope),
+    )
+    return _answer(view)
+
+
+async def _qr_text(state: State, request: Request[Any, Any, Any], trans_id: str) -> str:
+    payment = await gateway_of(state).find_for_terminal(bearer(request), trans_id)
+    if payment.kind is not PaymentKind.MERCHANT_QR or not payment.qr_data:
+        raise NotFound(f"payment {trans_id} has no QR code", field="transId")
+    return payment.qr_data
+
+
+@get(
+    "/payments/{transId:str}/qr.png",
+    operation_id="GET-QR-CODE-png",
+    summary="GET-QR-CODE image (PNG)",
+    tags=[TAG],
+    security=SECURITY,
+    media_type="image/png",
+)
+async def qr_png(
+    state: State, request: Request[Any, Any, Any], transId: TransId
+) -> RawResponse[bytes]:
+    """The payment's QR code as a PNG image."""
+    buffer = io.BytesIO()
+    segno.make(await _qr_text(state, request, transId), error="m").save(
+        buffer, kind="png", scale=8, border=4
+    )
+    return RawResponse(buffer.getvalue(), media_type="image/png")
+
+
+@get(
+    "/payments/{transId:str}/qr.svg",
+    operation_id="GET-QR-CODE-svg",
+    summary="GET-QR-CODE image (SVG)",
+    tags=[TAG],
+    security=SECURITY,
+    media_type="image/svg+xml",
+)
+async def qr_svg(
+    state: State, request: Request[Any, Any, Any], transId: TransId
+) -> RawResponse[bytes]:
+    """The payment's QR code as an SVG image."""
+    buffer = io.BytesIO()
+    segno.make(await _qr_text(state, request, transId), error="m").save(
+        buffer, kind="svg", scale=8, border=4, xmldecl=False
+    )
+    return RawResponse(buffer.getvalue(), media_type="image/svg+xml")
+
+
+@post(
+    "/identify",
+    operation_id="IDENTIFY-SCANNED-QR-CODE",
+    summary="IDENTIFY-SCANNED-QR-CODE — which wallet a scanned code belongs to",
+    tags=[TAG],
+    security=SECURITY,
+    status_code=200,
+)
+async def identify_code(
+    state: State, request: Request[Any, Any, Any], data: IdentifyBody
+) -> IdentifyAnswer:
+    """IDENTIFY-SCANNED-QR-CODE."""
+    data = await strict(request, IdentifyBody)
+    service = await gateway_of(state).identify(bearer(request), data.code)
+    return IdentifyAnswer(service.service_id, service.name, service.name_en)
+
+
+ROUTES = [
+    login,
+    logout,
+    request_payment,
+    paycheck,
+    status,
+    cancel,
+    voucher,
+    get_qr_code,
+    qr_png,
+    qr_svg,
+    identify_code,
+]

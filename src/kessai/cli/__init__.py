@@ -1,0 +1,1 @@
+"""The `kessai` command line: serve, migrate, demo, admin and sandbox."""

@@ -1,0 +1,347 @@
+"""`kessai`: run the gateway, provision merchants and terminals, drive the sandbox wallets."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from sqlalchemy.engine import Connection
+
+from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
+from kessai.adapters.migrate import upgrade
+from kessai.cli.demo import seed_and_describe
+from kessai.clock import system_clock
+from kessai.connectors.sandbox import OUTCOMES, wallets
+from kessai.domain.errors import KessaiError
+from kessai.service import admin as admin_service
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Kessai, the QR-code payment gateway.", no_args_is_help=True, add_completion=False
+)
+admin_app = typer.Typer(
+    help="Provision merchants, integrations and terminals.", no_args_is_help=True
+)
+merchant_app = typer.Typer(help="Merchants.", no_args_is_help=True)
+integration_app = typer.Typer(
+    help="Integrations (the os a POS system logs in with).", no_args_is_help=True
+)
+terminal_app = typer.Typer(help="Terminals (mid, password, passCode).", no_args_is_help=True)
+sandbox_app = typer.Typer(help="The sandbox wallets (test mode).", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+admin_app.add_typer(merchant_app, name="merchant")
+admin_app.add_typer(integration_app, name="integration")
+admin_app.add_typer(terminal_app, name="terminal")
+app.add_typer(sandbox_app, name="sandbox")
+
+err = Console(stderr=True)
+out = Console()
+
+DatabaseOpt = Annotated[
+    str,
+    typer.Option(
+        "--database", envvar="KESSAI_DATABASE_URL", help="SQLAlchemy URL or SQLite file path."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@contextmanager
+def opened(url: str) -> Iterator[Database]:
+    """A migrated database for one command."""
+    db = Database(url)
+    try:
+        upgrade(db)
+        yield db
+    finally:
+        db.close()
+
+
+def run_unit(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:
+    """Run one unit of work, turning domain errors into a clear message and exit status 2."""
+    try:
+        with opened(url) as db:
+            return db.run_sync(fn)
+    except KessaiError as exc:
+        if as_json:
+            print(
+                json.dumps(
+                    {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+                )
+            )
+        else:
+            err.print(f"[red]error[/red] {exc.code}: {exc.message}")
+        raise typer.Exit(2) from exc
+
+
+def emit(data: dict[str, Any] | list[Any], as_json: bool, text: str) -> None:
+    """Print ``data`` as JSON, or ``text`` for people."""
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        out.print(text)
+
+
+@app.command()
+def migrate(database: DatabaseOpt = DEFAULT_DATABASE_URL) -> None:
+    """Create or upgrade the database schema."""
+    with opened(database):
+        pass
+    out.print(f"database at {database} is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base URL customers' phones reach (sandbox QR links).")
+    ] = None,
+) -> None:
+    """Run the gateway over HTTP."""
+    with opened(database):
+        pass
+    _serve(host, port, database, workers, public_url)
+
+
+def _serve(host: str, port: int, database: str, workers: int, public_url: str | None) -> None:
+    os.environ["KESSAI_DATABASE_URL"] = database
+    os.environ["KESSAI_PUBLIC_URL"] = public_url or f"http://{host}:{port}"
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Several processes: metrics are summed over all of them at every scrape.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kessai-metrics-")
+    uvicorn.run(
+        "kessai.api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level="info",
+        server_header=False,
+    )
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+@merchant_app.command("create")
+def merchant_create(
+    name: Annotated[str, typer.Option(help="The merchant's name.")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a merchant."""
+    now = system_clock()
+    merchant_id = run_unit(database, lambda c: admin_service.create_merchant(c, name, now), as_json)
+    emit({"merchantId": merchant_id, "name": name}, as_json, f"merchant {merchant_id}: {name}")
+
+
+@integration_app.command("create")
+def integration_create(
+    name: Annotated[str, typer.Option(help="The POS system or app.")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register an integration; prints its os."""
+    now = system_clock()
+    os_value = run_unit(database, lambda c: admin_service.create_integration(c, name, now), as_json)
+    emit({"os": os_value, "name": name}, as_json, f"os {os_value}: {name}")
+
+
+@terminal_app.command("create")
+def terminal_create(
+    merchant: Annotated[int, typer.Option(help="The merchant id.")],
+    passcode: Annotated[
+        str | None, typer.Option("--passcode", help="A 4-digit passCode set by the merchant.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the terminal.")] = None,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a terminal; prints its mid, password and passCode (shown only now)."""
+    now = system_clock()
+    issued = run_unit(
+        database,
+        lambda c: admin_service.create_terminal(c, merchant, now, passcode=passcode, name=name),
+        as_json,
+    )
+    emit(
+        {
+            "mid": issued.mid,
+            "password": issued.password,
+            "passCode": issued.passcode,
+            "merchantId": issued.merchant_id,
+        },
+        as_json,
+        f"mid {issued.mid}\npassword {issued.password}\npassCode {issued.passcode}\n"
+        "(the password and passCode are not shown again)",
+    )
+
+
+@terminal_app.command("list")
+def terminal_list(
+    merchant: Annotated[int | None, typer.Option(help="Only this merchant's.")] = None,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """List terminals with their state."""
+    now = system_clock()
+    rows = run_unit(database, lambda c: admin_service.list_terminals(c, now, merchant), as_json)
+    lines = [
+        f"{r['mid']}  merchant {r['merchantId']}  "
+        f"{'enabled' if r['enabled'] else 'DISABLED'}  "
+        f"{'logged in from ' + r['key'] if r['loggedIn'] else 'logged out'}"
+        f"{'  REFUNDS LOCKED' if r['refundsLocked'] else ''}"
+        for r in rows
+    ]
+    emit(rows, as_json, "\n".join(lines) or "no terminals")
+
+
+MidArg = Annotated[str, typer.Argument(help="The terminal's 16-digit mid.")]
+
+
+@terminal_app.command("disable")
+def terminal_disable(
+    mid: MidArg, database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = False
+) -> None:
+    """Disable a terminal (its session ends; LOGIN is refused)."""
+    now = system_clock()
+    run_unit(database, lambda c: admin_service.set_enabled(c, mid, False, now), as_json)
+    emit({"mid": mid, "enabled": False}, as_json, f"{mid} disabled")
+
+
+@terminal_app.command("enable")
+def terminal_enable(
+    mid: MidArg, database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = False
+) -> None:
+    """Enable a terminal again."""
+    now = system_clock()
+    run_unit(database, lambda c: admin_service.set_enabled(c, mid, True, now), as_json)
+    emit({"mid": mid, "enabled": True}, as_json, f"{mid} enabled")
+
+
+@terminal_app.command("reset-password")
+def terminal_reset_password(
+    mid: MidArg, database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = False
+) -> None:
+    """Issue a new login password (shown once); the terminal's session ends."""
+    now = system_clock()
+    password = run_unit(database, lambda c: admin_service.reset_password(c, mid, now), as_json)
+    emit({"mid": mid, "password": password}, as_json, f"mid {mid}\npassword {password}")
+
+
+@terminal_app.command("unlock")
+def terminal_unlock(
+    mid: MidArg, database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = False
+) -> None:
+    """Lift the refund lock (wrong passCodes) and the login lock."""
+    now = system_clock()
+    run_unit(database, lambda c: admin_service.unlock(c, mid, now), as_json)
+    emit({"mid": mid, "unlocked": True}, as_json, f"{mid} unlocked")
+
+
+@terminal_app.command("logout")
+def terminal_logout(
+    mid: MidArg, database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = False
+) -> None:
+    """End the terminal's session (for a lost or replaced device)."""
+    now = system_clock()
+    ended = run_unit(database, lambda c: admin_service.force_logout(c, mid, now), as_json)
+    emit(
+        {"mid": mid, "sessionEnded": ended},
+        as_json,
+        f"{mid}: session ended" if ended else f"{mid}: no live session",
+    )
+
+
+# -- sandbox ------------------------------------------------------------------------------------
+
+
+@sandbox_app.command("code")
+def sandbox_code(
+    service: Annotated[str, typer.Argument(help="The 2-digit serviceId.")],
+    outcome: Annotated[str, typer.Option(help=f"One of: {', '.join(OUTCOMES)}.")] = "success",
+    count: Annotated[int, typer.Option(help="How many codes.")] = 1,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue one-time customer codes that pay with OUTCOME."""
+    now = system_clock()
+    codes = run_unit(
+        database, lambda c: wallets.issue_codes(c, service, outcome, count, now), as_json
+    )
+    emit({"serviceId": service, "outcome": outcome, "codes": codes}, as_json, "\n".join(codes))
+
+
+def _settle(trans_id: str, approve: bool, database: str, as_json: bool) -> None:
+    now = system_clock()
+    status = run_unit(database, lambda c: wallets.settle(c, trans_id, approve, now), as_json)
+    emit({"transId": trans_id, "sandboxStatus": status}, as_json, f"{trans_id}: {status}")
+
+
+@sandbox_app.command("approve")
+def sandbox_approve(
+    trans_id: Annotated[str, typer.Argument(help="The transId.")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve a payment that waits for the customer (as the customer would in the app)."""
+    _settle(trans_id, True, database, as_json)
+
+
+@sandbox_app.command("decline")
+def sandbox_decline(
+    trans_id: Annotated[str, typer.Argument(help="The transId.")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decline a payment that waits for the customer."""
+    _settle(trans_id, False, database, as_json)
+
+
+@sandbox_app.command("ledger")
+def sandbox_ledger(database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = True) -> None:
+    """Print the sandbox wallets' own books."""
+    rows = run_unit(database, wallets.ledger, as_json)
+    emit(rows, True, "")
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    database: Annotated[
+        str | None, typer.Option(help="Database URL (default: a fresh file in a temp folder).")
+    ] = None,
+) -> None:
+    """Run the gateway with the sandbox wallets on a fresh embedded database, seeded to try."""
+    url = database or f"sqlite:///{Path(tempfile.mkdtemp(prefix='kessai-demo-')) / 'kessai.db'}"
+    base = f"http://{host}:{port}"
+    with opened(url) as db:
+        text = seed_and_describe(db, url, base)
+    print(text, flush=True)
+    _serve(host, port, url, 1, None)
+
+
+def main() -> None:
+    """Entry point of the `kessai` command."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

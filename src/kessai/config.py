@@ -1,0 +1,56 @@
+"""Every tunable limit of the gateway, with its default and its unit in its name."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Final
+
+ENV_PREFIX: Final = "KESSAI_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Limits and timings. Each can be set from the environment as ``KESSAI_<NAME>`` (upper)."""
+
+    # A terminal logs in once; its session ends on LOGOUT, an admin logout, or this much idleness.
+    session_idle_timeout_seconds: int = 24 * 3600
+    # last_seen is written at most this often per session, so polling does not write on every call.
+    session_touch_interval_seconds: int = 60
+    login_max_failures: int = 5
+    login_lock_seconds: int = 15 * 60
+    passcode_max_failures: int = 5
+    passcode_lock_seconds: int = 30 * 60
+    qr_ttl_default_seconds: int = 300
+    qr_ttl_min_seconds: int = 30
+    qr_ttl_max_seconds: int = 1800
+    # PAYCHECK/STATUS ask the provider about a PENDING payment at most this often.
+    provider_recheck_interval_ms: int = 1000
+    # One provider call may take this long before its outcome is taken as unknown.
+    provider_timeout_seconds: float = 10.0
+    # "Not found" at the provider means "never arrived" only once the request is this old;
+    # before that the provider may still be processing it.
+    provider_not_found_grace_seconds: int = 60
+    # Sandbox: how long a "timeout" outcome hides its true result from queries.
+    sandbox_reveal_after_seconds: float = 3.0
+    max_body_bytes: int = 16 * 1024
+    # The externally visible base URL, used in sandbox qrData links.
+    public_url: str = "http://127.0.0.1:8000"
+    # The sandbox wallets and their pages; turn off where real providers are used.
+    sandbox_enabled: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults, then ``KESSAI_*`` variables, then explicit overrides."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            kind = type(getattr(cls(), f.name))
+            if kind is bool:
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = kind(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Wallet provider connectors behind one interface; the sandbox is the default."""

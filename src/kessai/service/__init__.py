@@ -1,0 +1,1 @@
+"""Service functions: one per operation, each a few units of work around provider calls."""

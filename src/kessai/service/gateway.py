@@ -1,0 +1,1059 @@
+"""The nine operations of the terminal API, as the HTTP layer calls them.
+
+Each operation is one to three units of work (one database hop each) around at most one provider
+call, and never holds a transaction open while a provider is asked. A payment is written as
+PENDING (outcome unknown) *before* its provider is called, so a crash between the two leaves a
+payment that PAYCHECK/STATUS resolve, never a charge the books do not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import repository as repo
+from kessai.adapters import schema as t
+from kessai.adapters.db import Database
+from kessai.clock import Clock, system_clock
+from kessai.config import Settings
+from kessai.connectors.base import (
+    Connector,
+    PayRequest,
+    ProviderOutcome,
+    ProviderResult,
+    QrRequest,
+    RefundResult,
+)
+from kessai.domain import fields
+from kessai.domain.catalog import Service, load_catalog
+from kessai.domain.errors import (
+    Conflict,
+    InvalidRequest,
+    KessaiError,
+    NotFound,
+    RateLimited,
+    UnprocessableCode,
+)
+from kessai.domain.identify import Identification, identify
+from kessai.domain.model import (
+    VOUCHER_EDITABLE_STATUSES,
+    Payment,
+    PaymentKind,
+    PaymentStatus,
+    PendingReason,
+    Refund,
+    RefundStatus,
+    require_refundable,
+)
+from kessai.security import (
+    keyed_hash,
+    mask_code,
+    new_refund_id,
+    new_session_token,
+    new_trans_id,
+    token_hash,
+    verify_secret,
+)
+from kessai.service import sessions
+from kessai.service.sessions import TerminalContext
+
+log = logging.getLogger("kessai.gateway")
+T = TypeVar("T")
+S = PaymentStatus
+
+# A transId is drawn at random; this many collisions in a row would mean the space is nearly full.
+MAX_TRANS_ID_ATTEMPTS: Final = 20
+# An argon2 hash compared against when the mid is unknown, so that the answer takes as long as
+# for a known mid with a wrong password.
+_DUMMY_HASH: Final = (
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$"
+    "2Fqkh8Wj3UsxDM3Tuf6IfYQ7EmVN1ZhFqWv7Y3r6sCk"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """The answer to LOGIN."""
+
+    session_token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentView:
+    """A payment and what the answer shows of its service."""
+
+    payment: Payment
+    service: Service | None
+    replayed: bool = False
+
+
+class Gateway:
+    """The terminal API's operations over one database and a set of connectors."""
+
+    def __init__(
+        self,
+        db: Database,
+        connectors: Mapping[str, Connector],
+        settings: Settings,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.db = db
+        self.connectors = dict(connectors)
+        self.settings = settings
+        self.clock = clock
+        self.catalog = load_catalog()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connector(self, name: str) -> Connector:
+        connector = self.connectors.get(name)
+        if connector is None:
+            raise UnprocessableCode(
+                f"no connector named {name} is configured", code="SERVICE_NOT_SUPPORTED"
+            )
+        return connector
+
+    def _route(self, service: Service) -> str:
+        """The connector that serves ``service`` (the sandbox until real providers are set up)."""
+        return "sandbox"
+
+    async def _call(self, call: Callable[[], Any], what: str) -> Any:
+        """Ask a provider, bounded in time; any failure to get an answer is UNKNOWN, not FAILED."""
+        try:
+            return await asyncio.wait_for(call(), timeout=self.settings.provider_timeout_seconds)
+        except KessaiError:
+            raise
+        except Exception as exc:  # the outcome is unknown: never report it as failed
+            log.warning("provider call %s gave no answer: %s", what, type(exc).__name__)
+            return None
+
+    async def _auth_unit(
+        self, token: str, fn: Callable[[Connection, TerminalContext], T], *, write: bool = True
+    ) -> T:
+        digest = token_hash(token)
+        now = self.clock()
+
+        def unit(conn: Connection) -> T:
+            ctx = sessions.authenticate(conn, digest, now, self.settings)
+            return fn(conn, ctx)
+
+        return await self.db.run(unit, write=write)
+
+    def _view(self, payment: Payment, replayed: bool = False) -> PaymentView:
+        return PaymentView(payment, self.catalog.get(payment.service_id), replayed)
+
+    # -- LOGIN / LOGOUT -----------------------------------------------------------------------
+
+    async def login(
+        self, *, mid: str, key: str, password: str, os_value: str, request_id: str
+    ) -> LoginResult:
+        """LOGIN: open the terminal's session (one device per mid)."""
+        fields.check("mid", mid)
+        fields.check("key", key)
+        fields.check("password", password)
+        fields.check("os", os_value)
+        now = self.clock()
+
+        def first(conn: Connection) -> sessions.LoginSubject:
+            subject = sessions.read_login_subject(conn, os_value, mid)
+            if subject.terminal_id is not None:
+                sessions.check_login_lock(conn, subject.terminal_id, now)
+            return subject
+
+        subject = await self.db.run(first, write=False)
+        # argon2 takes tens of milliseconds: keep it off the event loop and off the database
+        # thread.
+        password_ok = await asyncio.to_thread(
+            verify_secret, subject.password_hash or _DUMMY_HASH, password
+        )
+        if subject.terminal_id is None:
+            raise sessions.wrong_credentials()
+        token = new_session_token()
+        terminal_id = subject.terminal_id
+
+        def second(conn: Connection) -> sessions.LoginOutcome:
+            return sessions.finish_login(
+                conn,
+                terminal_id=terminal_id,
+                password_ok=password_ok,
+                device_key=key,
+                os_value=os_value,
+                token_digest=token_hash(token),
+                now=now,
+                settings=self.settings,
+                request_id=request_id,
+            )
+
+        try:
+            outcome = await self.db.run(second)
+        except sa.exc.IntegrityError as exc:
+            # Another LOGIN for this mid won the race for the live-session slot.
+            raise Conflict(
+                "this mid is logging in on another device at the same moment",
+                code="TERMINAL_IN_USE",
+                field="key",
+                retryable=True,
+            ) from exc
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.session_expires_at is not None
+        return LoginResult(token, outcome.session_expires_at)
+
+    async def logout(self, token: str, request_id: str) -> None:
+        """LOGOUT: end the caller's session."""
+        now = self.clock()
+        digest = token_hash(token)
+        await self.db.run(
+            lambda conn: sessions.logout(conn, digest, now, self.settings, request_id)
+        )
+
+    # -- REQUEST ------------------------------------------------------------------------------
+
+    def _service_for_code(
+        self, code: str, service_id: str | None
+    ) -> tuple[Service, Identification]:
+        identification = identify(code)
+        service = self.catalog.require(identification.service_id)
+        if service_id is not None:
+            fields.check("serviceId", service_id)
+            claimed = self.catalog.require(service_id)
+            if claimed.service_id != service.service_id:
+                raise InvalidRequest(
+                    f"serviceId {claimed.service_id} ({claimed.name}) does not match the code, "
+                    f"which is a {service.name} code ({service.service_id})",
+                    code="SERVICE_MISMATCH",
+                    field="serviceId",
+                )
+        self._require_active(service)
+        if not service.supports_customer_code:
+            raise UnprocessableCode(
+                f"{service.name} does not accept customer-presented codes here",
+                code="SERVICE_NOT_SUPPORTED",
+                field="code",
+            )
+        return service, identification
+
+    @staticmethod
+    def _require_active(service: Service) -> None:
+        if not service.active:
+            raise UnprocessableCode(
+                f"{service.name} is no longer offered",
+                code="SERVICE_NOT_SUPPORTED",
+                field="serviceId",
+            )
+
+    def _new_payment_unit(
+        self,
+        ctx_fn: Callable[[Connection], TerminalContext],
+        build: Callable[[TerminalContext, str], Payment],
+        fingerprint: str,
+        provider: str,
+        request_id: str,
+    ) -> Callable[[Connection], tuple[repo.StoredPayment, TerminalContext, bool]]:
+        """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment."""
+
+        def unit(conn: Connection) -> tuple[repo.StoredPayment, TerminalContext, bool]:
+            ctx = ctx_fn(conn)
+            probe = build(ctx, "0000000000")
+            request_hash = keyed_hash(repo.code_key(conn), fingerprint)
+            existing = repo.find_payment(conn, ctx.merchant_id, trans_key=probe.trans_key)
+            if existing is not None:
+                if existing.request_hash != request_hash:
+                    raise Conflict(
+                        f"transKey {probe.trans_key} was already used with other parameters",
+                        code="IDEMPOTENCY_CONFLICT",
+                        field="transKey",
+                    )
+                return existing, ctx, True
+            trans_id = _free_trans_id(conn)
+            payment = build(ctx, trans_id)
+            pk = repo.insert_payment(conn, payment, provider=provider, request_hash=request_hash)
+            repo.audit(
+                conn,
+                at=payment.created_at,
+                actor=ctx.actor,
+                action="payment.created",
+                merchant_id=ctx.merchant_id,
+                terminal_id=ctx.terminal_id,
+                payment_pk=pk,
+                to_status=payment.status.value,
+                detail={
+                    "kind": payment.kind.value,
+                    "amount": payment.amount,
+                    "serviceId": payment.service_id,
+                    "code": payment.code_masked,
+                },
+                request_id=request_id,
+            )
+            stored = repo.StoredPayment(pk, payment, provider, None, None, request_hash)
+            return stored, ctx, False
+
+        return unit
+
+    async def _first_hop(
+        self, unit: Callable[[Connection], tuple[repo.StoredPayment, TerminalContext, bool]]
+    ) -> tuple[repo.StoredPayment, TerminalContext, bool]:
+        try:
+            return await self.db.run(unit)
+        except sa.exc.IntegrityError:
+            # A racing duplicate with the same transKey committed first: run again, which now
+            # finds it and replays (or reports the conflict).
+            return await self.db.run(unit)
+
+    async def request(
+        self,
+        token: str,
+        *,
+        trans_key: str,
+        amount: int,
+        code: str,
+        service_id: str | None,
+        request_id: str,
+    ) -> PaymentView:
+        """REQUEST: charge the code the terminal scanned from the customer's phone."""
+        fields.check("transKey", trans_key)
+        fields.check_amount(amount)
+        service, _ = self._service_for_code(code, service_id)
+        now = self.clock()
+        digest = token_hash(token)
+        provider = self._route(service)
+        fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
+
+        def build(ctx: TerminalContext, trans_id: str) -> Payment:
+            return Payment(
+                trans_id=trans_id,
+                trans_key=trans_key,
+                merchant_id=ctx.merchant_id,
+                terminal_id=ctx.terminal_id,
+                kind=PaymentKind.CUSTOMER_CODE,
+                service_id=service.service_id,
+                amount=amount,
+                status=S.PENDING,
+                pending_reason=PendingReason.OUTCOME_UNKNOWN,
+                code_masked=mask_code(code),
+                created_at=now,
+                updated_at=now,
+            )
+
+        unit = self._new_payment_unit(
+            lambda conn: sessions.authenticate(conn, digest, now, self.settings),
+            build,
+            fingerprint,
+            provider,
+            request_id,
+        )
+        stored, ctx, replayed = await self._first_hop(unit)
+        if replayed:
+            if stored.payment.kind is not PaymentKind.CUSTOMER_CODE:
+                raise Conflict(
+                    f"transKey {trans_key} belongs to a QR-code payment",
+                    code="IDEMPOTENCY_CONFLICT",
+                    field="transKey",
+                )
+            return self._view(await self._refresh(stored, request_id), replayed=True)
+        connector = self._connector(provider)
+        pay = PayRequest(
+            ref=stored.payment.trans_id,
+            service_id=service.service_id,
+            amount=amount,
+            code=code,
+            merchant_name=ctx.merchant_name,
+        )
+        result = await self._call(lambda: connector.pay(pay), "pay")
+        payment = await self._apply(
+            stored.pk, ctx.merchant_id, result, f"provider:{provider}", request_id
+        )
+        return self._view(payment)
+
+    # -- applying provider answers ------------------------------------------------------------
+
+    async def _apply(
+        self,
+        pk: int,
+        merchant_id: int,
+        result: ProviderResult | None,
+        actor: str,
+        request_id: str,
+        *,
+        expiring: bool = False,
+    ) -> Payment:
+        """Record what the provider said about a payment, in one unit with its audit entry."""
+        now = self.clock()
+
+        def unit(conn: Connection) -> Payment:
+            row = conn.execute(
+                sa.select(t.payments.c.trans_id).where(t.payments.c.id == pk)
+            ).scalar_one()
+            stored = repo.find_payment(conn, merchant_id, trans_id=row)
+            assert stored is not None
+            return _apply_result(
+                conn, stored, result, now, actor, request_id, expiring, self.settings
+            )
+
+        for _ in range(3):
+            try:
+                return await self.db.run(unit)
+            except repo.StaleWrite:
+                continue  # someone else moved it first: read again and apply on top
+        return await self.db.run(unit)
+
+    async def _refresh(self, stored: repo.StoredPayment, request_id: str) -> Payment:
+        """For a PENDING payment whose last provider answer is stale, ask the provider again."""
+        payment = stored.payment
+        if payment.status is not S.PENDING:
+            return payment
+        now = self.clock()
+        interval = timedelta(milliseconds=self.settings.provider_recheck_interval_ms)
+        pk = stored.pk
+
+        def claim(conn: Connection) -> str | None:
+            # Claiming the check in the database lets only one of many concurrent pollers (on
+            # any instance) ask the provider per interval.
+            result = conn.execute(
+                t.payments.update()
+                .where(
+                    t.payments.c.id == pk,
+                    t.payments.c.status == S.PENDING.value,
+                    sa.or_(
+                        t.payments.c.provider_checked_at.is_(None),
+                        t.payments.c.provider_checked_at <= now - interval,
+                    ),
+                )
+                .values(provider_checked_at=now)
+            )
+            if result.rowcount != 1:
+                return None
+            return str(
+                conn.execute(
+                    sa.select(t.merchants.c.name).where(t.merchants.c.id == payment.merchant_id)
+                ).scalar_one()
+            )
+
+        merchant_name = await self.db.run(claim)
+        if merchant_name is None:
+            return payment
+        connector = self._connector(stored.provider)
+        ref = payment.trans_id
+        expiring = (
+            payment.kind is PaymentKind.MERCHANT_QR
+            and payment.qr_expires_at is not None
+            and now >= payment.qr_expires_at
+        )
+        result: ProviderResult | None
+        if expiring:
+            # Withdraw the code at the provider first: it becomes EXPIRED only once the provider
+            # confirms nobody paid it meanwhile.
+            result = await self._call(lambda: connector.cancel(ref), "cancel")
+        elif payment.kind is PaymentKind.MERCHANT_QR and payment.qr_data is None:
+            qr = self._qr_request(payment, merchant_name)
+            result = await self._call(lambda: connector.create_qr(qr), "create_qr")
+        else:
+            result = await self._call(lambda: connector.sync(ref), "sync")
+        return await self._apply(
+            pk,
+            payment.merchant_id,
+            result,
+            f"provider:{stored.provider}",
+            request_id,
+            expiring=expiring,
+        )
+
+    # -- PAYCHECK / STATUS -------------------------------------------------------------------
+
+    async def paycheck(self, token: str, trans_id: str, request_id: str) -> PaymentView:
+        """PAYCHECK: a payment by its transId, asking the provider when it is still PENDING."""
+        fields.check("transId", trans_id)
+        return await self._lookup(token, request_id, trans_id=trans_id)
+
+    async def status(self, token: str, trans_key: str, request_id: str) -> PaymentView:
+        """STATUS: a payment by the transKey the terminal generated."""
+        fields.check("transKey", trans_key)
+        return await self._lookup(token, request_id, trans_key=trans_key)
+
+    async def _lookup(
+        self,
+        token: str,
+        request_id: str,
+        *,
+        trans_id: str | None = None,
+        trans_key: str | None = None,
+    ) -> PaymentView:
+        def fn(conn: Connection, ctx: TerminalContext) -> repo.StoredPayment:
+            stored = repo.find_payment(
+                conn, ctx.merchant_id, trans_id=trans_id, trans_key=trans_key
+            )
+            if stored is None:
+                raise _not_found(trans_id, trans_key)
+            return stored
+
+        stored = await self._auth_unit(token, fn, write=False)
+        return self._view(await self._refresh(stored, request_id))
+
+    async def find_for_terminal(self, token: str, trans_id: str) -> Payment:
+        """A payment by transId without asking the provider (for the QR image routes)."""
+        fields.check("transId", trans_id)
+
+        def fn(conn: Connection, ctx: TerminalContext) -> Payment:
+            stored = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id)
+            if stored is None:
+                raise _not_found(trans_id, None)
+            return stored.payment
+
+        return await self._auth_unit(token, fn, write=False)
+
+    # -- GET-QR-CODE --------------------------------------------------------------------------
+
+    @staticmethod
+    def _qr_request(payment: Payment, merchant_name: str) -> QrRequest:
+        assert payment.qr_expires_at is not None
+        return QrRequest(
+            ref=payment.trans_id,
+            service_id=payment.service_id,
+            amount=payment.amount,
+            expires_at=payment.qr_expires_at,
+            merchant_name=merchant_name,
+        )
+
+    async def get_qr_code(
+        self,
+        token: str,
+        *,
+        trans_key: str,
+        amount: int,
+        service_id: str,
+        ttl_seconds: int | None,
+        request_id: str,
+    ) -> PaymentView:
+        """GET-QR-CODE: a dynamic QR code for one payment that the customer scans."""
+        fields.check("transKey", trans_key)
+        fields.check_amount(amount)
+        fields.check("serviceId", service_id)
+        service = self.catalog.require(service_id)
+        self._require_active(service)
+        if not service.supports_merchant_qr:
+            raise UnprocessableCode(
+                f"{service.name} does not offer merchant-presented QR codes here",
+                code="SERVICE_NOT_SUPPORTED",
+                field="serviceId",
+            )
+        s = self.settings
+        ttl = s.qr_ttl_default_seconds if ttl_seconds is None else ttl_seconds
+        if isinstance(ttl, bool) or not s.qr_ttl_min_seconds <= ttl <= s.qr_ttl_max_seconds:
+            raise InvalidRequest(
+                f"ttlSeconds must be {s.qr_ttl_min_seconds} to {s.qr_ttl_max_seconds}",
+                field="ttlSeconds",
+            )
+        now = self.clock()
+        digest = token_hash(token)
+        provider = self._route(service)
+        fingerprint = f"MERCHANT_QR|{amount}|{service.service_id}"
+        expires_at = now + timedelta(seconds=ttl)
+
+        def build(ctx: TerminalContext, trans_id: str) -> Payment:
+            return Payment(
+                trans_id=trans_id,
+                trans_key=trans_key,
+                merchant_id=ctx.merchant_id,
+                terminal_id=ctx.terminal_id,
+                kind=PaymentKind.MERCHANT_QR,
+                service_id=service.service_id,
+                amount=amount,
+                status=S.PENDING,
+                pending_reason=PendingReason.WAITING_FOR_CUSTOMER,
+                qr_expires_at=expires_at,
+                created_at=now,
+                updated_at=now,
+            )
+
+        unit = self._new_payment_unit(
+            lambda conn: sessions.authenticate(conn, digest, now, self.settings),
+            build,
+            fingerprint,
+            provider,
+            request_id,
+        )
+        stored, ctx, replayed = await self._first_hop(unit)
+        if replayed:
+            if stored.payment.kind is not PaymentKind.MERCHANT_QR:
+                raise Conflict(
+                    f"transKey {trans_key} belongs to a customer-code payment",
+                    code="IDEMPOTENCY_CONFLICT",
+                    field="transKey",
+                )
+            return self._view(await self._refresh(stored, request_id), replayed=True)
+        connector = self._connector(provider)
+        qr = QrRequest(
+            ref=stored.payment.trans_id,
+            service_id=service.service_id,
+            amount=amount,
+            expires_at=expires_at,
+            merchant_name=ctx.merchant_name,
+        )
+        result = await self._call(lambda: connector.create_qr(qr), "create_qr")
+        payment = await self._apply(
+            stored.pk, ctx.merchant_id, result, f"provider:{provider}", request_id
+        )
+        return self._view(payment)
+
+    # -- CANCEL (refund) ----------------------------------------------------------------------
+
+    async def refund(
+        self,
+        token: str,
+        trans_id: str,
+        *,
+        passcode: str,
+        amount: int | None,
+        refund_key: str | None,
+        request_id: str,
+    ) -> PaymentView:
+        """CANCEL: refund all that remains of a payment, or part of it, with the passCode."""
+        fields.check("transId", trans_id)
+        fields.check("passCode", passcode)
+        if amount is not None:
+            fields.check_amount(amount)
+        if refund_key is not None:
+            fields.check("refundKey", refund_key)
+        now = self.clock()
+
+        def first(conn: Connection, ctx: TerminalContext) -> tuple[TerminalContext, str]:
+            row = conn.execute(
+                sa.select(t.terminals.c.passcode_hash, t.terminals.c.passcode_locked_until).where(
+                    t.terminals.c.id == ctx.terminal_id
+                )
+            ).one()
+            _check_passcode_lock(row.passcode_locked_until, now)
+            if repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id) is None:
+                raise _not_found(trans_id, None)
+            return ctx, str(row.passcode_hash)
+
+        ctx, passcode_hash = await self._auth_unit(token, first, write=False)
+        passcode_ok = await asyncio.to_thread(verify_secret, passcode_hash, passcode)
+        ask = _RefundAsk(trans_id, refund_key or new_refund_id(), amount, passcode_ok)
+
+        def second(conn: Connection) -> _Reservation:
+            return _reserve_refund(conn, ctx, ask, now, self.settings, request_id)
+
+        try:
+            reservation = await self.db.run(second)
+        except (sa.exc.IntegrityError, repo.StaleWrite):
+            # A racing refund of the same payment committed first: decide again on top of it.
+            reservation = await self.db.run(second)
+        if reservation.error is not None:
+            raise reservation.error
+        stored, refund = reservation.stored, reservation.refund
+        assert stored is not None
+        if refund is None:  # an idempotent replay
+            return self._view(stored.payment, replayed=True)
+        connector = self._connector(stored.provider)
+        result: RefundResult | None = await self._call(
+            lambda: connector.refund(trans_id, refund.refund_id, refund.amount), "refund"
+        )
+        actor = f"provider:{stored.provider}"
+
+        def third(conn: Connection) -> Payment:
+            return _settle_refund(
+                conn, ctx, trans_id, refund.refund_id, result, now, actor, request_id
+            )
+
+        for _ in range(3):
+            try:
+                return self._view(await self.db.run(third))
+            except repo.StaleWrite:
+                continue
+        return self._view(await self.db.run(third))
+
+    # -- VOUCHERNO ----------------------------------------------------------------------------
+
+    async def set_voucher(
+        self, token: str, trans_id: str, voucher_no: str, request_id: str
+    ) -> PaymentView:
+        """VOUCHERNO: attach or replace the shop's slip number on a payment."""
+        fields.check("transId", trans_id)
+        fields.check("voucherNo", voucher_no)
+        now = self.clock()
+
+        def fn(conn: Connection, ctx: TerminalContext) -> Payment:
+            stored = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id)
+            if stored is None:
+                raise _not_found(trans_id, None)
+            payment = stored.payment
+            if payment.status not in VOUCHER_EDITABLE_STATUSES:
+                raise Conflict(
+                    f"payment {trans_id} is {payment.status}: it was never paid, so it takes "
+                    "no voucher number",
+                    code="PAYMENT_NOT_EDITABLE",
+                    field="transId",
+                )
+            if payment.voucher_no == voucher_no:
+                return payment
+            after = replace(
+                payment, voucher_no=voucher_no, version=payment.version + 1, updated_at=now
+            )
+            repo.save_payment(conn, stored.pk, payment, after)
+            repo.audit(
+                conn,
+                at=now,
+                actor=ctx.actor,
+                action="payment.voucher_set",
+                merchant_id=ctx.merchant_id,
+                terminal_id=ctx.terminal_id,
+                payment_pk=stored.pk,
+                detail={"from": payment.voucher_no, "to": voucher_no},
+                request_id=request_id,
+            )
+            return after
+
+        try:
+            return self._view(await self._auth_unit(token, fn))
+        except repo.StaleWrite:
+            return self._view(await self._auth_unit(token, fn))
+
+    # -- IDENTIFY-SCANNED-QR-CODE -------------------------------------------------------------
+
+    async def identify(self, token: str, code: str) -> Service:
+        """IDENTIFY-SCANNED-QR-CODE: which wallet service a scanned code belongs to."""
+        await self._auth_unit(token, lambda conn, ctx: None, write=False)
+        return self.catalog.require(identify(code).service_id)
+
+
+def _free_trans_id(conn: Connection) -> str:
+    for _ in range(MAX_TRANS_ID_ATTEMPTS):
+        candidate = new_trans_id()
+        taken = conn.execute(
+            sa.select(t.payments.c.id).where(t.payments.c.trans_id == candidate)
+        ).first()
+        if taken is None:
+            return candidate
+    raise RuntimeError("could not draw a free transId")
+
+
+def _not_found(trans_id: str | None, trans_key: str | None) -> NotFound:
+    # The same words whether the payment does not exist or belongs to another merchant.
+    if trans_id is not None:
+        return NotFound(
+            f"no payment with transId {trans_id}", code="PAYMENT_NOT_FOUND", field="transId"
+        )
+    return NotFound(
+        f"no payment with transKey {trans_key}", code="PAYMENT_NOT_FOUND", field="transKey"
+    )
+
+
+def _check_passcode_lock(locked_until: datetime | None, now: datetime) -> None:
+    if locked_until is not None and now < locked_until:
+        wait = int((locked_until - now).total_seconds()) + 1
+        raise RateLimited(
+            "refunds are locked on this terminal after repeated wrong passCodes; an "
+            f"administrator can unlock it, or try again in {wait} seconds",
+            code="PASSCODE_LOCKED",
+            field="passCode",
+            retry_after_seconds=wait,
+        )
+
+
+def _count_passcode(
+    conn: Connection,
+    ctx: TerminalContext,
+    ok: bool,
+    now: datetime,
+    settings: Settings,
+    request_id: str,
+) -> KessaiError | None:
+    """Count a wrong passCode (locking at the limit) or clear the count; answers the error."""
+    row = conn.execute(
+        sa.select(t.terminals.c.passcode_failures, t.terminals.c.passcode_locked_until).where(
+            t.terminals.c.id == ctx.terminal_id
+        )
+    ).one()
+    try:
+        _check_passcode_lock(row.passcode_locked_until, now)
+    except RateLimited as exc:
+        return exc
+    if ok:
+        if row.passcode_failures:
+            conn.execute(
+                t.terminals.update()
+                .where(t.terminals.c.id == ctx.terminal_id)
+                .values(passcode_failures=0)
+            )
+        return None
+    failures = int(row.passcode_failures) + 1
+    locked = failures >= settings.passcode_max_failures
+    conn.execute(
+        t.terminals.update()
+        .where(t.terminals.c.id == ctx.terminal_id)
+        .values(
+            passcode_failures=failures,
+            passcode_locked_until=now + timedelta(seconds=settings.passcode_lock_seconds)
+            if locked
+            else None,
+        )
+    )
+    repo.audit(
+        conn,
+        at=now,
+        actor=ctx.actor,
+        action="terminal.refunds_locked" if locked else "terminal.passcode_failed",
+        merchant_id=ctx.merchant_id,
+        terminal_id=ctx.terminal_id,
+        detail={"failures": failures},
+        request_id=request_id,
+    )
+    if locked:
+        return RateLimited(
+            f"{failures} wrong passCodes: refunds on this terminal are now locked",
+            code="PASSCODE_LOCKED",
+            field="passCode",
+            retry_after_seconds=settings.passcode_lock_seconds,
+        )
+    left = settings.passcode_max_failures - failures
+    return KessaiError(
+        f"the passCode is wrong; {left} more wrong attempts lock refunds on this terminal",
+        code="WRONG_PASSCODE",
+        field="passCode",
+    )
+
+
+_OUTCOME_TO_STATUS: Final[dict[ProviderOutcome, PaymentStatus]] = {
+    ProviderOutcome.SUCCEEDED: S.COMPLETED,
+    ProviderOutcome.FAILED: S.FAILED,
+    ProviderOutcome.CANCELED: S.CANCELED,
+    ProviderOutcome.EXPIRED: S.EXPIRED,
+}
+
+
+def _apply_result(
+    conn: Connection,
+    stored: repo.StoredPayment,
+    result: ProviderResult | None,
+    now: datetime,
+    actor: str,
+    request_id: str,
+    expiring: bool,
+    settings: Settings,
+) -> Payment:
+    """Move a payment by a provider's answer; unknown answers leave it PENDING."""
+    payment = stored.payment
+    outcome = result.outcome if result is not None else ProviderOutcome.UNKNOWN
+    extra: dict[str, Any] = {"provider_checked_at": now}
+    if result is not None and result.provider_ref:
+        extra["provider_ref"] = result.provider_ref
+    if payment.status is not S.PENDING:
+        target = _OUTCOME_TO_STATUS.get(outcome)
+        if target is not None and target is not payment.status and target is S.COMPLETED:
+            # The provider says paid, our books say otherwise: keep the fact for reconciliation.
+            repo.audit(
+                conn,
+                at=now,
+                actor=actor,
+                action="provider.disagrees",
+                merchant_id=payment.merchant_id,
+                payment_pk=stored.pk,
+                from_status=payment.status.value,
+                to_status=target.value,
+                request_id=request_id,
+            )
+        return payment
+    if outcome is ProviderOutcome.NOT_FOUND:
+        age = (now - payment.created_at).total_seconds()
+        outcome = (
+            ProviderOutcome.FAILED
+            if age >= settings.provider_not_found_grace_seconds
+            else ProviderOutcome.UNKNOWN
+        )
+        if outcome is ProviderOutcome.FAILED:
+            result = ProviderResult(
+                ProviderOutcome.FAILED,
+                failure_code="NOT_RECEIVED",
+                failure_message="the provider never received the payment",
+            )
+    if outcome is ProviderOutcome.CANCELED and expiring:
+        outcome = ProviderOutcome.EXPIRED
+    qr_data = result.qr_data if result is not None and result.qr_data else payment.qr_data
+    if outcome in (ProviderOutcome.UNKNOWN, ProviderOutcome.WAITING_FOR_CUSTOMER):
+        reason = (
+            PendingReason.WAITING_FOR_CUSTOMER
+            if outcome is ProviderOutcome.WAITING_FOR_CUSTOMER
+            else payment.pending_reason
+        )
+        if reason is payment.pending_reason and qr_data == payment.qr_data:
+            repo.touch_provider_check(conn, stored.pk, now)
+            if "provider_ref" in extra:
+                conn.execute(
+                    t.payments.update()
+                    .where(t.payments.c.id == stored.pk)
+                    .values(provider_ref=extra["provider_ref"])
+                )
+            return payment
+        after = replace(payment.moved_to(S.PENDING, now, pending_reason=reason), qr_data=qr_data)
+    else:
+        target = _OUTCOME_TO_STATUS[outcome]
+        failure_code = result.failure_code if result is not None else None
+        failure_message = result.failure_message if result is not None else None
+        if target is S.FAILED and failure_code is None:
+            failure_code = "DECLINED"
+        if target is S.EXPIRED:
+            failure_code, failure_message = "QR_EXPIRED", "the QR code expired before it was paid"
+        after = replace(
+            payment.moved_to(
+                target, now, failure_code=failure_code, failure_message=failure_message
+            ),
+            qr_data=qr_data,
+        )
+    repo.save_payment(conn, stored.pk, payment, after, **extra)
+    repo.audit(
+        conn,
+        at=now,
+        actor=actor,
+        action=_ACTIONS.get(after.status, "payment.updated"),
+        merchant_id=payment.merchant_id,
+        terminal_id=payment.terminal_id,
+        payment_pk=stored.pk,
+        from_status=payment.status.value,
+        to_status=after.status.value,
+        detail={
+            "reason": after.pending_reason.value if after.pending_reason else None,
+            "failureCode": after.failure_code,
+        },
+        request_id=request_id,
+    )
+    return after
+
+
+_ACTIONS: Final = {
+    S.PENDING: "payment.waiting",
+    S.COMPLETED: "payment.completed",
+    S.FAILED: "payment.failed",
+    S.EXPIRED: "payment.expired",
+    S.CANCELED: "payment.canceled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _RefundAsk:
+    trans_id: str
+    refund_key: str
+    amount: int | None
+    passcode_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Reservation:
+    """CANCEL's second hop: an error to raise, a replay (no refund), or a reserved refund."""
+
+    error: KessaiError | None
+    stored: repo.StoredPayment | None = None
+    refund: Refund | None = None
+
+
+def _reserve_refund(
+    conn: Connection,
+    ctx: TerminalContext,
+    ask: _RefundAsk,
+    now: datetime,
+    settings: Settings,
+    request_id: str,
+) -> _Reservation:
+    """Count the passCode, then replay, refuse, or reserve a new refund's amount."""
+    error = _count_passcode(conn, ctx, ask.passcode_ok, now, settings, request_id)
+    if error is not None:
+        return _Reservation(error)
+    stored = repo.find_payment(conn, ctx.merchant_id, trans_id=ask.trans_id)
+    assert stored is not None
+    payment = stored.payment
+    earlier = next((r for r in payment.refunds if r.refund_key == ask.refund_key), None)
+    if earlier is not None:
+        if ask.amount is not None and ask.amount != earlier.amount:
+            raise Conflict(
+                f"refundKey {ask.refund_key} was already used for {earlier.amount} yen",
+                code="IDEMPOTENCY_CONFLICT",
+                field="refundKey",
+            )
+        return _Reservation(None, stored, None)
+    take = require_refundable(payment, ask.amount)
+    refund = Refund(
+        refund_id=new_refund_id(),
+        refund_key=ask.refund_key,
+        amount=take,
+        status=RefundStatus.PENDING,
+        created_at=now,
+        updated_at=now,
+    )
+    repo.insert_refund(conn, stored.pk, refund, ctx.actor)
+    # Bumping the version serialises refunds of one payment across instances: a racing refund
+    # that read the old refund list fails its version check and decides again.
+    after = replace(
+        payment, version=payment.version + 1, updated_at=now, refunds=(*payment.refunds, refund)
+    )
+    repo.save_payment(conn, stored.pk, payment, after)
+    repo.audit(
+        conn,
+        at=now,
+        actor=ctx.actor,
+        action="refund.requested",
+        merchant_id=ctx.merchant_id,
+        terminal_id=ctx.terminal_id,
+        payment_pk=stored.pk,
+        from_status=payment.status.value,
+        to_status=payment.status.value,
+        detail={"refundId": refund.refund_id, "refundKey": ask.refund_key, "amount": take},
+        request_id=request_id,
+    )
+    return _Reservation(None, replace(stored, payment=after), refund)
+
+
+def _settle_refund(
+    conn: Connection,
+    ctx: TerminalContext,
+    trans_id: str,
+    refund_id: str,
+    result: RefundResult | None,
+    now: datetime,
+    actor: str,
+    request_id: str,
+) -> Payment:
+    """Record the provider's answer to a refund; an unknown answer keeps the amount reserved."""
+    current = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id)
+    assert current is not None
+    payment = current.payment
+    mine = next(r for r in payment.refunds if r.refund_id == refund_id)
+    outcome = result.outcome if result is not None else ProviderOutcome.UNKNOWN
+    if outcome is ProviderOutcome.SUCCEEDED:
+        settled = replace(mine, status=RefundStatus.SUCCEEDED, updated_at=now)
+        after = payment.with_refund_settled(settled, now)
+    elif outcome is ProviderOutcome.FAILED:
+        settled = replace(
+            mine,
+            status=RefundStatus.FAILED,
+            updated_at=now,
+            failure_reason=result.failure_message if result is not None else None,
+        )
+        refunds = tuple(settled if r.refund_id == refund_id else r for r in payment.refunds)
+        after = replace(payment, refunds=refunds, version=payment.version + 1, updated_at=now)
+    else:
+        return payment
+    repo.update_refund(conn, settled)
+    repo.save_payment(conn, current.pk, payment, after)
+    repo.audit(
+        conn,
+        at=now,
+        actor=actor,
+        action="refund.succeeded" if outcome is ProviderOutcome.SUCCEEDED else "refund.failed",
+        merchant_id=ctx.merchant_id,
+        terminal_id=ctx.terminal_id,
+        payment_pk=current.pk,
+        from_status=payment.status.value,
+        to_status=after.status.value,
+        detail={"refundId": refund_id, "amount": mine.amount},
+        request_id=request_id,
+    )
+    return after

@@ -1,0 +1,284 @@
+"""Terminal sessions: LOGIN, LOGOUT and the bearer-token check every other operation makes.
+
+One device per mid: while a session is live, LOGIN with another ``key`` is refused; LOGIN with
+the same key replaces the old session (its token stops working). The partial unique index on
+``sessions(terminal_id) WHERE ended_at IS NULL`` makes this hold even for racing LOGINs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import schema as t
+from kessai.adapters.repository import audit
+from kessai.config import Settings
+from kessai.domain.errors import Conflict, Forbidden, RateLimited, Unauthenticated
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalContext:
+    """Who is calling: the logged-in terminal and its merchant."""
+
+    terminal_id: int
+    mid: str
+    merchant_id: int
+    merchant_name: str
+    session_id: int
+
+    @property
+    def actor(self) -> str:
+        """How this terminal is named in the audit trail."""
+        return f"terminal:{self.mid}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginSubject:
+    """What LOGIN reads before verifying the password (outside the database thread)."""
+
+    terminal_id: int | None
+    password_hash: str | None
+
+
+def end_idle_sessions(conn: Connection, terminal_id: int, now: datetime) -> None:
+    """Close the terminal's sessions whose idle deadline passed, so they free the mid."""
+    conn.execute(
+        t.sessions.update()
+        .where(
+            t.sessions.c.terminal_id == terminal_id,
+            t.sessions.c.ended_at.is_(None),
+            t.sessions.c.idle_expires_at <= now,
+        )
+        .values(ended_at=now, end_reason="idle")
+    )
+
+
+def end_live_session(conn: Connection, terminal_id: int, now: datetime, reason: str) -> bool:
+    """End the terminal's live session, if any; tells whether one was ended."""
+    result = conn.execute(
+        t.sessions.update()
+        .where(t.sessions.c.terminal_id == terminal_id, t.sessions.c.ended_at.is_(None))
+        .values(ended_at=now, end_reason=reason)
+    )
+    return result.rowcount > 0
+
+
+def read_login_subject(conn: Connection, os_value: str, mid: str) -> LoginSubject:
+    """First hop of LOGIN: check the os, find the terminal and its password hash."""
+    integration = conn.execute(
+        sa.select(t.integrations.c.enabled).where(t.integrations.c.os == os_value)
+    ).first()
+    if integration is None or not integration.enabled:
+        raise Unauthenticated("os is not a registered integration", code="UNKNOWN_OS", field="os")
+    row = conn.execute(
+        sa.select(t.terminals.c.id, t.terminals.c.password_hash).where(t.terminals.c.mid == mid)
+    ).first()
+    if row is None:
+        return LoginSubject(None, None)
+    return LoginSubject(row.id, row.password_hash)
+
+
+def _check_login_lock(row: sa.Row[tuple[object, ...]], now: datetime) -> None:
+    locked_until = row.login_locked_until
+    if isinstance(locked_until, datetime) and now < locked_until:
+        wait = int((locked_until - now).total_seconds()) + 1
+        raise RateLimited(
+            f"too many wrong passwords for this mid; try again in {wait} seconds",
+            code="LOGIN_LOCKED",
+            field="password",
+            retryable=True,
+            retry_after_seconds=wait,
+        )
+
+
+def check_login_lock(conn: Connection, terminal_id: int, now: datetime) -> None:
+    """Refuse at once when the mid is locked, before spending time on the password hash."""
+    row = conn.execute(
+        sa.select(t.terminals.c.login_locked_until).where(t.terminals.c.id == terminal_id)
+    ).one()
+    _check_login_lock(row, now)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    """The result of LOGIN's second hop; a failure is returned (not raised) so it commits."""
+
+    error: Exception | None
+    session_expires_at: datetime | None = None
+
+
+def finish_login(
+    conn: Connection,
+    *,
+    terminal_id: int,
+    password_ok: bool,
+    device_key: str,
+    os_value: str,
+    token_digest: str,
+    now: datetime,
+    settings: Settings,
+    request_id: str,
+) -> LoginOutcome:
+    """Second hop of LOGIN: count a failure, or open the session."""
+    row = conn.execute(sa.select(t.terminals).where(t.terminals.c.id == terminal_id)).one()
+    _check_login_lock(row, now)
+    actor = f"terminal:{row.mid}"
+    if not password_ok:
+        failures = int(row.login_failures) + 1
+        locked = failures >= settings.login_max_failures
+        conn.execute(
+            t.terminals.update()
+            .where(t.terminals.c.id == terminal_id)
+            .values(
+                login_failures=0 if locked else failures,
+                login_locked_until=now + timedelta(seconds=settings.login_lock_seconds)
+                if locked
+                else None,
+            )
+        )
+        audit(
+            conn,
+            at=now,
+            actor=actor,
+            action="terminal.login_locked" if locked else "terminal.login_failed",
+            merchant_id=row.merchant_id,
+            terminal_id=terminal_id,
+            request_id=request_id,
+        )
+        return LoginOutcome(_wrong_credentials())
+    if not row.enabled:
+        return LoginOutcome(
+            Forbidden("this terminal is disabled", code="TERMINAL_DISABLED", field="mid")
+        )
+    end_idle_sessions(conn, terminal_id, now)
+    live = conn.execute(
+        sa.select(t.sessions.c.id, t.sessions.c.device_key).where(
+            t.sessions.c.terminal_id == terminal_id, t.sessions.c.ended_at.is_(None)
+        )
+    ).first()
+    if live is not None:
+        if live.device_key != device_key:
+            return LoginOutcome(
+                Conflict(
+                    "this mid is logged in on another device; LOGOUT there first or ask an "
+                    "administrator to end that session",
+                    code="TERMINAL_IN_USE",
+                    field="key",
+                )
+            )
+        conn.execute(
+            t.sessions.update()
+            .where(t.sessions.c.id == live.id)
+            .values(ended_at=now, end_reason="replaced")
+        )
+    expires_at = now + timedelta(seconds=settings.session_idle_timeout_seconds)
+    conn.execute(
+        t.sessions.insert().values(
+            token_hash=token_digest,
+            terminal_id=terminal_id,
+            device_key=device_key,
+            os=os_value,
+            created_at=now,
+            last_seen_at=now,
+            idle_expires_at=expires_at,
+        )
+    )
+    conn.execute(
+        t.terminals.update()
+        .where(t.terminals.c.id == terminal_id)
+        .values(login_failures=0, login_locked_until=None, last_seen_at=now)
+    )
+    audit(
+        conn,
+        at=now,
+        actor=actor,
+        action="terminal.login",
+        merchant_id=row.merchant_id,
+        terminal_id=terminal_id,
+        detail={"key": device_key, "os": os_value, "replaced": live is not None},
+        request_id=request_id,
+    )
+    return LoginOutcome(None, expires_at)
+
+
+def _wrong_credentials() -> Unauthenticated:
+    return Unauthenticated("mid or password is wrong", code="WRONG_CREDENTIALS", field="password")
+
+
+def wrong_credentials() -> Unauthenticated:
+    """The error for an unknown mid, answered exactly like a wrong password."""
+    return _wrong_credentials()
+
+
+def authenticate(
+    conn: Connection, token_digest: str, now: datetime, settings: Settings
+) -> TerminalContext:
+    """Resolve a bearer token to its terminal, inside the operation's own unit of work."""
+    row = conn.execute(
+        sa.select(
+            t.sessions.c.id,
+            t.sessions.c.ended_at,
+            t.sessions.c.end_reason,
+            t.sessions.c.last_seen_at,
+            t.sessions.c.idle_expires_at,
+            t.terminals.c.id.label("terminal_id"),
+            t.terminals.c.mid,
+            t.terminals.c.enabled,
+            t.merchants.c.id.label("merchant_id"),
+            t.merchants.c.name.label("merchant_name"),
+        )
+        .join(t.terminals, t.terminals.c.id == t.sessions.c.terminal_id)
+        .join(t.merchants, t.merchants.c.id == t.terminals.c.merchant_id)
+        .where(t.sessions.c.token_hash == token_digest)
+    ).first()
+    if row is None:
+        raise Unauthenticated("the session token is not valid; LOGIN again")
+    if row.ended_at is not None:
+        raise Unauthenticated(f"the session has ended ({row.end_reason}); LOGIN again")
+    if now >= row.idle_expires_at:
+        raise Unauthenticated("the session expired after being idle; LOGIN again")
+    if not row.enabled:
+        raise Forbidden("this terminal is disabled", code="TERMINAL_DISABLED")
+    if (now - row.last_seen_at).total_seconds() >= settings.session_touch_interval_seconds:
+        conn.execute(
+            t.sessions.update()
+            .where(t.sessions.c.id == row.id)
+            .values(
+                last_seen_at=now,
+                idle_expires_at=now + timedelta(seconds=settings.session_idle_timeout_seconds),
+            )
+        )
+        conn.execute(
+            t.terminals.update().where(t.terminals.c.id == row.terminal_id).values(last_seen_at=now)
+        )
+    return TerminalContext(
+        terminal_id=row.terminal_id,
+        mid=row.mid,
+        merchant_id=row.merchant_id,
+        merchant_name=row.merchant_name,
+        session_id=row.id,
+    )
+
+
+def logout(
+    conn: Connection, token_digest: str, now: datetime, settings: Settings, request_id: str
+) -> None:
+    """End the caller's session."""
+    ctx = authenticate(conn, token_digest, now, settings)
+    conn.execute(
+        t.sessions.update()
+        .where(t.sessions.c.id == ctx.session_id)
+        .values(ended_at=now, end_reason="logout")
+    )
+    audit(
+        conn,
+        at=now,
+        actor=ctx.actor,
+        action="terminal.logout",
+        merchant_id=ctx.merchant_id,
+        terminal_id=ctx.terminal_id,
+        request_id=request_id,
+    )
