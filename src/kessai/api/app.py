@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from litestar import Litestar, Response, Router, get
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from kessai import __version__
@@ -32,6 +34,7 @@ from kessai.domain.errors import KessaiError
 from kessai.service.gateway import Gateway
 
 log = logging.getLogger("kessai")
+DOCS_ASSETS = "/docs/assets"
 
 
 def build_gateway(database_url: str, settings: Settings, clock: Clock = system_clock) -> Gateway:
@@ -84,7 +87,10 @@ def create_app(
             gateway.db.close()
 
     v1 = Router(path="/v1", route_handlers=terminal.ROUTES)
-    handlers: list[Any] = [v1, healthz, metrics.metrics, openapi_json]
+    docs_assets = create_static_files_router(
+        path=DOCS_ASSETS, directories=[swagger_ui_bundle.swagger_ui_path], include_in_schema=False
+    )
+    handlers: list[Any] = [v1, healthz, metrics.metrics, openapi_json, docs_assets]
     if settings.sandbox_enabled:
         handlers.extend(sandbox_pages.ROUTES)
     template_dir = Path(str(files("kessai") / "api" / "templates"))
@@ -108,7 +114,17 @@ def create_app(
                 'shape {"error": {"code", "message", "field", "retryable", "requestId"}}.'
             ),
             path="/docs",
-            render_plugins=[ScalarRenderPlugin()],
+            # Swagger UI is served from the installed swagger-ui-bundle package, so the docs
+            # page works on machines without internet access.
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                    css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                    standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+                    path="/",
+                    favicon=f"<link rel='icon' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+                )
+            ],
             components=Components(
                 security_schemes={
                     "sessionToken": SecurityScheme(

@@ -29,10 +29,13 @@ _UNKNOWN = re.compile(r"unknown field `([^`]{0,60})")
 
 
 def request_id_of(scope: Scope) -> str:
-    """The id the request-id middleware gave this request."""
-    state = scope.get("state") or {}
+    """The id of this request, given by the middleware or, for unrouted requests, made here."""
+    state = scope.setdefault("state", {})
     value = state.get("request_id")
-    return value if isinstance(value, str) else "unknown"
+    if not isinstance(value, str):
+        # Requests that match no route never pass the middleware.
+        value = state["request_id"] = secrets.token_hex(10)
+    return value
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -48,7 +51,8 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -67,7 +71,9 @@ def envelope(
     retry_after_seconds: int | None = None,
 ) -> Response[ErrorBody]:
     """The error answer every failure ends as."""
-    headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
+    headers = {"X-Request-Id": request_id}
+    if retry_after_seconds:
+        headers["Retry-After"] = str(retry_after_seconds)
     return Response(
         ErrorBody(ErrorDetail(code, message, field, retryable, request_id)),
         status_code=status,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 from sqlalchemy.engine import Connection
 
 from kessai.adapters.db import Database
@@ -25,7 +29,9 @@ def seed_and_describe(db: Database, url: str, base: str) -> str:
         return merchant_id, os_value, issued, ok, pw
 
     merchant_id, os_value, t, ok_codes, pw_codes = db.run_sync(seed)
-    j = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
+    # The examples call this very installation of kessai, wherever its virtualenv is.
+    kessai = shutil.which("kessai") or str(Path(sys.executable).with_name("kessai"))
+    j = "j"
     return (
         f"""
 Kessai demo — gateway with sandbox wallets (test mode: no real money moves)
@@ -41,47 +47,49 @@ Terminal:   mid {t.mid}   password {t.password}   passCode {t.passcode}
 Try it (in another shell):
 
   B={base}
+  CT='content-type: application/json'
+  j() {{ python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }}
   # LOGIN (once; the session lasts until LOGOUT)
-  TOKEN=$(curl -s -X POST $B/v1/login -H 'content-type: application/json' \\
+  TOKEN=$(curl -s -X POST $B/v1/login -H "$CT" \\
     -d '{{"mid":"{t.mid}","key":"{DEMO_KEY}","password":"{t.password}","os":"{os_value}"}}' \\
     | {j} sessionToken)
   AUTH="Authorization: Bearer $TOKEN"
 
   # 1. Payment: the customer shows a code (a PayPay sandbox code that succeeds)
-  curl -s -X POST $B/v1/payments -H "$AUTH" -H 'content-type: application/json' \\
+  curl -s -w '\\n' -X POST $B/v1/payments -H "$AUTH" -H "$CT" \\
     -d '{{"transKey":"DEMO0001","amount":1200,"code":"{ok_codes[0]}"}}'
   #    IDENTIFY-SCANNED-QR-CODE: which wallet is this code?
-  curl -s -X POST $B/v1/identify -H "$AUTH" -H 'content-type: application/json' \\
+  curl -s -w '\\n' -X POST $B/v1/identify -H "$AUTH" -H "$CT" \\
     -d '{{"code":"{ok_codes[1]}"}}'
   #    A WeChat Pay code whose customer must confirm with a password: PENDING, then PAYCHECK
-  TID=$(curl -s -X POST $B/v1/payments -H "$AUTH" -H 'content-type: application/json' \\
+  TID=$(curl -s -X POST $B/v1/payments -H "$AUTH" -H "$CT" \\
     -d '{{"transKey":"DEMO0002","amount":800,"code":"{pw_codes[0]}"}}' | {j} transId)
-  kessai sandbox approve $TID --database '{url}'
-  curl -s $B/v1/payments/$TID -H "$AUTH"            # PAYCHECK
-  curl -s "$B/v1/payments?transKey=DEMO0002" -H "$AUTH"   # STATUS
+  {kessai} sandbox approve $TID --database '{url}'
+  curl -s -w '\\n' $B/v1/payments/$TID -H "$AUTH"            # PAYCHECK
+  curl -s -w '\\n' "$B/v1/payments?transKey=DEMO0002" -H "$AUTH"   # STATUS
 
   # 2. QR code: the terminal shows a code, the customer scans it
-  QR=$(curl -s -X POST $B/v1/qr-codes -H "$AUTH" -H 'content-type: application/json' \\
+  QR=$(curl -s -X POST $B/v1/qr-codes -H "$AUTH" -H "$CT" \\
     -d '{{"transKey":"DEMO0003","amount":500,"serviceId":"01"}}')
   echo "$QR" | {j} qrData      # open this URL: the sandbox wallet page (Approve / Decline)
   curl -s $B/v1/payments/$(echo "$QR" | {j} transId)/qr.png -H "$AUTH" -o qr.png
 
   # 3. Refund (CANCEL) with the passCode: partial, then the rest
   PAID=$(curl -s "$B/v1/payments?transKey=DEMO0001" -H "$AUTH" | {j} transId)
-  curl -s -X POST $B/v1/payments/$PAID/refunds -H "$AUTH" -H 'content-type: application/json' \\
+  curl -s -w '\\n' -X POST $B/v1/payments/$PAID/refunds -H "$AUTH" -H "$CT" \\
     -d '{{"passCode":"{t.passcode}","amount":200,"refundKey":"R1"}}'
-  curl -s -X POST $B/v1/payments/$PAID/refunds -H "$AUTH" -H 'content-type: application/json' \\
+  curl -s -w '\\n' -X POST $B/v1/payments/$PAID/refunds -H "$AUTH" -H "$CT" \\
     -d '{{"passCode":"{t.passcode}","refundKey":"R2"}}'
 
   # 4. Voucher link: attach the shop's slip number
-  curl -s -X PUT $B/v1/payments/$PAID/voucher -H "$AUTH" -H 'content-type: application/json' \\
+  curl -s -w '\\n' -X PUT $B/v1/payments/$PAID/voucher -H "$AUTH" -H "$CT" \\
     -d '{{"voucherNo":"SLIP-0001"}}'
 
   # LOGOUT
-  curl -s -X POST $B/v1/logout -H "$AUTH"
+  curl -s -w '\\n' -X POST $B/v1/logout -H "$AUTH"
 
-More sandbox codes:  kessai sandbox code 01 --outcome declined --database '{url}'
-  (outcomes: {", ".join(wallets.OUTCOMES)}; services: kessai sandbox services)
+More sandbox codes:  {kessai} sandbox code 01 --outcome declined --database '{url}'
+  (outcomes: {", ".join(wallets.OUTCOMES)}; services: {kessai} sandbox services)
 """.rstrip()
         + "\n"
     )

@@ -21,6 +21,7 @@ from kessai.adapters.migrate import upgrade
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
 from kessai.connectors.sandbox import OUTCOMES, wallets
+from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import KessaiError
 from kessai.service import admin as admin_service
 
@@ -310,6 +311,17 @@ def sandbox_decline(
 ) -> None:
     """Decline a payment that waits for the customer."""
     _settle(trans_id, False, database, as_json)
+
+
+@sandbox_app.command("services")
+def sandbox_services(as_json: JsonOpt = False) -> None:
+    """List the wallet services of the catalog with their serviceId."""
+    rows = [
+        {"serviceId": s.service_id, "name": s.name, "nameEn": s.name_en, "active": s.active}
+        for s in load_catalog()
+    ]
+    lines = [f"{r['serviceId']}  {r['name']}{'' if r['active'] else '  (ended)'}" for r in rows]
+    emit(rows, as_json, "\n".join(lines))
 
 
 @sandbox_app.command("ledger")
