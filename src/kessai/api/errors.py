@@ -154,8 +154,6 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return envelope(rid, 400, "MALFORMED_JSON", "the body is not valid JSON")
     if exc.status_code == 413:
         return envelope(rid, 413, "BODY_TOO_LARGE", "the request body is too large")
-    if exc.status_code == 415:
-        return envelope(rid, 415, "UNSUPPORTED_MEDIA_TYPE", "send the body as application/json")
     if 400 <= exc.status_code < 500:
         return envelope(rid, exc.status_code, "INVALID_FIELD", str(exc.detail))
     log.error("framework error %s on %s", exc.status_code, request.url.path)

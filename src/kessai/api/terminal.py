@@ -9,12 +9,14 @@ import msgspec
 import segno
 from litestar import Request, Response, get, post, put
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response as RawResponse
 
 from kessai.api.errors import request_id_of, strict_decode_error
 from kessai.api.wire import (
     Empty,
+    ErrorBody,
     IdentifyAnswer,
     IdentifyBody,
     LoginAnswer,
@@ -27,11 +29,26 @@ from kessai.api.wire import (
     RequestBody,
     VoucherBody,
 )
-from kessai.domain.errors import NotFound, Unauthenticated
+from kessai.domain.errors import ERROR_CODES, NotFound, Unauthenticated
 from kessai.domain.model import PaymentKind
 from kessai.service.gateway import Gateway, PaymentView
 
 SECURITY: list[dict[str, list[str]]] = [{"sessionToken": []}]
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error answers a route can give, listing their codes."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorBody,
+            description="Error: "
+            + ", ".join(code for code, (s, _) in ERROR_CODES.items() if s == status),
+        )
+        for status in (400, *statuses, 500)
+    }
+
+
+AUTHED = (401, 403, 404, 413, 429)
 TAG = "Terminal API"
 
 
@@ -129,6 +146,7 @@ def _answer(view: PaymentView) -> Response[PaymentOut]:
         "ends it. One device per mid: another `key` is refused while a session is live; the "
         "same `key` replaces its own session."
     ),
+    responses=_errors(401, 403, 409, 413, 429),
     tags=[TAG],
     status_code=200,
 )
@@ -149,6 +167,7 @@ async def login(state: State, request: Request[Any, Any, Any], data: LoginBody) 
     "/logout",
     operation_id="LOGOUT",
     summary="LOGOUT — end the session",
+    responses=_errors(401, 403),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -171,6 +190,7 @@ async def logout(state: State, request: Request[Any, Any, Any]) -> Empty:
         "key: a retry with the same transKey and parameters answers the same payment and never "
         "charges twice."
     ),
+    responses=_errors(*AUTHED, 409, 422),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -200,6 +220,7 @@ TransId = Annotated[str, Parameter(description="The 10-digit payment number", ma
     operation_id="PAYCHECK",
     summary="PAYCHECK — a payment by transId",
     description="For a PENDING payment the gateway asks the provider (at most once a second).",
+    responses=_errors(*AUTHED),
     tags=[TAG],
     security=SECURITY,
 )
@@ -214,6 +235,7 @@ async def paycheck(state: State, request: Request[Any, Any, Any], transId: Trans
     operation_id="STATUS",
     summary="STATUS — a payment by transKey",
     description="Find a payment by the transKey the terminal generated, without its transId.",
+    responses=_errors(*AUTHED),
     tags=[TAG],
     security=SECURITY,
 )
@@ -238,6 +260,7 @@ async def status(
         "refundKey to make retries safe: the same refundKey answers the same refund. Five wrong "
         "passCodes lock refunds on the terminal."
     ),
+    responses=_errors(*AUTHED, 409),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -262,6 +285,7 @@ async def cancel(
     "/payments/{transId:str}/voucher",
     operation_id="VOUCHERNO",
     summary="VOUCHERNO — attach the shop's voucher number",
+    responses=_errors(*AUTHED, 409),
     tags=[TAG],
     security=SECURITY,
 )
@@ -285,6 +309,7 @@ async def voucher(
         "links to PNG and SVG images of the code. ttlSeconds defaults to 300 (30 to 1800). "
         "After qrExpiresAt the payment becomes EXPIRED and can no longer be paid."
     ),
+    responses=_errors(*AUTHED, 409, 422),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -316,6 +341,7 @@ async def _qr_text(state: State, request: Request[Any, Any, Any], trans_id: str)
     "/payments/{transId:str}/qr.png",
     operation_id="GET-QR-CODE-png",
     summary="GET-QR-CODE image (PNG)",
+    responses=_errors(*AUTHED),
     tags=[TAG],
     security=SECURITY,
     media_type="image/png",
@@ -335,6 +361,7 @@ async def qr_png(
     "/payments/{transId:str}/qr.svg",
     operation_id="GET-QR-CODE-svg",
     summary="GET-QR-CODE image (SVG)",
+    responses=_errors(*AUTHED),
     tags=[TAG],
     security=SECURITY,
     media_type="image/svg+xml",
@@ -354,6 +381,7 @@ async def qr_svg(
     "/identify",
     operation_id="IDENTIFY-SCANNED-QR-CODE",
     summary="IDENTIFY-SCANNED-QR-CODE — which wallet a scanned code belongs to",
+    responses=_errors(*AUTHED, 422),
     tags=[TAG],
     security=SECURITY,
     status_code=200,

@@ -3,8 +3,71 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
+
+# Formats are described here for the OpenAPI document and checked by kessai.domain.fields, whose
+# messages say exactly what is wrong.
+Mid = Annotated[
+    str,
+    Meta(description="Terminal id issued by the gateway: 16 digits", examples=["1656285018617673"]),
+]
+DeviceKey = Annotated[
+    str,
+    Meta(
+        description="The device's MAC address or another unique id: "
+        "1-50 letters, digits, ':' or '-'",
+        examples=["00:1A:2B:3C:4D:5E"],
+    ),
+]
+Password = Annotated[
+    str, Meta(description="Login password issued by the gateway: 12 letters or digits")
+]
+Os = Annotated[
+    str,
+    Meta(description="The integration's id issued by the gateway: 6 digits", examples=["150092"]),
+]
+TransKey = Annotated[
+    str,
+    Meta(
+        description="Your unique id for the payment, its idempotency key: 1-34 letters or digits",
+        examples=["SALE20261128000123"],
+    ),
+]
+Amount = Annotated[
+    int, Meta(description="Integer yen, 1 to 9,999,999 (1200 is ¥1,200)", examples=[1200])
+]
+Code = Annotated[
+    str,
+    Meta(
+        description="What the scanner read from the customer's phone: digits, "
+        "or the Base64 text of an EMV QR code; at most 512 characters",
+        examples=["900081818845855642567638"],
+    ),
+]
+ServiceId = Annotated[
+    str,
+    Meta(
+        description="Wallet service: 2 digits (01 PayPay, 02 d払い, "
+        "03 au PAY, 04 楽天ペイ, 05 メルペイ, 20 Alipay+, 21 WeChat Pay, "
+        "22 UnionPay, …)",
+        examples=["01"],
+    ),
+]
+PassCode = Annotated[str, Meta(description="The terminal's refund passCode: 4 digits")]
+RefundKey = Annotated[
+    str,
+    Meta(
+        description="Your id for this refund, its idempotency key: 1-34 letters or digits",
+        examples=["R1"],
+    ),
+]
+VoucherNo = Annotated[
+    str,
+    Meta(description="The shop's slip number: 1-20 letters, digits or '-'", examples=["SLIP-0001"]),
+]
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -14,10 +77,10 @@ class Body(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
 class LoginBody(Body):
     """LOGIN: the terminal's master data and the integration's os."""
 
-    mid: str
-    key: str
-    password: str
-    os: str
+    mid: Mid
+    key: DeviceKey
+    password: Password
+    os: Os
 
 
 class LoginAnswer(msgspec.Struct, rename="camel"):
@@ -30,39 +93,44 @@ class LoginAnswer(msgspec.Struct, rename="camel"):
 class RequestBody(Body):
     """REQUEST: charge the code scanned from the customer's phone."""
 
-    trans_key: str
-    amount: int
-    code: str
-    service_id: str | None = None
+    trans_key: TransKey
+    amount: Amount
+    code: Code
+    service_id: ServiceId | None = None
 
 
 class QrBody(Body):
     """GET-QR-CODE: one dynamic QR code for one payment."""
 
-    trans_key: str
-    amount: int
-    service_id: str
-    ttl_seconds: int | None = None
+    trans_key: TransKey
+    amount: Amount
+    service_id: ServiceId
+    ttl_seconds: (
+        Annotated[
+            int, Meta(description="Lifetime of the code in seconds: 30 to 1800 (default 300)")
+        ]
+        | None
+    ) = None
 
 
 class RefundBody(Body):
     """CANCEL: refund with the terminal's passCode; omit amount to refund what remains."""
 
-    pass_code: str
-    amount: int | None = None
-    refund_key: str | None = None
+    pass_code: PassCode
+    amount: Amount | None = None
+    refund_key: RefundKey | None = None
 
 
 class VoucherBody(Body):
     """VOUCHERNO: the shop's slip number."""
 
-    voucher_no: str
+    voucher_no: VoucherNo
 
 
 class IdentifyBody(Body):
     """IDENTIFY-SCANNED-QR-CODE: the scanned text."""
 
-    code: str
+    code: Code
 
 
 class RefundOut(msgspec.Struct, rename="camel"):

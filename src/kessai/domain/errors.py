@@ -12,7 +12,6 @@ error comes from its code in ``ERROR_CODES`` (the family's usual status is shown
     ├── PayloadTooLarge       413  request body over the limit
     ├── UnprocessableCode     422  a scanned code that is not a payment code we can route
     ├── RateLimited           429  too many wrong passwords or passCodes (locked)
-    ├── ProviderUnavailable   502  the wallet provider refused or failed before charging
     └── InternalError         500  a programmer error; never used for bad input
 
 ``ERROR_CODES`` documents every code; docs/errors.md is generated from the same table by a test
@@ -100,12 +99,6 @@ class RateLimited(KessaiError):
     default_code = "LOGIN_LOCKED"
 
 
-class ProviderUnavailable(KessaiError):
-    """The wallet provider could not be used; nothing was charged."""
-
-    default_code = "PROVIDER_UNAVAILABLE"
-
-
 class InternalError(KessaiError):
     """A bug. Bad input never ends here."""
 
@@ -138,9 +131,7 @@ ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     ),
     "REFUND_EXCEEDS_REMAINING": (409, "The refund is larger than what remains to refund."),
     "PAYMENT_NOT_EDITABLE": (409, "VOUCHERNO on a payment that ended without being paid."),
-    "CODE_ALREADY_USED": (409, "The transKey is taken by a payment of another kind (QR vs code)."),
     "BODY_TOO_LARGE": (413, "The request body exceeds the documented limit."),
-    "UNSUPPORTED_MEDIA_TYPE": (415, "The body is not sent as application/json."),
     "NOT_A_PAYMENT_CODE": (422, "The scanned code matches no wallet (e.g. a product barcode)."),
     "SERVICE_NOT_SUPPORTED": (
         422,
@@ -149,6 +140,5 @@ ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "LOGIN_LOCKED": (429, "Too many wrong passwords for this mid; wait for retryAfterSeconds."),
     "PASSCODE_LOCKED": (429, "Refunds are locked after repeated wrong passCodes."),
     "WRONG_PASSCODE": (403, "CANCEL with a wrong passCode."),
-    "PROVIDER_UNAVAILABLE": (502, "The provider refused or failed before anything was charged."),
     "INTERNAL_ERROR": (500, "A bug in the gateway. Please report it with the requestId."),
 }
