@@ -17,7 +17,7 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(db: Database, revision: str = "head") -> None:
+def upgrade(db: Database, revision: str = "heads") -> None:
     """Run every migration up to ``revision`` on ``db``."""
     config = alembic_config()
 

@@ -639,9 +639,49 @@ class Gateway:
         ctx, passcode_hash = await self._auth_unit(token, first, write=False)
         passcode_ok = await asyncio.to_thread(verify_secret, passcode_hash, passcode)
         ask = _RefundAsk(trans_id, refund_key or new_refund_id(), amount, passcode_ok)
+        return await self._refund(ctx, ask, now, request_id)
+
+    async def refund_for_merchant(
+        self,
+        merchant_id: int,
+        trans_id: str,
+        *,
+        amount: int | None,
+        refund_key: str | None,
+        actor: str,
+        request_id: str,
+    ) -> PaymentView:
+        """A refund made by the merchant itself (the console): CANCEL's rules without a passCode.
+
+        The caller has already authenticated and authorised ``actor`` as one of the merchant's
+        owners; the amount rules, idempotency and audit are exactly those of CANCEL.
+        """
+        fields.check("transId", trans_id)
+        if amount is not None:
+            fields.check_amount(amount)
+        if refund_key is not None:
+            fields.check("refundKey", refund_key)
+        who = MerchantActor(merchant_id=merchant_id, terminal_id=None, actor=actor)
+
+        def exists(conn: Connection) -> None:
+            if repo.find_payment(conn, merchant_id, trans_id=trans_id) is None:
+                raise _not_found(trans_id, None)
+
+        await self.db.run(exists, write=False)
+        ask = _RefundAsk(trans_id, refund_key or new_refund_id(), amount, None)
+        return await self._refund(who, ask, self.clock(), request_id)
+
+    async def _refund(
+        self,
+        who: TerminalContext | MerchantActor,
+        ask: _RefundAsk,
+        now: datetime,
+        request_id: str,
+    ) -> PaymentView:
+        """Reserve, ask the provider, and settle one refund (the shared part of both refunds)."""
 
         def second(conn: Connection) -> _Reservation:
-            return _reserve_refund(conn, ctx, ask, now, self.settings, request_id)
+            return _reserve_refund(conn, who, ask, now, self.settings, request_id)
 
         try:
             reservation = await self.db.run(second)
@@ -656,13 +696,13 @@ class Gateway:
             return self._view(stored.payment, replayed=True)
         connector = self._connector(stored.provider)
         result: RefundResult | None = await self._call(
-            lambda: connector.refund(trans_id, refund.refund_id, refund.amount), "refund"
+            lambda: connector.refund(ask.trans_id, refund.refund_id, refund.amount), "refund"
         )
         actor = f"provider:{stored.provider}"
 
         def third(conn: Connection) -> Payment:
             return _settle_refund(
-                conn, ctx, trans_id, refund.refund_id, result, now, actor, request_id
+                conn, who, ask.trans_id, refund.refund_id, result, now, actor, request_id
             )
 
         for _ in range(3):
@@ -939,11 +979,21 @@ _ACTIONS: Final = {
 
 
 @dataclass(frozen=True, slots=True)
+class MerchantActor:
+    """Someone acting for a merchant outside a terminal session (a console owner)."""
+
+    merchant_id: int
+    terminal_id: int | None
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
 class _RefundAsk:
     trans_id: str
     refund_key: str
     amount: int | None
-    passcode_ok: bool
+    # None when no passCode applies (a merchant's own refund from the console).
+    passcode_ok: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -957,16 +1007,18 @@ class _Reservation:
 
 def _reserve_refund(
     conn: Connection,
-    ctx: TerminalContext,
+    ctx: TerminalContext | MerchantActor,
     ask: _RefundAsk,
     now: datetime,
     settings: Settings,
     request_id: str,
 ) -> _Reservation:
     """Count the passCode, then replay, refuse, or reserve a new refund's amount."""
-    error = _count_passcode(conn, ctx, ask.passcode_ok, now, settings, request_id)
-    if error is not None:
-        return _Reservation(error)
+    if isinstance(ctx, TerminalContext):
+        assert ask.passcode_ok is not None
+        error = _count_passcode(conn, ctx, ask.passcode_ok, now, settings, request_id)
+        if error is not None:
+            return _Reservation(error)
     stored = repo.find_payment(conn, ctx.merchant_id, trans_id=ask.trans_id)
     assert stored is not None
     payment = stored.payment
@@ -1013,7 +1065,7 @@ def _reserve_refund(
 
 def _settle_refund(
     conn: Connection,
-    ctx: TerminalContext,
+    ctx: TerminalContext | MerchantActor,
     trans_id: str,
     refund_id: str,
     result: RefundResult | None,
