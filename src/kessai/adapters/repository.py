@@ -115,9 +115,17 @@ def find_payment(
     *,
     trans_id: str | None = None,
     trans_key: str | None = None,
+    lock: bool = False,
 ) -> StoredPayment | None:
-    """Find a merchant's payment by transId or transKey; another merchant's is simply absent."""
+    """Find a merchant's payment by transId or transKey; another merchant's is simply absent.
+
+    ``lock`` takes the row lock (PostgreSQL ``FOR UPDATE``) for a unit that will change the
+    payment, so that concurrent writers queue instead of failing their version check. SQLite
+    needs no row lock: its writing units already run one at a time.
+    """
     query = sa.select(t.payments).where(t.payments.c.merchant_id == merchant_id)
+    if lock:
+        query = query.with_for_update()
     if trans_id is not None:
         query = query.where(t.payments.c.trans_id == trans_id)
     elif trans_key is not None:

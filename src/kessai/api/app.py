@@ -84,7 +84,7 @@ def create_app(
         try:
             yield
         finally:
-            gateway.db.close()
+            await gateway.db.aclose()
 
     v1 = Router(path="/v1", route_handlers=terminal.ROUTES)
     docs_assets = create_static_files_router(

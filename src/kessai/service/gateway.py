@@ -70,6 +70,8 @@ S = PaymentStatus
 
 # A transId is drawn at random; this many collisions in a row would mean the space is nearly full.
 MAX_TRANS_ID_ATTEMPTS: Final = 20
+# How often a unit that lost a race to a concurrent writer is run again before giving up.
+MAX_RACE_RETRIES: Final = 8
 # An argon2 hash compared against when the mid is unknown, so that the answer takes as long as
 # for a known mid with a wrong password.
 _DUMMY_HASH: Final = (
@@ -113,6 +115,18 @@ class Gateway:
         self.catalog = load_catalog()
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    async def _retrying(self, unit: Callable[[Connection], T]) -> T:
+        """Run a unit that may lose a race (a duplicate key, a stale version): run it again.
+
+        A racing writer that committed first is then seen, so the retry decides on top of it.
+        """
+        for _ in range(MAX_RACE_RETRIES):
+            try:
+                return await self.db.run(unit)
+            except (sa.exc.IntegrityError, repo.StaleWrite):
+                continue
+        return await self.db.run(unit)
 
     def _connector(self, name: str) -> Connector:
         connector = self.connectors.get(name)
@@ -302,12 +316,9 @@ class Gateway:
     async def _first_hop(
         self, unit: Callable[[Connection], tuple[repo.StoredPayment, TerminalContext, bool]]
     ) -> tuple[repo.StoredPayment, TerminalContext, bool]:
-        try:
-            return await self.db.run(unit)
-        except sa.exc.IntegrityError:
-            # A racing duplicate with the same transKey committed first: run again, which now
-            # finds it and replays (or reports the conflict).
-            return await self.db.run(unit)
+        # A racing duplicate with the same transKey that committed first makes this unit fail on
+        # the unique constraint; run again, it then finds that payment and replays it.
+        return await self._retrying(unit)
 
     async def request(
         self,
@@ -393,18 +404,13 @@ class Gateway:
             row = conn.execute(
                 sa.select(t.payments.c.trans_id).where(t.payments.c.id == pk)
             ).scalar_one()
-            stored = repo.find_payment(conn, merchant_id, trans_id=row)
+            stored = repo.find_payment(conn, merchant_id, trans_id=row, lock=True)
             assert stored is not None
             return _apply_result(
                 conn, stored, result, now, actor, request_id, expiring, self.settings
             )
 
-        for _ in range(3):
-            try:
-                return await self.db.run(unit)
-            except repo.StaleWrite:
-                continue  # someone else moved it first: read again and apply on top
-        return await self.db.run(unit)
+        return await self._retrying(unit)
 
     async def _refresh(self, stored: repo.StoredPayment, request_id: str) -> Payment:
         """For a PENDING payment whose last provider answer is stale, ask the provider again."""
@@ -683,11 +689,7 @@ class Gateway:
         def second(conn: Connection) -> _Reservation:
             return _reserve_refund(conn, who, ask, now, self.settings, request_id)
 
-        try:
-            reservation = await self.db.run(second)
-        except (sa.exc.IntegrityError, repo.StaleWrite):
-            # A racing refund of the same payment committed first: decide again on top of it.
-            reservation = await self.db.run(second)
+        reservation = await self._retrying(second)
         if reservation.error is not None:
             raise reservation.error
         stored, refund = reservation.stored, reservation.refund
@@ -705,12 +707,7 @@ class Gateway:
                 conn, who, ask.trans_id, refund.refund_id, result, now, actor, request_id
             )
 
-        for _ in range(3):
-            try:
-                return self._view(await self.db.run(third))
-            except repo.StaleWrite:
-                continue
-        return self._view(await self.db.run(third))
+        return self._view(await self._retrying(third))
 
     # -- VOUCHERNO ----------------------------------------------------------------------------
 
@@ -723,7 +720,7 @@ class Gateway:
         now = self.clock()
 
         def fn(conn: Connection, ctx: TerminalContext) -> Payment:
-            stored = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id)
+            stored = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id, lock=True)
             if stored is None:
                 raise _not_found(trans_id, None)
             payment = stored.payment
@@ -753,10 +750,12 @@ class Gateway:
             )
             return after
 
-        try:
-            return self._view(await self._auth_unit(token, fn))
-        except repo.StaleWrite:
-            return self._view(await self._auth_unit(token, fn))
+        digest = token_hash(token)
+
+        def unit(conn: Connection) -> Payment:
+            return fn(conn, sessions.authenticate(conn, digest, now, self.settings))
+
+        return self._view(await self._retrying(unit))
 
     # -- IDENTIFY-SCANNED-QR-CODE -------------------------------------------------------------
 
@@ -809,10 +808,11 @@ def _count_passcode(
     request_id: str,
 ) -> KessaiError | None:
     """Count a wrong passCode (locking at the limit) or clear the count; answers the error."""
+    # The row lock makes concurrent wrong guesses at several instances count one by one.
     row = conn.execute(
-        sa.select(t.terminals.c.passcode_failures, t.terminals.c.passcode_locked_until).where(
-            t.terminals.c.id == ctx.terminal_id
-        )
+        sa.select(t.terminals.c.passcode_failures, t.terminals.c.passcode_locked_until)
+        .where(t.terminals.c.id == ctx.terminal_id)
+        .with_for_update()
     ).one()
     try:
         _check_passcode_lock(row.passcode_locked_until, now)
@@ -1019,7 +1019,7 @@ def _reserve_refund(
         error = _count_passcode(conn, ctx, ask.passcode_ok, now, settings, request_id)
         if error is not None:
             return _Reservation(error)
-    stored = repo.find_payment(conn, ctx.merchant_id, trans_id=ask.trans_id)
+    stored = repo.find_payment(conn, ctx.merchant_id, trans_id=ask.trans_id, lock=True)
     assert stored is not None
     payment = stored.payment
     earlier = next((r for r in payment.refunds if r.refund_key == ask.refund_key), None)
@@ -1074,7 +1074,7 @@ def _settle_refund(
     request_id: str,
 ) -> Payment:
     """Record the provider's answer to a refund; an unknown answer keeps the amount reserved."""
-    current = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id)
+    current = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id, lock=True)
     assert current is not None
     payment = current.payment
     mine = next(r for r in payment.refunds if r.refund_id == refund_id)

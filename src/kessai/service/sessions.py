@@ -123,7 +123,10 @@ def finish_login(
     request_id: str,
 ) -> LoginOutcome:
     """Second hop of LOGIN: count a failure, or open the session."""
-    row = conn.execute(sa.select(t.terminals).where(t.terminals.c.id == terminal_id)).one()
+    # The row lock makes concurrent wrong passwords at several instances count one by one.
+    row = conn.execute(
+        sa.select(t.terminals).where(t.terminals.c.id == terminal_id).with_for_update()
+    ).one()
     _check_login_lock(row, now)
     actor = f"terminal:{row.mid}"
     if not password_ok:

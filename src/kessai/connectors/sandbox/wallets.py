@@ -95,8 +95,9 @@ def issue_codes(
     return codes
 
 
-def _charge(conn: Connection, ref: str) -> sa.Row[tuple[object, ...]] | None:
-    return conn.execute(sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == ref)).first()
+def _charge(conn: Connection, ref: str, lock: bool = False) -> sa.Row[tuple[object, ...]] | None:
+    query = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == ref)
+    return conn.execute(query.with_for_update() if lock else query).first()
 
 
 def _result_of(row: sa.Row[tuple[object, ...]], now: datetime) -> ProviderResult:
@@ -175,15 +176,17 @@ class SandboxWallets:
             ).first()
             if code_row is None:
                 outcome = "unknown-code"
-            elif code_row.used_at is not None:
-                outcome = "code-reused"
             else:
-                outcome = str(code_row.outcome)
-                conn.execute(
+                # Spending the code is one conditional update, so two payments racing with one
+                # code cannot both use it.
+                spent = conn.execute(
                     t.sandbox_codes.update()
-                    .where(t.sandbox_codes.c.code_hash == digest)
+                    .where(
+                        t.sandbox_codes.c.code_hash == digest, t.sandbox_codes.c.used_at.is_(None)
+                    )
                     .values(used_at=now)
                 )
+                outcome = str(code_row.outcome) if spent.rowcount == 1 else "code-reused"
             status, visible_at = {
                 "success": (SUCCEEDED, None),
                 "password": (WAITING, None),
@@ -211,7 +214,11 @@ class SandboxWallets:
             assert created is not None
             return _result_of(created, now)
 
-        return await self.db.run(unit)
+        try:
+            return await self.db.run(unit)
+        except sa.exc.IntegrityError:
+            # The same ref raced in twice; the first one's charge is the answer.
+            return await self.db.run(unit)
 
     async def create_qr(self, request: QrRequest) -> ProviderResult:
         """Open a charge that waits for the customer to scan and approve it."""
@@ -265,7 +272,7 @@ class SandboxWallets:
         now = self.clock()
 
         def unit(conn: Connection) -> ProviderResult:
-            row = _charge(conn, ref)
+            row = _charge(conn, ref, lock=True)
             if row is None:
                 return ProviderResult(ProviderOutcome.NOT_FOUND, provider_ref=ref)
             if row.status == WAITING:
@@ -294,7 +301,7 @@ class SandboxWallets:
             ).first()
             if done is not None:
                 return RefundResult(ProviderOutcome.SUCCEEDED)
-            row = _charge(conn, ref)
+            row = _charge(conn, ref, lock=True)
             if row is None or row.status != SUCCEEDED:
                 return RefundResult(
                     ProviderOutcome.FAILED, "the wallet has no completed charge to refund"
@@ -325,7 +332,7 @@ def settle(conn: Connection, ref: str, approve: bool, now: datetime) -> str:
     Used by ``kessai sandbox approve|decline`` and by the simulator page. A charge whose QR code
     expired can no longer be approved, as with a real wallet.
     """
-    row = _charge(conn, ref)
+    row = _charge(conn, ref, lock=True)
     if row is None:
         raise NotFound(f"the sandbox has no charge {ref}", field="transId")
     if row.status != WAITING:
