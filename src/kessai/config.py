@@ -31,6 +31,20 @@ class Settings:
     # "Not found" at the provider means "never arrived" only once the request is this old;
     # before that the provider may still be processing it.
     provider_not_found_grace_seconds: int = 60
+    # An outcome still unknown this long after the payment began is cancelled (reversed) at the
+    # provider, as Alipay+ and WeChat Pay advise (about a minute), and FAILED once confirmed.
+    provider_give_up_seconds: int = 60
+    # Workers: how often a PENDING payment is re-checked when nobody polls it, how many
+    # payments or events one batch takes, and how long one job may run.
+    worker_recheck_interval_ms: int = 3000
+    worker_batch_size: int = 100
+    worker_job_seconds: float = 20.0
+    worker_idle_sleep_ms: int = 500
+    # Run the background jobs inside every `kessai serve` process as well.
+    worker_in_serve: bool = False
+    # Retention of housekeeping rows (payments and the audit trail are never pruned).
+    session_retention_days: int = 30
+    sandbox_code_retention_days: int = 7
     # Sandbox: how long a "timeout" outcome hides its true result from queries.
     sandbox_reveal_after_seconds: float = 3.0
     max_body_bytes: int = 16 * 1024

@@ -136,6 +136,21 @@ def find_payment(
     return None if row is None else _to_stored(conn, row)
 
 
+def merchant_name(conn: Connection, merchant_id: int) -> str:
+    """A merchant's display name (shown to the customer by wallets)."""
+    return str(
+        conn.execute(
+            sa.select(t.merchants.c.name).where(t.merchants.c.id == merchant_id)
+        ).scalar_one()
+    )
+
+
+def load_payment(conn: Connection, pk: int) -> StoredPayment:
+    """A payment by its primary key (for workers, which act across merchants)."""
+    row = conn.execute(sa.select(t.payments).where(t.payments.c.id == pk)).one()
+    return _to_stored(conn, row)
+
+
 def insert_payment(
     conn: Connection,
     payment: Payment,

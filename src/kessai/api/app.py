@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from kessai.config import Settings
 from kessai.connectors.sandbox import SandboxWallets
 from kessai.domain.errors import KessaiError
 from kessai.service.gateway import Gateway
+from kessai.service.worker import Worker
 
 log = logging.getLogger("kessai")
 DOCS_ASSETS = "/docs/assets"
@@ -81,9 +83,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = None
+        if settings.worker_in_serve:
+            task = asyncio.create_task(Worker(gateway).run_forever(stop))
         try:
             yield
         finally:
+            stop.set()
+            if task is not None:
+                await task
             await gateway.db.aclose()
 
     v1 = Router(path="/v1", route_handlers=terminal.ROUTES)

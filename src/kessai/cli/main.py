@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,12 +20,15 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
 from kessai.adapters.migrate import upgrade
+from kessai.api.app import build_gateway
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
+from kessai.config import Settings
 from kessai.connectors.sandbox import OUTCOMES, wallets
 from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import KessaiError
 from kessai.service import admin as admin_service
+from kessai.service.worker import Worker
 
 T = TypeVar("T")
 
@@ -110,11 +115,61 @@ def serve(
     public_url: Annotated[
         str | None, typer.Option(help="Base URL customers' phones reach (sandbox QR links).")
     ] = None,
+    worker: Annotated[
+        bool, typer.Option("--worker", help="Also run the background jobs in every process.")
+    ] = False,
 ) -> None:
     """Run the gateway over HTTP."""
     with opened(database):
         pass
+    if worker:
+        os.environ["KESSAI_WORKER_IN_SERVE"] = "true"
     _serve(host, port, database, workers, public_url)
+
+
+@app.command("worker")
+def worker_command(
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the background jobs: resolve unknown outcomes, expire QR codes, prune old rows.
+
+    Safe to run on every instance at once: work is claimed in the database.
+    """
+    with opened(database):
+        pass
+    settings = Settings.from_env()
+
+    async def main() -> None:
+        gateway = build_gateway(database, settings)
+        runner = Worker(gateway)
+        try:
+            if once:
+                report = await runner.run_once()
+                emit(
+                    {
+                        "checked": report.checked,
+                        "finished": report.finished,
+                        "prunedSessions": report.pruned_sessions,
+                        "prunedCodes": report.pruned_codes,
+                        "errors": report.errors,
+                    },
+                    as_json,
+                    f"checked {report.checked}, finished {report.finished}, pruned "
+                    f"{report.pruned_sessions} sessions and {report.pruned_codes} codes",
+                )
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            out.print("worker running; Ctrl+C to stop")
+            await runner.run_forever(stop)
+        finally:
+            await gateway.db.aclose()
+
+    asyncio.run(main())
 
 
 def _serve(host: str, port: int, database: str, workers: int, public_url: str | None) -> None:

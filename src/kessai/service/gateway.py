@@ -396,6 +396,7 @@ class Gateway:
         request_id: str,
         *,
         expiring: bool = False,
+        giving_up: bool = False,
     ) -> Payment:
         """Record what the provider said about a payment, in one unit with its audit entry."""
         now = self.clock()
@@ -407,7 +408,15 @@ class Gateway:
             stored = repo.find_payment(conn, merchant_id, trans_id=row, lock=True)
             assert stored is not None
             return _apply_result(
-                conn, stored, result, now, actor, request_id, expiring, self.settings
+                conn,
+                stored,
+                result,
+                now,
+                actor,
+                request_id,
+                self.settings,
+                expiring=expiring,
+                giving_up=giving_up,
             )
 
         return await self._retrying(unit)
@@ -423,7 +432,7 @@ class Gateway:
 
         def claim(conn: Connection) -> str | None:
             # Claiming the check in the database lets only one of many concurrent pollers (on
-            # any instance) ask the provider per interval.
+            # any instance, or a worker) ask the provider per interval.
             result = conn.execute(
                 t.payments.update()
                 .where(
@@ -438,15 +447,24 @@ class Gateway:
             )
             if result.rowcount != 1:
                 return None
-            return str(
-                conn.execute(
-                    sa.select(t.merchants.c.name).where(t.merchants.c.id == payment.merchant_id)
-                ).scalar_one()
-            )
+            return repo.merchant_name(conn, payment.merchant_id)
 
         merchant_name = await self.db.run(claim)
         if merchant_name is None:
             return payment
+        return await self.resolve(stored, merchant_name, request_id)
+
+    async def resolve(
+        self, stored: repo.StoredPayment, merchant_name: str, request_id: str
+    ) -> Payment:
+        """Bring a PENDING payment (already claimed for a check) closer to its final state.
+
+        An expired QR code is withdrawn at the provider; an outcome still unknown after the
+        give-up time is cancelled (reversed) at the provider and FAILED only once the provider
+        confirms the cancel; anything else is a plain query.
+        """
+        payment = stored.payment
+        now = self.clock()
         connector = self._connector(stored.provider)
         ref = payment.trans_id
         expiring = (
@@ -454,10 +472,15 @@ class Gateway:
             and payment.qr_expires_at is not None
             and now >= payment.qr_expires_at
         )
+        giving_up = (
+            not expiring
+            and payment.pending_reason is PendingReason.OUTCOME_UNKNOWN
+            and (now - payment.created_at).total_seconds() >= self.settings.provider_give_up_seconds
+        )
         result: ProviderResult | None
-        if expiring:
-            # Withdraw the code at the provider first: it becomes EXPIRED only once the provider
-            # confirms nobody paid it meanwhile.
+        if expiring or giving_up:
+            # Withdraw at the provider first: the payment ends only once the provider confirms
+            # that nobody paid it meanwhile (or that the charge was reversed).
             result = await self._call(lambda: connector.cancel(ref), "cancel")
         elif payment.kind is PaymentKind.MERCHANT_QR and payment.qr_data is None:
             qr = self._qr_request(payment, merchant_name)
@@ -465,12 +488,13 @@ class Gateway:
         else:
             result = await self._call(lambda: connector.sync(ref), "sync")
         return await self._apply(
-            pk,
+            stored.pk,
             payment.merchant_id,
             result,
             f"provider:{stored.provider}",
             request_id,
             expiring=expiring,
+            giving_up=giving_up,
         )
 
     # -- PAYCHECK / STATUS -------------------------------------------------------------------
@@ -878,8 +902,10 @@ def _apply_result(
     now: datetime,
     actor: str,
     request_id: str,
-    expiring: bool,
     settings: Settings,
+    *,
+    expiring: bool = False,
+    giving_up: bool = False,
 ) -> Payment:
     """Move a payment by a provider's answer; unknown answers leave it PENDING."""
     payment = stored.payment
@@ -918,6 +944,15 @@ def _apply_result(
             )
     if outcome is ProviderOutcome.CANCELED and expiring:
         outcome = ProviderOutcome.EXPIRED
+    if outcome is ProviderOutcome.CANCELED and giving_up:
+        # The terminal was told "unknown"; the provider has now confirmed that no money moved.
+        outcome = ProviderOutcome.FAILED
+        result = ProviderResult(
+            ProviderOutcome.FAILED,
+            failure_code="REVERSED",
+            failure_message="the provider did not confirm the payment in time; it was "
+            "cancelled at the provider and nothing was charged",
+        )
     qr_data = result.qr_data if result is not None and result.qr_data else payment.qr_data
     if outcome in (ProviderOutcome.UNKNOWN, ProviderOutcome.WAITING_FOR_CUSTOMER):
         reason = (

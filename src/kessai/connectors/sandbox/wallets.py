@@ -268,14 +268,20 @@ class SandboxWallets:
         return await self.db.run(unit, write=False)
 
     async def cancel(self, ref: str) -> ProviderResult:
-        """Withdraw a charge still waiting for the customer; a paid one stays paid."""
+        """Withdraw a charge that waits for the customer, or reverse one whose answer was lost.
+
+        A charge whose success the gateway already could see stays paid.
+        """
         now = self.clock()
 
         def unit(conn: Connection) -> ProviderResult:
             row = _charge(conn, ref, lock=True)
             if row is None:
                 return ProviderResult(ProviderOutcome.NOT_FOUND, provider_ref=ref)
-            if row.status == WAITING:
+            hidden = isinstance(row.visible_at, datetime) and now < row.visible_at
+            if row.status == WAITING or hidden:
+                # Unpaid, or an outcome the gateway never learned: the wallet withdraws the
+                # payment and gives back anything it took, as a real reversal does.
                 expired = isinstance(row.expires_at, datetime) and now >= row.expires_at
                 status = EXPIRED if expired else CANCELED
                 conn.execute(

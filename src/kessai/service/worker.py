@@ -1,0 +1,162 @@
+"""Background jobs: resolve payments nobody polls, expire QR codes, prune housekeeping rows.
+
+Every job is safe to run on every instance at once. Work is claimed in the database — a payment
+by moving its ``provider_checked_at`` forward (with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+two workers never take the same rows) — and each job is bounded in batch size and in time. A
+worker that crashes mid-batch loses nothing: the payments it claimed are simply due again after
+the recheck interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import repository as repo
+from kessai.adapters import schema as t
+from kessai.domain.model import PaymentStatus
+from kessai.service.gateway import Gateway
+
+log = logging.getLogger("kessai.worker")
+
+# How many claimed payments one worker asks providers about at the same time.
+MAX_PARALLEL_PROVIDER_CALLS = 10
+
+
+@dataclass(slots=True)
+class WorkerReport:
+    """What one pass of the jobs did."""
+
+    checked: int = 0
+    finished: int = 0
+    pruned_sessions: int = 0
+    pruned_codes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        """Whether the pass found work (the loop then runs again without sleeping)."""
+        return self.checked > 0
+
+
+class Worker:
+    """Runs the background jobs of one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+
+    async def run_once(self) -> WorkerReport:
+        """One pass of every job."""
+        report = WorkerReport()
+        await self._bounded(self.reconcile(report), "reconcile", report)
+        await self._bounded(self.prune(report), "prune", report)
+        return report
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Run passes until ``stop`` is set; sleep briefly when there was nothing to do."""
+        while not stop.is_set():
+            try:
+                report = await self.run_once()
+            except Exception:  # a job's failure must not end the worker; it is logged
+                log.exception("worker pass failed")
+                report = WorkerReport()
+            if report.busy:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.worker_idle_sleep_ms / 1000)
+
+    async def _bounded(
+        self, job: Coroutine[Any, Any, None], name: str, report: WorkerReport
+    ) -> None:
+        try:
+            await asyncio.wait_for(job, self.settings.worker_job_seconds)
+        except TimeoutError:
+            report.errors.append(f"{name}: time budget spent")
+            log.warning("worker job %s ran out of its time budget", name)
+
+    async def reconcile(self, report: WorkerReport) -> None:
+        """Ask providers about PENDING payments whose last answer is stale; expire QR codes."""
+        gateway = self.gateway
+        now = gateway.clock()
+        interval = timedelta(milliseconds=self.settings.worker_recheck_interval_ms)
+        batch = self.settings.worker_batch_size
+        skip_locked = gateway.db.dialect == "postgresql"
+
+        def claim(conn: Connection) -> list[tuple[repo.StoredPayment, str]]:
+            p = t.payments
+            due = (
+                sa.select(p.c.id)
+                .where(
+                    p.c.status == PaymentStatus.PENDING.value,
+                    sa.or_(
+                        p.c.provider_checked_at.is_(None),
+                        p.c.provider_checked_at <= now - interval,
+                    ),
+                )
+                .order_by(p.c.provider_checked_at.nulls_first(), p.c.id)
+                .limit(batch)
+            )
+            if skip_locked:
+                due = due.with_for_update(skip_locked=True)
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            conn.execute(p.update().where(p.c.id.in_(ids)).values(provider_checked_at=now))
+            claimed = [repo.load_payment(conn, pk) for pk in ids]
+            names = {s.payment.merchant_id for s in claimed}
+            merchant = {m: repo.merchant_name(conn, m) for m in names}
+            return [(s, merchant[s.payment.merchant_id]) for s in claimed]
+
+        claimed = await gateway.db.run(claim)
+        report.checked += len(claimed)
+        limit = asyncio.Semaphore(MAX_PARALLEL_PROVIDER_CALLS)
+
+        async def one(stored: repo.StoredPayment, merchant_name: str) -> None:
+            async with limit:
+                try:
+                    after = await gateway.resolve(stored, merchant_name, "worker")
+                except Exception as exc:  # one payment's trouble must not stop the batch
+                    log.exception("reconciling payment %s failed", stored.payment.trans_id)
+                    report.errors.append(f"{stored.payment.trans_id}: {type(exc).__name__}")
+                    return
+                if after.status is not PaymentStatus.PENDING:
+                    report.finished += 1
+
+        await asyncio.gather(*(one(s, name) for s, name in claimed))
+
+    async def prune(self, report: WorkerReport) -> None:
+        """Delete ended sessions and spent sandbox codes older than their retention."""
+        gateway = self.gateway
+        now = gateway.clock()
+        settings = self.settings
+        batch = settings.worker_batch_size * 10
+
+        def unit(conn: Connection) -> tuple[int, int]:
+            s = t.sessions
+            # Idle sessions are closed here too, so they show as ended in the console.
+            conn.execute(
+                s.update()
+                .where(s.c.ended_at.is_(None), s.c.idle_expires_at <= now)
+                .values(ended_at=now, end_reason="idle")
+            )
+            old = now - timedelta(days=settings.session_retention_days)
+            ids = sa.select(s.c.id).where(s.c.ended_at <= old).limit(batch)
+            sessions = conn.execute(s.delete().where(s.c.id.in_(ids))).rowcount
+            c = t.sandbox_codes
+            stale = now - timedelta(days=settings.sandbox_code_retention_days)
+            codes_q = sa.select(c.c.code_hash).where(c.c.issued_at <= stale).limit(batch)
+            codes = conn.execute(c.delete().where(c.c.code_hash.in_(codes_q))).rowcount
+            return sessions, codes
+
+        sessions, codes = await gateway.db.run(unit)
+        report.pruned_sessions += sessions
+        report.pruned_codes += codes
