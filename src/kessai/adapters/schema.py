@@ -235,3 +235,92 @@ sandbox_refunds = sa.Table(
     sa.Column("amount", sa.Integer, nullable=False),
     _now_col("created_at"),
 )
+
+# Webhooks: one endpoint per merchant, and the outbox of events written in the same transaction
+# as the state change they report. The signing secret is not stored: it is derived from the
+# gateway's master key and the endpoint's nonce (kessai.keys).
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "merchant_id", sa.Integer, sa.ForeignKey("merchants.id"), nullable=False, unique=True
+    ),
+    sa.Column("url", sa.String(500), nullable=False),
+    sa.Column("secret_nonce", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+)
+
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("merchant_id", sa.Integer, nullable=False),
+    sa.Column("payment_id", sa.Integer, nullable=True),
+    sa.Column("type", sa.String(40), nullable=False),
+    # The payment's version after the change: a per-payment sequence number for receivers.
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    _now_col("next_attempt_at"),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=True),
+    _now_col("delivered_at", nullable=True),
+    _now_col("created_at"),
+    sa.Index("ix_webhook_events_due", "status", "next_attempt_at"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_pk", sa.Integer, sa.ForeignKey("webhook_events.id"), nullable=False),
+    _now_col("at"),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.String(200), nullable=True),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Index("ix_webhook_attempts_event", "event_pk"),
+)
+
+# The merchant console's users and their server-side sessions. A console user belongs to one
+# merchant and sees only that merchant's payments and terminals.
+console_users = sa.Table(
+    "console_users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id"), nullable=False),
+    # Stored lower-cased, so that the login address is case-insensitive and unique.
+    sa.Column("email", sa.String(254), nullable=False, unique=True),
+    sa.Column("role", sa.String(10), nullable=False),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("login_failures", sa.Integer, nullable=False, default=0),
+    _now_col("login_locked_until", nullable=True),
+    sa.Column("lang", sa.String(2), nullable=True),
+    _now_col("last_login_at", nullable=True),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+    sa.CheckConstraint("role IN ('owner', 'staff')", name="role_known"),
+)
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the session cookie; the cookie value itself is never stored.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("console_users.id"), nullable=False),
+    # The synchronizer token every form of this session must carry.
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    _now_col("created_at"),
+    _now_col("last_seen_at"),
+    _now_col("idle_expires_at"),
+    _now_col("expires_at"),
+    _now_col("ended_at", nullable=True),
+    sa.Column("end_reason", sa.String(20), nullable=True),
+    sa.Index("ix_console_sessions_user", "user_id"),
+)

@@ -84,15 +84,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = None
-        if settings.worker_in_serve:
-            task = asyncio.create_task(Worker(gateway).run_forever(stop))
+        worker = Worker(gateway) if settings.worker_in_serve else None
+        task = asyncio.create_task(worker.run_forever(stop)) if worker else None
         try:
             yield
         finally:
             stop.set()
-            if task is not None:
+            if task is not None and worker is not None:
                 await task
+                await worker.aclose()
             await gateway.db.aclose()
 
     v1 = Router(path="/v1", route_handlers=terminal.ROUTES)

@@ -23,11 +23,10 @@ from kessai.api.wire import (
     LoginBody,
     PaymentOut,
     QrBody,
-    QrImage,
     RefundBody,
-    RefundOut,
     RequestBody,
     VoucherBody,
+    payment_wire,
 )
 from kessai.domain.errors import ERROR_CODES, NotFound, Unauthenticated
 from kessai.domain.model import PaymentKind
@@ -87,49 +86,9 @@ async def strict(request: Request[Any, Any, Any], body_type: type[B]) -> B:
         raise strict_decode_error(exc) from exc
 
 
-def payment_out(view: PaymentView, base_path: str = "/v1") -> PaymentOut:
+def payment_out(view: PaymentView) -> PaymentOut:
     """The wire form of a payment."""
-    p = view.payment
-    image = None
-    if p.kind is PaymentKind.MERCHANT_QR and p.qr_data:
-        image = QrImage(
-            png=f"{base_path}/payments/{p.trans_id}/qr.png",
-            svg=f"{base_path}/payments/{p.trans_id}/qr.svg",
-        )
-    return PaymentOut(
-        trans_id=p.trans_id,
-        trans_key=p.trans_key,
-        kind=p.kind.value,
-        service_id=p.service_id,
-        service_name=view.service.name if view.service else p.service_id,
-        amount=p.amount,
-        currency="JPY",
-        status=p.status.value,
-        pending_reason=p.pending_reason.value if p.pending_reason else None,
-        failure_code=p.failure_code,
-        failure_message=p.failure_message,
-        refunded_amount=p.refunded_amount,
-        refundable_amount=p.refundable_amount,
-        voucher_no=p.voucher_no,
-        code_masked=p.code_masked,
-        qr_data=p.qr_data,
-        qr_expires_at=p.qr_expires_at,
-        qr_image=image,
-        refunds=[
-            RefundOut(
-                refund_id=r.refund_id,
-                refund_key=r.refund_key,
-                amount=r.amount,
-                status=r.status.value,
-                failure_reason=r.failure_reason,
-                created_at=r.created_at,
-                updated_at=r.updated_at,
-            )
-            for r in p.refunds
-        ],
-        created_at=p.created_at,
-        updated_at=p.updated_at,
-    )
+    return payment_wire(view.payment, view.service.name if view.service else None)
 
 
 def _answer(view: PaymentView) -> Response[PaymentOut]:

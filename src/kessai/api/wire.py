@@ -8,6 +8,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from kessai.domain.model import Payment, PaymentKind
+
 # Formats are described here for the OpenAPI document and checked by kessai.domain.fields, whose
 # messages say exactly what is wrong.
 Mid = Annotated[
@@ -211,3 +213,47 @@ class Health(msgspec.Struct):
 
     status: str
     database: str
+
+
+def payment_wire(p: Payment, service_name: str | None, base_path: str = "/v1") -> PaymentOut:
+    """The wire form of a payment (API answers and webhook events alike)."""
+    image = None
+    if p.kind is PaymentKind.MERCHANT_QR and p.qr_data:
+        image = QrImage(
+            png=f"{base_path}/payments/{p.trans_id}/qr.png",
+            svg=f"{base_path}/payments/{p.trans_id}/qr.svg",
+        )
+    return PaymentOut(
+        trans_id=p.trans_id,
+        trans_key=p.trans_key,
+        kind=p.kind.value,
+        service_id=p.service_id,
+        service_name=service_name or p.service_id,
+        amount=p.amount,
+        currency="JPY",
+        status=p.status.value,
+        pending_reason=p.pending_reason.value if p.pending_reason else None,
+        failure_code=p.failure_code,
+        failure_message=p.failure_message,
+        refunded_amount=p.refunded_amount,
+        refundable_amount=p.refundable_amount,
+        voucher_no=p.voucher_no,
+        code_masked=p.code_masked,
+        qr_data=p.qr_data,
+        qr_expires_at=p.qr_expires_at,
+        qr_image=image,
+        refunds=[
+            RefundOut(
+                refund_id=r.refund_id,
+                refund_key=r.refund_key,
+                amount=r.amount,
+                status=r.status.value,
+                failure_reason=r.failure_reason,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in p.refunds
+        ],
+        created_at=p.created_at,
+        updated_at=p.updated_at,
+    )

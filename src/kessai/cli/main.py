@@ -18,6 +18,7 @@ import uvicorn
 from rich.console import Console
 from sqlalchemy.engine import Connection
 
+from kessai import keys
 from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
 from kessai.adapters.migrate import upgrade
 from kessai.api.app import build_gateway
@@ -28,6 +29,7 @@ from kessai.connectors.sandbox import OUTCOMES, wallets
 from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import KessaiError
 from kessai.service import admin as admin_service
+from kessai.service import events
 from kessai.service.worker import Worker
 
 T = TypeVar("T")
@@ -44,11 +46,15 @@ integration_app = typer.Typer(
 )
 terminal_app = typer.Typer(help="Terminals (mid, password, passCode).", no_args_is_help=True)
 sandbox_app = typer.Typer(help="The sandbox wallets (test mode).", no_args_is_help=True)
+webhook_app = typer.Typer(help="Webhook endpoints and event deliveries.", no_args_is_help=True)
+key_app = typer.Typer(help="The master key that protects secrets.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(merchant_app, name="merchant")
 admin_app.add_typer(integration_app, name="integration")
 admin_app.add_typer(terminal_app, name="terminal")
 app.add_typer(sandbox_app, name="sandbox")
+admin_app.add_typer(webhook_app, name="webhook")
+admin_app.add_typer(key_app, name="key")
 
 err = Console(stderr=True)
 out = Console()
@@ -167,6 +173,7 @@ def worker_command(
             out.print("worker running; Ctrl+C to stop")
             await runner.run_forever(stop)
         finally:
+            await runner.aclose()
             await gateway.db.aclose()
 
     asyncio.run(main())
@@ -323,6 +330,64 @@ def terminal_logout(
     )
 
 
+@webhook_app.command("set")
+def webhook_set(
+    merchant: Annotated[int, typer.Option(help="The merchant id.")],
+    url: Annotated[str, typer.Option(help="Where events are POSTed (https in production).")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a merchant's webhook endpoint; prints its new signing secret (shown only now)."""
+    now = system_clock()
+    secret = run_unit(database, lambda c: events.set_endpoint(c, merchant, url, now), as_json)
+    emit(
+        {"merchantId": merchant, "url": url, "secret": secret},
+        as_json,
+        f"endpoint {url}\nsecret {secret}\n(the secret is not shown again)",
+    )
+
+
+@webhook_app.command("events")
+def webhook_events(
+    merchant: Annotated[int | None, typer.Option(help="Only this merchant's.")] = None,
+    status: Annotated[str | None, typer.Option(help="PENDING, DELIVERED or DEAD.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first (at most 1000).")] = 50,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """List webhook events with every delivery attempt."""
+    rows = run_unit(database, lambda c: events.list_events(c, merchant, status, limit), as_json)
+    lines = [
+        f"{r['eventId']}  {r['type']:18s} {r['status']:9s} attempts {len(r['attempts'])}"
+        + (
+            f"  last: {r['attempts'][-1]['statusCode'] or r['attempts'][-1]['error']}"
+            if r["attempts"]
+            else ""
+        )
+        for r in rows
+    ]
+    emit(rows, as_json, "\n".join(lines) or "no events")
+
+
+@webhook_app.command("resend")
+def webhook_resend(
+    event_id: Annotated[str, typer.Argument(help="The event id (evt_…).")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue an event for delivery again."""
+    now = system_clock()
+    run_unit(database, lambda c: events.resend(c, event_id, now), as_json)
+    emit({"eventId": event_id, "status": "PENDING"}, as_json, f"{event_id} queued")
+
+
+@key_app.command("generate")
+def key_generate(as_json: JsonOpt = False) -> None:
+    """Print a new master key for KESSAI_SECRET_KEY (give every instance the same one)."""
+    key = keys.generate_key()
+    emit({"key": key}, as_json, key)
+
+
 # -- sandbox ------------------------------------------------------------------------------------
 
 
@@ -398,7 +463,14 @@ def demo(
     ] = None,
 ) -> None:
     """Run the gateway with the sandbox wallets on a fresh embedded database, seeded to try."""
-    url = database or f"sqlite:///{Path(tempfile.mkdtemp(prefix='kessai-demo-')) / 'kessai.db'}"
+    folder = Path(tempfile.mkdtemp(prefix="kessai-demo-"))
+    url = database or f"sqlite:///{folder / 'kessai.db'}"
+    if not os.environ.get(keys.KEY_ENV) and not os.environ.get(keys.KEY_FILE_ENV):
+        # The demo gets a master key of its own so that webhooks can be tried at once.
+        key_file = folder / "master.key"
+        key_file.write_text(keys.generate_key())
+        key_file.chmod(0o600)
+        os.environ[keys.KEY_FILE_ENV] = str(key_file)
     base = f"http://{host}:{port}"
     with opened(url) as db:
         text = seed_and_describe(db, url, base)

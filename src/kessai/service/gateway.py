@@ -61,7 +61,7 @@ from kessai.security import (
     token_hash,
     verify_secret,
 )
-from kessai.service import sessions
+from kessai.service import events, sessions
 from kessai.service.sessions import TerminalContext
 
 log = logging.getLogger("kessai.gateway")
@@ -985,6 +985,7 @@ def _apply_result(
             qr_data=qr_data,
         )
     repo.save_payment(conn, stored.pk, payment, after, **extra)
+    events.record(conn, stored.pk, after, now)
     repo.audit(
         conn,
         at=now,
@@ -1130,6 +1131,8 @@ def _settle_refund(
         return payment
     repo.update_refund(conn, settled)
     repo.save_payment(conn, current.pk, payment, after)
+    if outcome is ProviderOutcome.SUCCEEDED:
+        events.record(conn, current.pk, after, now)
     repo.audit(
         conn,
         at=now,

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.domain.model import PaymentStatus
+from kessai.service import events
 from kessai.service.gateway import Gateway
 
 log = logging.getLogger("kessai.worker")
@@ -37,6 +39,8 @@ class WorkerReport:
 
     checked: int = 0
     finished: int = 0
+    webhooks_attempted: int = 0
+    webhooks_delivered: int = 0
     pruned_sessions: int = 0
     pruned_codes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -44,22 +48,38 @@ class WorkerReport:
     @property
     def busy(self) -> bool:
         """Whether the pass found work (the loop then runs again without sleeping)."""
-        return self.checked > 0
+        return self.checked > 0 or self.webhooks_attempted > 0
 
 
 class Worker:
     """Runs the background jobs of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, client: httpx.AsyncClient | None = None) -> None:
         self.gateway = gateway
         self.settings = gateway.settings
+        # Webhook deliveries go through one client (connection reuse); tests may inject theirs.
+        self.client = client or httpx.AsyncClient(follow_redirects=False)
 
     async def run_once(self) -> WorkerReport:
         """One pass of every job."""
         report = WorkerReport()
         await self._bounded(self.reconcile(report), "reconcile", report)
+        await self._bounded(self.deliver(report), "webhooks", report)
         await self._bounded(self.prune(report), "prune", report)
         return report
+
+    async def deliver(self, report: WorkerReport) -> None:
+        """Deliver due webhook events (at least once, with backoff)."""
+        gateway = self.gateway
+        attempted, delivered = await events.deliver_due(
+            gateway.db, gateway.clock, self.settings.worker_batch_size, self.client
+        )
+        report.webhooks_attempted += attempted
+        report.webhooks_delivered += delivered
+
+    async def aclose(self) -> None:
+        """Close the webhook client."""
+        await self.client.aclose()
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Run passes until ``stop`` is set; sleep briefly when there was nothing to do."""

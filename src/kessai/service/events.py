@@ -1,0 +1,313 @@
+"""Webhook events: the outbox, the endpoint settings, and delivery with retries.
+
+An event is written to ``webhook_events`` by the same unit of work as the state change it
+reports, so it exists exactly when the change does: a crash can delay an event, never lose it.
+Workers deliver events at least once, with capped exponential backoff and jitter, recording every
+attempt; an event that keeps failing ends DEAD after ``MAX_ATTEMPTS`` and can be re-sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai import keys, webhooks
+from kessai.adapters import schema as t
+from kessai.adapters.db import Database
+from kessai.adapters.repository import audit
+from kessai.api.wire import payment_wire
+from kessai.clock import Clock
+from kessai.domain.catalog import load_catalog
+from kessai.domain.errors import InvalidRequest, NotFound
+from kessai.domain.model import Payment, PaymentStatus
+
+PENDING: Final = "PENDING"
+DELIVERED: Final = "DELIVERED"
+DEAD: Final = "DEAD"
+# About three days of retries: 10 s, 20 s, 40 s, … capped at one hour.
+MAX_ATTEMPTS: Final = 80
+FIRST_RETRY_SECONDS: Final = 10
+MAX_RETRY_SECONDS: Final = 3600
+# A claimed event is leased for this long; a worker that dies mid-delivery frees it by expiry.
+LEASE_SECONDS: Final = 60
+DELIVERY_TIMEOUT_SECONDS: Final = 10.0
+MAX_URL_LENGTH: Final = 500
+
+TYPES: Final[dict[PaymentStatus, str]] = {
+    PaymentStatus.COMPLETED: "payment.completed",
+    PaymentStatus.FAILED: "payment.failed",
+    PaymentStatus.EXPIRED: "payment.expired",
+    PaymentStatus.CANCELED: "payment.canceled",
+    PaymentStatus.PARTIALLY_REFUNDED: "payment.refunded",
+    PaymentStatus.REFUNDED: "payment.refunded",
+}
+
+
+def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -> None:
+    """Write the event for ``payment``'s new state, if its merchant listens and it is one."""
+    event_type = TYPES.get(payment.status)
+    if event_type is None:
+        return
+    listening = conn.execute(
+        sa.select(t.webhook_endpoints.c.id).where(
+            t.webhook_endpoints.c.merchant_id == payment.merchant_id,
+            t.webhook_endpoints.c.enabled.is_(True),
+        )
+    ).first()
+    if listening is None:
+        return
+    service = load_catalog().get(payment.service_id)
+    event_id = "evt_" + secrets.token_hex(12)
+    body = {
+        "id": event_id,
+        "type": event_type,
+        "createdAt": now.isoformat().replace("+00:00", "Z"),
+        "sequence": payment.version,
+        "data": {
+            "payment": msgspec.to_builtins(payment_wire(payment, service.name if service else None))
+        },
+    }
+    conn.execute(
+        t.webhook_events.insert().values(
+            event_id=event_id,
+            merchant_id=payment.merchant_id,
+            payment_id=payment_pk,
+            type=event_type,
+            sequence=payment.version,
+            payload=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc or len(url) > MAX_URL_LENGTH:
+        raise InvalidRequest(
+            f"url must be an http(s) URL of at most {MAX_URL_LENGTH} characters", field="url"
+        )
+    return url
+
+
+def set_endpoint(conn: Connection, merchant_id: int, url: str, now: datetime) -> str:
+    """Set the merchant's webhook URL with a fresh signing secret; answers the secret (once)."""
+    _check_url(url)
+    if (
+        conn.execute(sa.select(t.merchants.c.id).where(t.merchants.c.id == merchant_id)).first()
+        is None
+    ):
+        raise NotFound(f"no merchant {merchant_id}", code="NOT_FOUND", field="merchant")
+    nonce = secrets.token_hex(16)
+    secret = keys.webhook_secret(nonce)  # fails clearly when no master key is configured
+    e = t.webhook_endpoints
+    existing = conn.execute(sa.select(e.c.id).where(e.c.merchant_id == merchant_id)).first()
+    if existing is None:
+        conn.execute(
+            e.insert().values(
+                merchant_id=merchant_id,
+                url=url,
+                secret_nonce=nonce,
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    else:
+        conn.execute(
+            e.update()
+            .where(e.c.id == existing.id)
+            .values(url=url, secret_nonce=nonce, enabled=True, updated_at=now)
+        )
+    audit(
+        conn,
+        at=now,
+        actor="admin:cli",
+        action="webhook.endpoint_set",
+        merchant_id=merchant_id,
+        detail={"url": url},
+    )
+    return secret
+
+
+def list_events(
+    conn: Connection, merchant_id: int | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Recent events with their delivery attempts, newest first."""
+    ev = t.webhook_events
+    query = sa.select(ev).order_by(ev.c.id.desc()).limit(min(max(limit, 1), 1000))
+    if merchant_id is not None:
+        query = query.where(ev.c.merchant_id == merchant_id)
+    if status is not None:
+        query = query.where(ev.c.status == status.upper())
+    out = []
+    for row in conn.execute(query):
+        attempts = conn.execute(
+            sa.select(t.webhook_attempts)
+            .where(t.webhook_attempts.c.event_pk == row.id)
+            .order_by(t.webhook_attempts.c.id)
+        ).all()
+        out.append(
+            {
+                "eventId": row.event_id,
+                "type": row.type,
+                "merchantId": row.merchant_id,
+                "sequence": row.sequence,
+                "status": row.status,
+                "attempts": [
+                    {
+                        "at": a.at.isoformat(),
+                        "statusCode": a.status_code,
+                        "error": a.error,
+                        "durationMs": a.duration_ms,
+                    }
+                    for a in attempts
+                ],
+                "nextAttemptAt": row.next_attempt_at.isoformat(),
+                "deliveredAt": row.delivered_at.isoformat() if row.delivered_at else None,
+                "createdAt": row.created_at.isoformat(),
+            }
+        )
+    return out
+
+
+def resend(conn: Connection, event_id: str, now: datetime) -> None:
+    """Queue an event for delivery again (after a receiver's outage, or a DEAD event)."""
+    ev = t.webhook_events
+    result = conn.execute(
+        ev.update()
+        .where(ev.c.event_id == event_id)
+        .values(status=PENDING, next_attempt_at=now, attempts=0)
+    )
+    if result.rowcount != 1:
+        raise NotFound(f"no event {event_id}", code="NOT_FOUND", field="eventId")
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    pk: int
+    event_id: str
+    url: str
+    secret_nonce: str
+    payload: str
+    attempts: int
+
+
+def backoff_seconds(attempts: int, rng: random.Random) -> float:
+    """Delay before the next attempt after ``attempts`` failures: doubling, capped, jittered."""
+    base = min(FIRST_RETRY_SECONDS * 2 ** (attempts - 1), MAX_RETRY_SECONDS)
+    return float(base * rng.uniform(0.8, 1.2))
+
+
+async def deliver_due(
+    db: Database, clock: Clock, batch: int, client: httpx.AsyncClient
+) -> tuple[int, int]:
+    """Deliver due events once each; answers (attempted, delivered)."""
+    now = clock()
+    skip_locked = db.dialect == "postgresql"
+
+    def claim(conn: Connection) -> list[_Claimed]:
+        ev, ep = t.webhook_events, t.webhook_endpoints
+        due = (
+            sa.select(ev.c.id)
+            .where(ev.c.status == PENDING, ev.c.next_attempt_at <= now)
+            .order_by(ev.c.next_attempt_at, ev.c.id)
+            .limit(batch)
+        )
+        if skip_locked:
+            due = due.with_for_update(skip_locked=True)
+        ids = list(conn.execute(due).scalars())
+        if not ids:
+            return []
+        # The lease: nobody else takes these events until it runs out.
+        conn.execute(
+            ev.update()
+            .where(ev.c.id.in_(ids))
+            .values(next_attempt_at=now + timedelta(seconds=LEASE_SECONDS))
+        )
+        rows = conn.execute(
+            sa.select(
+                ev.c.id, ev.c.event_id, ev.c.payload, ev.c.attempts, ep.c.url, ep.c.secret_nonce
+            )
+            .join(ep, ep.c.merchant_id == ev.c.merchant_id)
+            .where(ev.c.id.in_(ids))
+        ).all()
+        return [
+            _Claimed(r.id, r.event_id, r.url, r.secret_nonce, r.payload, r.attempts) for r in rows
+        ]
+
+    claimed = await db.run(claim)
+    delivered = 0
+    rng = random.Random()  # noqa: S311 - jitter, not a secret
+    for event in claimed:
+        ok = await _deliver_one(db, clock, client, event, rng)
+        delivered += ok
+    return len(claimed), delivered
+
+
+async def _deliver_one(
+    db: Database, clock: Clock, client: httpx.AsyncClient, event: _Claimed, rng: random.Random
+) -> bool:
+    body = event.payload.encode()
+    started = time.perf_counter()
+    status_code: int | None = None
+    error: str | None = None
+    try:
+        secret = keys.webhook_secret(event.secret_nonce)
+        headers = {
+            "Content-Type": "application/json",
+            webhooks.EVENT_ID_HEADER: event.event_id,
+            webhooks.SIGNATURE_HEADER: webhooks.sign(secret, body, int(time.time())),
+            "User-Agent": "Kessai-Webhooks/1",
+        }
+        response = await client.post(
+            event.url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS
+        )
+        status_code = response.status_code
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
+    except (httpx.HTTPError, keys.MissingKey) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    now = clock()
+    success = error is None
+
+    def unit(conn: Connection) -> None:
+        ev = t.webhook_events
+        conn.execute(
+            t.webhook_attempts.insert().values(
+                event_pk=event.pk,
+                at=now,
+                status_code=status_code,
+                error=error,
+                duration_ms=duration_ms,
+            )
+        )
+        attempts = event.attempts + 1
+        if success:
+            values: dict[str, Any] = {"status": DELIVERED, "delivered_at": now}
+        elif attempts >= MAX_ATTEMPTS:
+            values = {"status": DEAD}
+        else:
+            values = {"next_attempt_at": now + timedelta(seconds=backoff_seconds(attempts, rng))}
+        conn.execute(
+            ev.update()
+            .where(ev.c.id == event.pk)
+            .values(attempts=attempts, last_status_code=status_code, last_error=error, **values)
+        )
+
+    await db.run(unit)
+    return success
