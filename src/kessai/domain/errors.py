@@ -39,7 +39,9 @@ class KessaiError(Exception):
     ) -> None:
         super().__init__(message)
         self.code: str = code or self.default_code
-        assert self.code in ERROR_CODES, f"undocumented error code {self.code}"
+        # An explicit check, not an assert: it must hold under `python -O` too.
+        if self.code not in ERROR_CODES:
+            raise ValueError(f"undocumented error code {self.code}")
         self.message = message
         self.field = field
         self.retryable = retryable

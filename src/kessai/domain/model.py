@@ -131,6 +131,11 @@ class Payment:
             raise InternalError(f"payment {self.trans_id} refunded more than paid")
         if (self.status is S.PENDING) != (self.pending_reason is not None):
             raise InternalError(f"payment {self.trans_id} pending reason does not match status")
+        if (self.status is S.REFUNDED) != (self.refunded_amount == self.amount):
+            raise InternalError(f"payment {self.trans_id} REFUNDED must mean refunded in full")
+        refunded_status = self.status in (S.PARTIALLY_REFUNDED, S.REFUNDED)
+        if refunded_status != (self.refunded_amount > 0):
+            raise InternalError(f"payment {self.trans_id} refunded amount does not match status")
 
     @property
     def reserved_refund_amount(self) -> int:

@@ -23,8 +23,10 @@ from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
+from kessai.connectors import routing
 from kessai.connectors.base import (
     Connector,
+    Flow,
     PayRequest,
     ProviderOutcome,
     ProviderResult,
@@ -129,23 +131,42 @@ class Gateway:
         return await self.db.run(unit)
 
     def _connector(self, name: str) -> Connector:
-        connector = self.connectors.get(name)
+        """The connector a payment recorded: ``sandbox``, or ``<provider>:<account id>``."""
+        kind, _, account = name.partition(routing.SEPARATOR)
+        connector = self.connectors.get(kind)
         if connector is None:
             raise UnprocessableCode(
-                f"no connector named {name} is configured", code="SERVICE_NOT_SUPPORTED"
+                f"no connector named {kind} is configured", code="SERVICE_NOT_SUPPORTED"
             )
-        return connector
+        return connector.for_account(account) if account else connector
 
-    def _route(self, service: Service) -> str:
-        """The connector that serves ``service`` (the sandbox until real providers are set up)."""
-        return "sandbox"
+    def _route(self, service: Service, flow: Flow) -> Callable[[Connection, int], str]:
+        """How the first unit of work picks the connector for the merchant.
+
+        The merchant's account for ``service``, the sandbox by default
+        (``kessai.connectors.routing``); a flow the provider lacks is refused in that unit.
+        """
+        return lambda conn, merchant_id: routing.route(
+            conn, merchant_id, service.service_id, flow, self.connectors
+        )
 
     async def _call(self, call: Callable[[], Any], what: str) -> Any:
-        """Ask a provider, bounded in time; any failure to get an answer is UNKNOWN, not FAILED."""
+        """Ask a provider, bounded in time; any failure to get an answer is UNKNOWN, not FAILED.
+
+        A connector that refuses outright (a KessaiError such as SERVICE_NOT_SUPPORTED) has
+        definitely charged nothing: that is a FAILED result carrying the refusal's code.
+        """
         try:
             return await asyncio.wait_for(call(), timeout=self.settings.provider_timeout_seconds)
-        except KessaiError:
-            raise
+        except KessaiError as exc:
+            log.warning("provider refused %s: %s", what, exc.code)
+            if what in ("pay", "create_qr"):
+                return ProviderResult(
+                    ProviderOutcome.FAILED, failure_code=exc.code, failure_message=exc.message
+                )
+            if what == "refund":
+                return RefundResult(ProviderOutcome.FAILED, exc.message)
+            return None
         except Exception as exc:  # the outcome is unknown: never report it as failed
             log.warning("provider call %s gave no answer: %s", what, type(exc).__name__)
             return None
@@ -270,7 +291,7 @@ class Gateway:
         ctx_fn: Callable[[Connection], TerminalContext],
         build: Callable[[TerminalContext, str], Payment],
         fingerprint: str,
-        provider: str,
+        route: Callable[[Connection, int], str],
         request_id: str,
     ) -> Callable[[Connection], tuple[repo.StoredPayment, TerminalContext, bool]]:
         """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment."""
@@ -290,6 +311,7 @@ class Gateway:
                 return existing, ctx, True
             trans_id = _free_trans_id(conn)
             payment = build(ctx, trans_id)
+            provider = route(conn, ctx.merchant_id)
             pk = repo.insert_payment(conn, payment, provider=provider, request_hash=request_hash)
             repo.audit(
                 conn,
@@ -336,7 +358,7 @@ class Gateway:
         service, _ = self._service_for_code(code, service_id)
         now = self.clock()
         digest = token_hash(token)
-        provider = self._route(service)
+        route = self._route(service, Flow.PAY)
         fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
 
         def build(ctx: TerminalContext, trans_id: str) -> Payment:
@@ -359,7 +381,7 @@ class Gateway:
             lambda conn: sessions.authenticate(conn, digest, now, self.settings),
             build,
             fingerprint,
-            provider,
+            route,
             request_id,
         )
         stored, ctx, replayed = await self._first_hop(unit)
@@ -371,7 +393,7 @@ class Gateway:
                     field="transKey",
                 )
             return self._view(await self._refresh(stored, request_id), replayed=True)
-        connector = self._connector(provider)
+        connector = self._connector(stored.provider)
         pay = PayRequest(
             ref=stored.payment.trans_id,
             service_id=service.service_id,
@@ -381,7 +403,7 @@ class Gateway:
         )
         result = await self._call(lambda: connector.pay(pay), "pay")
         payment = await self._apply(
-            stored.pk, ctx.merchant_id, result, f"provider:{provider}", request_id
+            stored.pk, ctx.merchant_id, result, f"provider:{stored.provider}", request_id
         )
         return self._view(payment)
 
@@ -584,7 +606,7 @@ class Gateway:
             )
         now = self.clock()
         digest = token_hash(token)
-        provider = self._route(service)
+        route = self._route(service, Flow.CREATE_QR)
         fingerprint = f"MERCHANT_QR|{amount}|{service.service_id}"
         expires_at = now + timedelta(seconds=ttl)
 
@@ -608,7 +630,7 @@ class Gateway:
             lambda conn: sessions.authenticate(conn, digest, now, self.settings),
             build,
             fingerprint,
-            provider,
+            route,
             request_id,
         )
         stored, ctx, replayed = await self._first_hop(unit)
@@ -620,7 +642,7 @@ class Gateway:
                     field="transKey",
                 )
             return self._view(await self._refresh(stored, request_id), replayed=True)
-        connector = self._connector(provider)
+        connector = self._connector(stored.provider)
         qr = QrRequest(
             ref=stored.payment.trans_id,
             service_id=service.service_id,
@@ -630,7 +652,7 @@ class Gateway:
         )
         result = await self._call(lambda: connector.create_qr(qr), "create_qr")
         payment = await self._apply(
-            stored.pk, ctx.merchant_id, result, f"provider:{provider}", request_id
+            stored.pk, ctx.merchant_id, result, f"provider:{stored.provider}", request_id
         )
         return self._view(payment)
 
@@ -856,7 +878,9 @@ def _count_passcode(
         t.terminals.update()
         .where(t.terminals.c.id == ctx.terminal_id)
         .values(
-            passcode_failures=failures,
+            # The count starts afresh once the lock is set, so after it expires (or an admin
+            # unlocks) the terminal has its full number of attempts again.
+            passcode_failures=0 if locked else failures,
             passcode_locked_until=now + timedelta(seconds=settings.passcode_lock_seconds)
             if locked
             else None,
