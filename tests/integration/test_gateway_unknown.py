@@ -17,7 +17,7 @@ from kessai.connectors.base import (
     QrRequest,
     RefundResult,
 )
-from kessai.domain.errors import Conflict, NotFound, UnprocessableCode
+from kessai.domain.errors import Conflict
 from kessai.domain.model import PaymentStatus, PendingReason
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Processes of the scale-out tests: several `kessai serve`, `kessai worker`, PostgreSQL databases."""
+"""Processes of the scale-out tests: several `kessai serve`, `kessai worker`, PostgreSQL."""
 
 from __future__ import annotations
 

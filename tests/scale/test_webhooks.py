@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.support import KESSAI, Pos, Provisioner, base_env, new_key
 from e2e.support import Cli as BaseCli
-
+from e2e.support import Pos, Provisioner, base_env, new_key
 from kessai import webhooks
 
 from .support import migrate, serve, worker
