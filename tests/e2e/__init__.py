@@ -1,0 +1,1 @@
+"""End-to-end tests: real HTTP against `kessai serve` subprocesses (see conftest.py)."""
