@@ -23,10 +23,8 @@ from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
-from kessai.connectors import routing
 from kessai.connectors.base import (
     Connector,
-    Flow,
     PayRequest,
     ProviderOutcome,
     ProviderResult,
@@ -131,24 +129,16 @@ class Gateway:
         return await self.db.run(unit)
 
     def _connector(self, name: str) -> Connector:
-        """The connector a payment recorded: ``sandbox``, or ``<provider>:<account id>``."""
-        kind, _, account = name.partition(routing.SEPARATOR)
-        connector = self.connectors.get(kind)
+        connector = self.connectors.get(name)
         if connector is None:
             raise UnprocessableCode(
-                f"no connector named {kind} is configured", code="SERVICE_NOT_SUPPORTED"
+                f"no connector named {name} is configured", code="SERVICE_NOT_SUPPORTED"
             )
-        return connector.for_account(account) if account else connector
+        return connector
 
-    def _route(self, service: Service, flow: Flow) -> Callable[[Connection, int], str]:
-        """How the first unit of work picks the connector for the merchant.
-
-        The merchant's account for ``service``, the sandbox by default
-        (``kessai.connectors.routing``); a flow the provider lacks is refused in that unit.
-        """
-        return lambda conn, merchant_id: routing.route(
-            conn, merchant_id, service.service_id, flow, self.connectors
-        )
+    def _route(self, service: Service) -> Callable[[Connection, int], str]:
+        """How the first unit of work picks the connector (the sandbox, for now)."""
+        return lambda conn, merchant_id: "sandbox"
 
     async def _call(self, call: Callable[[], Any], what: str) -> Any:
         """Ask a provider, bounded in time; any failure to get an answer is UNKNOWN, not FAILED.
@@ -358,7 +348,7 @@ class Gateway:
         service, _ = self._service_for_code(code, service_id)
         now = self.clock()
         digest = token_hash(token)
-        route = self._route(service, Flow.PAY)
+        route = self._route(service)
         fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
 
         def build(ctx: TerminalContext, trans_id: str) -> Payment:
@@ -606,7 +596,7 @@ class Gateway:
             )
         now = self.clock()
         digest = token_hash(token)
-        route = self._route(service, Flow.CREATE_QR)
+        route = self._route(service)
         fingerprint = f"MERCHANT_QR|{amount}|{service.service_id}"
         expires_at = now + timedelta(seconds=ttl)
 
