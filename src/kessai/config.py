@@ -40,6 +40,8 @@ class Settings:
     worker_batch_size: int = 100
     worker_job_seconds: float = 20.0
     worker_idle_sleep_ms: int = 500
+    # Webhook retries: the first after this many seconds, then doubling up to an hour.
+    webhook_first_retry_seconds: float = 10.0
     # Run the background jobs inside every `kessai serve` process as well.
     worker_in_serve: bool = False
     # Retention of housekeeping rows (payments and the audit trail are never pruned).

@@ -35,9 +35,9 @@ from kessai.domain.model import Payment, PaymentStatus
 PENDING: Final = "PENDING"
 DELIVERED: Final = "DELIVERED"
 DEAD: Final = "DEAD"
-# About three days of retries: 10 s, 20 s, 40 s, … capped at one hour.
+# About three days of retries with the default first delay of 10 s (10 s, 20 s, 40 s, …, capped
+# at one hour).
 MAX_ATTEMPTS: Final = 80
-FIRST_RETRY_SECONDS: Final = 10
 MAX_RETRY_SECONDS: Final = 3600
 # A claimed event is leased for this long; a worker that dies mid-delivery frees it by expiry.
 LEASE_SECONDS: Final = 60
@@ -206,14 +206,14 @@ class _Claimed:
     attempts: int
 
 
-def backoff_seconds(attempts: int, rng: random.Random) -> float:
+def backoff_seconds(attempts: int, rng: random.Random, first_seconds: float) -> float:
     """Delay before the next attempt after ``attempts`` failures: doubling, capped, jittered."""
-    base = min(FIRST_RETRY_SECONDS * 2 ** (attempts - 1), MAX_RETRY_SECONDS)
+    base = min(first_seconds * 2 ** (attempts - 1), MAX_RETRY_SECONDS)
     return float(base * rng.uniform(0.8, 1.2))
 
 
 async def deliver_due(
-    db: Database, clock: Clock, batch: int, client: httpx.AsyncClient
+    db: Database, clock: Clock, batch: int, client: httpx.AsyncClient, first_retry_seconds: float
 ) -> tuple[int, int]:
     """Deliver due events once each; answers (attempted, delivered)."""
     now = clock()
@@ -253,13 +253,18 @@ async def deliver_due(
     delivered = 0
     rng = random.Random()  # noqa: S311 - jitter, not a secret
     for event in claimed:
-        ok = await _deliver_one(db, clock, client, event, rng)
+        ok = await _deliver_one(db, clock, client, event, rng, first_retry_seconds)
         delivered += ok
     return len(claimed), delivered
 
 
 async def _deliver_one(
-    db: Database, clock: Clock, client: httpx.AsyncClient, event: _Claimed, rng: random.Random
+    db: Database,
+    clock: Clock,
+    client: httpx.AsyncClient,
+    event: _Claimed,
+    rng: random.Random,
+    first_retry_seconds: float,
 ) -> bool:
     body = event.payload.encode()
     started = time.perf_counter()
@@ -302,7 +307,8 @@ async def _deliver_one(
         elif attempts >= MAX_ATTEMPTS:
             values = {"status": DEAD}
         else:
-            values = {"next_attempt_at": now + timedelta(seconds=backoff_seconds(attempts, rng))}
+            delay = backoff_seconds(attempts, rng, first_retry_seconds)
+            values = {"next_attempt_at": now + timedelta(seconds=delay)}
         conn.execute(
             ev.update()
             .where(ev.c.id == event.pk)

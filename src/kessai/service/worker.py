@@ -72,7 +72,11 @@ class Worker:
         """Deliver due webhook events (at least once, with backoff)."""
         gateway = self.gateway
         attempted, delivered = await events.deliver_due(
-            gateway.db, gateway.clock, self.settings.worker_batch_size, self.client
+            gateway.db,
+            gateway.clock,
+            self.settings.worker_batch_size,
+            self.client,
+            self.settings.webhook_first_retry_seconds,
         )
         report.webhooks_attempted += attempted
         report.webhooks_delivered += delivered
