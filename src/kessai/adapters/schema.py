@@ -285,3 +285,40 @@ webhook_attempts = sa.Table(
     sa.Column("duration_ms", sa.Integer, nullable=False),
     sa.Index("ix_webhook_attempts_event", "event_pk"),
 )
+
+# Each merchant's wallet-provider accounts and which of them serves each serviceId. Secrets (API
+# secrets, private keys, signing keys) are kept only encrypted (kessai.connectors.secrets), with
+# the fingerprint of the key that encrypted them. A row is never deleted while payments may name
+# it ("paypay:<id>" in payments.provider); switching a service to another provider or back to
+# the sandbox only clears ``active``.
+provider_settings = sa.Table(
+    "provider_settings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id"), nullable=False),
+    sa.Column("service_id", sa.String(2), nullable=False),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    # Identifiers, not secrets: PayPay API key, Alipay+ Client-Id, WeChat Pay appid.
+    sa.Column("api_key", sa.String(128), nullable=True),
+    # PayPay MERCHANT_ID (X-ASSUME-MERCHANT), Alipay+ referenceMerchantId, WeChat Pay mch_id.
+    sa.Column("provider_merchant_id", sa.String(64), nullable=True),
+    sa.Column("base_url", sa.String(256), nullable=True),
+    # Non-secret provider options as JSON (public keys, sign type, certificate paths, …).
+    sa.Column("options", sa.Text, nullable=True),
+    sa.Column("secret_ciphertext", sa.Text, nullable=True),
+    sa.Column("secret_key_id", sa.String(16), nullable=True),
+    sa.Column("version", sa.Integer, nullable=False, default=1),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+    sa.UniqueConstraint("merchant_id", "service_id", "provider"),
+    # At most one active account per merchant and service: routing never has to choose.
+    sa.Index(
+        "uq_provider_settings_active",
+        "merchant_id",
+        "service_id",
+        unique=True,
+        sqlite_where=sa.text("active"),
+        postgresql_where=sa.text("active"),
+    ),
+)

@@ -11,6 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from litestar import Litestar, Response, Router, get
@@ -30,7 +31,9 @@ from kessai.api import errors, metrics, sandbox_pages, terminal
 from kessai.api.wire import Health
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
+from kessai.connectors import routing
 from kessai.connectors.sandbox import SandboxWallets
+from kessai.connectors.secrets import SecretBox
 from kessai.domain.errors import KessaiError
 from kessai.service.gateway import Gateway
 from kessai.service.worker import Worker
@@ -39,8 +42,19 @@ log = logging.getLogger("kessai")
 DOCS_ASSETS = "/docs/assets"
 
 
-def build_gateway(database_url: str, settings: Settings, clock: Clock = system_clock) -> Gateway:
-    """A gateway on ``database_url`` with the sandbox wallets as its provider."""
+def build_gateway(
+    database_url: str,
+    settings: Settings,
+    clock: Clock = system_clock,
+    *,
+    http: httpx.AsyncClient | None = None,
+) -> Gateway:
+    """A gateway on ``database_url``: the sandbox wallets, and the merchants' real providers.
+
+    Routing picks, per payment, the merchant's configured account for the service (sandbox by
+    default). ``http`` is the transport every real connector uses (tests inject their own);
+    provider secrets are decrypted with the key from ``KESSAI_SECRET_KEY``/``_FILE``.
+    """
     db = Database(database_url)
     sandbox = SandboxWallets(
         db,
@@ -48,7 +62,11 @@ def build_gateway(database_url: str, settings: Settings, clock: Clock = system_c
         clock=clock,
         reveal_after_seconds=settings.sandbox_reveal_after_seconds,
     )
-    return Gateway(db, {"sandbox": sandbox}, settings, clock=clock)
+    # One pooled client for every provider call; per-call read timeouts come from each
+    # provider's published limits, and the gateway bounds each call as a whole.
+    http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+    connectors = routing.build_connectors(db, http, SecretBox.from_env(), sandbox, clock=clock)
+    return Gateway(db, connectors, settings, clock=clock)
 
 
 @get("/healthz", tags=["Operations"], summary="Liveness and database check")

@@ -22,6 +22,7 @@ from kessai import keys
 from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
 from kessai.adapters.migrate import upgrade
 from kessai.api.app import build_gateway
+from kessai.cli import provider_admin
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
 from kessai.config import Settings
@@ -55,6 +56,7 @@ admin_app.add_typer(terminal_app, name="terminal")
 app.add_typer(sandbox_app, name="sandbox")
 admin_app.add_typer(webhook_app, name="webhook")
 admin_app.add_typer(key_app, name="key")
+admin_app.add_typer(provider_admin.provider_app, name="provider")
 
 err = Console(stderr=True)
 out = Console()

@@ -23,8 +23,10 @@ from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
+from kessai.connectors import routing
 from kessai.connectors.base import (
     Connector,
+    Flow,
     PayRequest,
     ProviderOutcome,
     ProviderResult,
@@ -129,16 +131,24 @@ class Gateway:
         return await self.db.run(unit)
 
     def _connector(self, name: str) -> Connector:
-        connector = self.connectors.get(name)
+        """The connector a payment recorded: ``sandbox``, or ``<provider>:<account id>``."""
+        kind, _, account = name.partition(routing.SEPARATOR)
+        connector = self.connectors.get(kind)
         if connector is None:
             raise UnprocessableCode(
-                f"no connector named {name} is configured", code="SERVICE_NOT_SUPPORTED"
+                f"no connector named {kind} is configured", code="SERVICE_NOT_SUPPORTED"
             )
-        return connector
+        return connector.for_account(account) if account else connector
 
-    def _route(self, service: Service) -> Callable[[Connection, int], str]:
-        """How the first unit of work picks the connector (the sandbox, for now)."""
-        return lambda conn, merchant_id: "sandbox"
+    def _route(self, service: Service, flow: Flow) -> Callable[[Connection, int], str]:
+        """How the first unit of work picks the connector for the merchant.
+
+        The merchant's account for ``service``, the sandbox by default
+        (``kessai.connectors.routing``); a flow the provider lacks is refused in that unit.
+        """
+        return lambda conn, merchant_id: routing.route(
+            conn, merchant_id, service.service_id, flow, self.connectors
+        )
 
     async def _call(self, call: Callable[[], Any], what: str) -> Any:
         """Ask a provider, bounded in time; any failure to get an answer is UNKNOWN, not FAILED.
@@ -348,7 +358,7 @@ class Gateway:
         service, _ = self._service_for_code(code, service_id)
         now = self.clock()
         digest = token_hash(token)
-        route = self._route(service)
+        route = self._route(service, Flow.PAY)
         fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
 
         def build(ctx: TerminalContext, trans_id: str) -> Payment:
@@ -596,7 +606,7 @@ class Gateway:
             )
         now = self.clock()
         digest = token_hash(token)
-        route = self._route(service)
+        route = self._route(service, Flow.CREATE_QR)
         fingerprint = f"MERCHANT_QR|{amount}|{service.service_id}"
         expires_at = now + timedelta(seconds=ttl)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -31,11 +32,16 @@ from kessai.adapters.db import Database
 from kessai.adapters.repository import code_key
 from kessai.clock import Clock, system_clock
 from kessai.connectors.base import (
+    ALL_FLOWS,
+    Flow,
+    FlowNotSupported,
+    Notification,
     PayRequest,
     ProviderOutcome,
     ProviderResult,
     QrRequest,
     RefundResult,
+    Schedule,
 )
 from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import InvalidRequest, NotFound
@@ -148,6 +154,19 @@ class SandboxWallets:
     """The sandbox provider, as a connector. Its books live in the ``sandbox_*`` tables."""
 
     name = "sandbox"
+    flows = ALL_FLOWS - {Flow.NOTIFICATION}
+    not_supported: Final = {Flow.NOTIFICATION: "the sandbox wallets send no notifications"}
+    # The simulated wallets answer at once; these timings keep tests and demos quick while
+    # still exercising every step (poll, give up, cancel).
+    schedule = Schedule(
+        read_timeout_seconds=5.0,
+        poll_interval_seconds=1.0,
+        first_poll_after_seconds=0.0,
+        give_up_after_seconds=60.0,
+        cancel_not_before_seconds=0.0,
+        cancel_retry_interval_seconds=1.0,
+        cancel_window_days=365,
+    )
 
     def __init__(
         self,
@@ -330,6 +349,31 @@ class SandboxWallets:
             return RefundResult(ProviderOutcome.SUCCEEDED)
 
         return await self.db.run(unit)
+
+    async def refund_sync(self, ref: str, refund_ref: str, amount: int) -> RefundResult:
+        """Whether the sandbox made the refund ``refund_ref`` (NOT_FOUND: it never arrived)."""
+
+        def unit(conn: Connection) -> RefundResult:
+            done = conn.execute(
+                sa.select(t.sandbox_refunds.c.charge_ref).where(
+                    t.sandbox_refunds.c.refund_ref == refund_ref
+                )
+            ).first()
+            if done is None:
+                return RefundResult(ProviderOutcome.NOT_FOUND, "the sandbox has no such refund")
+            return RefundResult(ProviderOutcome.SUCCEEDED)
+
+        return await self.db.run(unit, write=False)
+
+    async def parse_notification(
+        self, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Notification:
+        """The sandbox sends no notifications."""
+        raise FlowNotSupported(self.not_supported[Flow.NOTIFICATION])
+
+    def for_account(self, account: str) -> SandboxWallets:
+        """The sandbox has one built-in account: itself."""
+        return self
 
 
 def settle(conn: Connection, ref: str, approve: bool, now: datetime) -> str:

@@ -1,0 +1,207 @@
+"""`kessai admin provider`: which wallet provider serves each service of a merchant.
+
+``set`` routes a merchant's serviceId to its own account at PayPay, Alipay+ or WeChat Pay (or
+back to the sandbox) and stores the account's settings; secrets are encrypted with the key from
+``KESSAI_SECRET_KEY``/``KESSAI_SECRET_KEY_FILE`` and never printed again. ``list`` shows the
+accounts without their secrets. Give secrets with ``--api-secret-file`` (or ``--api-secret -``
+to read standard input) rather than on the command line, where other users can see them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.engine import Connection
+
+from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
+from kessai.adapters.migrate import upgrade
+from kessai.clock import system_clock
+from kessai.connectors import routing
+from kessai.connectors.secrets import SecretBox, SecretKeyInvalid
+from kessai.domain.errors import KessaiError
+
+T = TypeVar("T")
+
+provider_app = typer.Typer(
+    help="Wallet providers: route a merchant's service to its PayPay, Alipay+ or WeChat Pay "
+    "account, or to the sandbox.",
+    no_args_is_help=True,
+)
+_err = Console(stderr=True)
+_out = Console()
+
+DatabaseOpt = Annotated[
+    str,
+    typer.Option(
+        "--database", envvar="KESSAI_DATABASE_URL", help="SQLAlchemy URL or SQLite file path."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _fail(code: str, message: str, field: str | None, as_json: bool) -> typer.Exit:
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message, "field": field}}))
+    else:
+        _err.print(f"[red]error[/red] {code}: {message}")
+    return typer.Exit(2)
+
+
+def _run(database: str, fn: Callable[[Connection], T], as_json: bool) -> T:
+    """Run one unit of work on a migrated database; domain errors exit with status 2."""
+    db = Database(database)
+    try:
+        upgrade(db)
+        return db.run_sync(fn)
+    except KessaiError as exc:
+        raise _fail(exc.code, exc.message, exc.field, as_json) from exc
+    finally:
+        db.close()
+
+
+def _read_secret(value: str | None, path: Path | None, as_json: bool) -> str | None:
+    if value is not None and path is not None:
+        message = "give --api-secret or --api-secret-file, not both"
+        raise _fail("INVALID_FIELD", message, "api-secret", as_json)
+    if path is not None:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise _fail(
+                "INVALID_FIELD", f"cannot read {path}: {exc.strerror}", "api-secret-file", as_json
+            ) from exc
+    if value == "-":
+        return sys.stdin.read().strip()
+    return value
+
+
+def _read_file(path: Path | None, flag: str, as_json: bool) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise _fail("INVALID_FIELD", f"cannot read {path}: {exc.strerror}", flag, as_json) from exc
+
+
+@provider_app.command("set")
+def provider_set(
+    merchant: Annotated[int, typer.Option("--merchant", help="The merchant id.")],
+    service: Annotated[str, typer.Option("--service", help="The 2-digit serviceId.")],
+    provider: Annotated[
+        str, typer.Option("--provider", help="paypay, alipayplus, wechatpay or sandbox.")
+    ],
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="PayPay API key / Alipay+ Client-Id / WeChat Pay appid."),
+    ] = None,
+    api_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="PayPay API secret / Alipay+ private key (PEM) / WeChat Pay API key; "
+            "'-' reads standard input."
+        ),
+    ] = None,
+    api_secret_file: Annotated[
+        Path | None, typer.Option(help="Read the secret from this file instead.")
+    ] = None,
+    provider_merchant_id: Annotated[
+        str | None,
+        typer.Option(
+            help="PayPay MERCHANT_ID / Alipay+ referenceMerchantId / WeChat Pay mch_id."
+        ),
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="The provider's API base URL.")] = None,
+    provider_public_key_file: Annotated[
+        Path | None, typer.Option(help="Alipay+: the Alipay+ public key (PEM) for verifying.")
+    ] = None,
+    key_version: Annotated[str | None, typer.Option(help="Alipay+: keyVersion.")] = None,
+    merchant_mcc: Annotated[str | None, typer.Option(help="Alipay+: merchant MCC.")] = None,
+    store_id: Annotated[str | None, typer.Option(help="Alipay+: referenceStoreId.")] = None,
+    notify_url: Annotated[str | None, typer.Option(help="Alipay+: paymentNotifyUrl.")] = None,
+    sign_type: Annotated[
+        str | None, typer.Option(help="WeChat Pay: MD5 (default) or HMAC-SHA256.")
+    ] = None,
+    sub_merchant_id: Annotated[str | None, typer.Option(help="WeChat Pay: sub_mch_id.")] = None,
+    sub_app_id: Annotated[str | None, typer.Option(help="WeChat Pay: sub_appid.")] = None,
+    client_cert: Annotated[
+        str | None, typer.Option(help="WeChat Pay: API client certificate (PEM path).")
+    ] = None,
+    client_key: Annotated[
+        str | None, typer.Option(help="WeChat Pay: its private key (PEM path).")
+    ] = None,
+    client_ip: Annotated[
+        str | None, typer.Option(help="WeChat Pay: spbill_create_ip (the terminal's IP).")
+    ] = None,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Route a merchant's service to a provider account (create or update it)."""
+    secret = _read_secret(api_secret, api_secret_file, as_json)
+    public_key = _read_file(provider_public_key_file, "provider-public-key-file", as_json)
+    options = {
+        "provider_public_key": public_key,
+        "key_version": key_version,
+        "merchant_mcc": merchant_mcc,
+        "store_id": store_id,
+        "notify_url": notify_url,
+        "sign_type": sign_type,
+        "sub_merchant_id": sub_merchant_id,
+        "sub_app_id": sub_app_id,
+        "client_cert": client_cert,
+        "client_key": client_key,
+        "client_ip": client_ip,
+    }
+    given = routing.AccountInput(
+        provider=provider.strip().lower(),
+        api_key=api_key,
+        api_secret=secret,
+        provider_merchant_id=provider_merchant_id,
+        base_url=base_url,
+        options={k: v for k, v in options.items() if v},
+    )
+    try:
+        box = SecretBox.from_env()
+    except SecretKeyInvalid as exc:
+        raise _fail("INVALID_FIELD", str(exc), "KESSAI_SECRET_KEY", as_json) from exc
+    now = system_clock()
+    view = _run(
+        database,
+        lambda conn: routing.set_provider(
+            conn, merchant_id=merchant, service_id=service, given=given, box=box, now=now
+        ),
+        as_json,
+    )
+    _emit(view, as_json, f"serviceId {view['serviceId']} of merchant {merchant} → {_route(view)}")
+
+
+@provider_app.command("list")
+def provider_list(
+    merchant: Annotated[int, typer.Option("--merchant", help="The merchant id.")],
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a merchant's provider accounts (never their secrets)."""
+    rows = _run(database, lambda conn: routing.list_providers(conn, merchant), as_json)
+    lines = [
+        f"{row['serviceId']}  {_route(row):<22} {'active' if row['active'] else 'inactive'}"
+        for row in rows
+    ]
+    _emit(rows, as_json, "\n".join(lines) or "no provider accounts: every service uses sandbox")
+
+
+def _route(view: dict[str, Any]) -> str:
+    return str(view.get("route") or view.get("provider"))
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        _out.print(text)

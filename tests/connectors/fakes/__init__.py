@@ -1,0 +1,1 @@
+"""Contract fakes of the wallet providers: local HTTP servers that check every signature."""
