@@ -66,7 +66,7 @@ def build_gateway(
     # provider's published limits, and the gateway bounds each call as a whole.
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
     connectors = routing.build_connectors(db, http, SecretBox.from_env(), sandbox, clock=clock)
-    return Gateway(db, connectors, settings, clock=clock)
+    return Gateway(db, connectors, settings, clock=clock, http=http)
 
 
 @get("/healthz", tags=["Operations"], summary="Liveness and database check")
@@ -111,7 +111,7 @@ def create_app(
             if task is not None and worker is not None:
                 await task
                 await worker.aclose()
-            await gateway.db.aclose()
+            await gateway.aclose()
 
     v1 = Router(path="/v1", route_handlers=terminal.ROUTES)
     docs_assets = create_static_files_router(

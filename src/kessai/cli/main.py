@@ -176,7 +176,7 @@ def worker_command(
             await runner.run_forever(stop)
         finally:
             await runner.aclose()
-            await gateway.db.aclose()
+            await gateway.aclose()
 
     asyncio.run(main())
 

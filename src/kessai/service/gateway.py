@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -32,6 +33,7 @@ from kessai.connectors.base import (
     ProviderResult,
     QrRequest,
     RefundResult,
+    Schedule,
 )
 from kessai.domain import fields
 from kessai.domain.catalog import Service, load_catalog
@@ -109,8 +111,11 @@ class Gateway:
         settings: Settings,
         *,
         clock: Clock = system_clock,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.db = db
+        # The pooled client real connectors share; closed with the gateway.
+        self.http = http
         self.connectors = dict(connectors)
         self.settings = settings
         self.clock = clock
@@ -150,14 +155,29 @@ class Gateway:
             conn, merchant_id, service.service_id, flow, self.connectors
         )
 
-    async def _call(self, call: Callable[[], Any], what: str) -> Any:
+    def _timeout(self, connector: Connector) -> float:
+        """How long one call may take: the provider's own advice, never below our bound."""
+        schedule: Schedule | None = getattr(connector, "schedule", None)
+        advised = schedule.read_timeout_seconds if schedule is not None else 0.0
+        return max(self.settings.provider_timeout_seconds, advised)
+
+    def _give_up_seconds(self, connector: Connector) -> float:
+        """When an unknown outcome is cancelled: the sooner of the provider's rule and ours."""
+        schedule: Schedule | None = getattr(connector, "schedule", None)
+        ours = float(self.settings.provider_give_up_seconds)
+        if schedule is None:
+            return ours
+        # A cancel sent before the provider accepts one (WeChat Pay: 15 s) would be refused.
+        return max(min(ours, schedule.give_up_after_seconds), schedule.cancel_not_before_seconds)
+
+    async def _call(self, call: Callable[[], Any], what: str, connector: Connector) -> Any:
         """Ask a provider, bounded in time; any failure to get an answer is UNKNOWN, not FAILED.
 
         A connector that refuses outright (a KessaiError such as SERVICE_NOT_SUPPORTED) has
         definitely charged nothing: that is a FAILED result carrying the refusal's code.
         """
         try:
-            return await asyncio.wait_for(call(), timeout=self.settings.provider_timeout_seconds)
+            return await asyncio.wait_for(call(), timeout=self._timeout(connector))
         except KessaiError as exc:
             log.warning("provider refused %s: %s", what, exc.code)
             if what in ("pay", "create_qr"):
@@ -401,7 +421,7 @@ class Gateway:
             code=code,
             merchant_name=ctx.merchant_name,
         )
-        result = await self._call(lambda: connector.pay(pay), "pay")
+        result = await self._call(lambda: connector.pay(pay), "pay", connector)
         payment = await self._apply(
             stored.pk, ctx.merchant_id, result, f"provider:{stored.provider}", request_id
         )
@@ -497,18 +517,18 @@ class Gateway:
         giving_up = (
             not expiring
             and payment.pending_reason is PendingReason.OUTCOME_UNKNOWN
-            and (now - payment.created_at).total_seconds() >= self.settings.provider_give_up_seconds
+            and (now - payment.created_at).total_seconds() >= self._give_up_seconds(connector)
         )
         result: ProviderResult | None
         if expiring or giving_up:
             # Withdraw at the provider first: the payment ends only once the provider confirms
             # that nobody paid it meanwhile (or that the charge was reversed).
-            result = await self._call(lambda: connector.cancel(ref), "cancel")
+            result = await self._call(lambda: connector.cancel(ref), "cancel", connector)
         elif payment.kind is PaymentKind.MERCHANT_QR and payment.qr_data is None:
             qr = self._qr_request(payment, merchant_name)
-            result = await self._call(lambda: connector.create_qr(qr), "create_qr")
+            result = await self._call(lambda: connector.create_qr(qr), "create_qr", connector)
         else:
-            result = await self._call(lambda: connector.sync(ref), "sync")
+            result = await self._call(lambda: connector.sync(ref), "sync", connector)
         return await self._apply(
             stored.pk,
             payment.merchant_id,
@@ -650,7 +670,7 @@ class Gateway:
             expires_at=expires_at,
             merchant_name=ctx.merchant_name,
         )
-        result = await self._call(lambda: connector.create_qr(qr), "create_qr")
+        result = await self._call(lambda: connector.create_qr(qr), "create_qr", connector)
         payment = await self._apply(
             stored.pk, ctx.merchant_id, result, f"provider:{stored.provider}", request_id
         )
@@ -744,7 +764,9 @@ class Gateway:
             return self._view(stored.payment, replayed=True)
         connector = self._connector(stored.provider)
         result: RefundResult | None = await self._call(
-            lambda: connector.refund(ask.trans_id, refund.refund_id, refund.amount), "refund"
+            lambda: connector.refund(ask.trans_id, refund.refund_id, refund.amount),
+            "refund",
+            connector,
         )
         actor = f"provider:{stored.provider}"
 
@@ -754,6 +776,46 @@ class Gateway:
             )
 
         return self._view(await self._retrying(third))
+
+    async def resolve_refund(self, payment_pk: int, refund_id: str, request_id: str) -> Payment:
+        """Ask the provider about a refund whose outcome was not known (a worker's job)."""
+        stored = await self.db.run(lambda conn: repo.load_payment(conn, payment_pk), write=False)
+        payment = stored.payment
+        refund = next(r for r in payment.refunds if r.refund_id == refund_id)
+        if refund.status is not RefundStatus.PENDING:
+            return payment
+        connector = self._connector(stored.provider)
+        result: RefundResult | None = await self._call(
+            lambda: connector.refund_sync(payment.trans_id, refund_id, refund.amount),
+            "refund_sync",
+            connector,
+        )
+        age = (self.clock() - refund.created_at).total_seconds()
+        if result is not None and result.outcome is ProviderOutcome.NOT_FOUND:
+            result = None
+            if age >= self.settings.provider_not_found_grace_seconds:
+                # The request never reached the provider: send it again. The same refund id
+                # makes it idempotent, so a late original cannot refund twice.
+                result = await self._call(
+                    lambda: connector.refund(payment.trans_id, refund_id, refund.amount),
+                    "refund",
+                    connector,
+                )
+        who = MerchantActor(payment.merchant_id, payment.terminal_id, f"provider:{stored.provider}")
+        now = self.clock()
+
+        def unit(conn: Connection) -> Payment:
+            return _settle_refund(
+                conn, who, payment.trans_id, refund_id, result, now, who.actor, request_id
+            )
+
+        return await self._retrying(unit)
+
+    async def aclose(self) -> None:
+        """Release the database and the connectors' HTTP client."""
+        if self.http is not None:
+            await self.http.aclose()
+        await self.db.aclose()
 
     # -- VOUCHERNO ----------------------------------------------------------------------------
 

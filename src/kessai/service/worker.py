@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
-from kessai.domain.model import PaymentStatus
+from kessai.domain.model import PaymentStatus, RefundStatus
 from kessai.service import events
 from kessai.service.gateway import Gateway
 
@@ -64,9 +64,43 @@ class Worker:
         """One pass of every job."""
         report = WorkerReport()
         await self._bounded(self.reconcile(report), "reconcile", report)
+        await self._bounded(self.refunds(report), "refunds", report)
         await self._bounded(self.deliver(report), "webhooks", report)
         await self._bounded(self.prune(report), "prune", report)
         return report
+
+    async def refunds(self, report: WorkerReport) -> None:
+        """Ask providers about refunds whose outcome was not known when they were made."""
+        gateway = self.gateway
+        now = gateway.clock()
+        interval = timedelta(milliseconds=self.settings.worker_recheck_interval_ms)
+        skip_locked = gateway.db.dialect == "postgresql"
+
+        def claim(conn: Connection) -> list[tuple[int, str]]:
+            r = t.refunds
+            due = (
+                sa.select(r.c.id)
+                .where(r.c.status == RefundStatus.PENDING.value, r.c.updated_at <= now - interval)
+                .order_by(r.c.updated_at)
+                .limit(self.settings.worker_batch_size)
+            )
+            if skip_locked:
+                due = due.with_for_update(skip_locked=True)
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            # Moving updated_at forward is the claim: the refund is due again after the interval.
+            conn.execute(r.update().where(r.c.id.in_(ids)).values(updated_at=now))
+            rows = conn.execute(sa.select(r.c.payment_id, r.c.refund_id).where(r.c.id.in_(ids)))
+            return [(row.payment_id, row.refund_id) for row in rows]
+
+        for payment_pk, refund_id in await gateway.db.run(claim):
+            report.checked += 1
+            try:
+                await gateway.resolve_refund(payment_pk, refund_id, "worker")
+            except Exception as exc:  # one refund's trouble must not stop the batch
+                log.exception("reconciling refund %s failed", refund_id)
+                report.errors.append(f"{refund_id}: {type(exc).__name__}")
 
     async def deliver(self, report: WorkerReport) -> None:
         """Deliver due webhook events (at least once, with backoff)."""
