@@ -26,8 +26,9 @@ class Settings:
     qr_ttl_max_seconds: int = 1800
     # PAYCHECK/STATUS ask the provider about a PENDING payment at most this often.
     provider_recheck_interval_ms: int = 1000
-    # One provider call may take this long before its outcome is taken as unknown.
-    provider_timeout_seconds: float = 10.0
+    # The longest one provider call may take before its outcome is taken as unknown; each
+    # provider's own read timeout (PayPay advises 30 s for creating) applies within it.
+    provider_timeout_seconds: float = 30.0
     # "Not found" at the provider means "never arrived" only once the request is this old;
     # before that the provider may still be processing it.
     provider_not_found_grace_seconds: int = 60

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -133,6 +134,7 @@ class Till:
 @dataclass
 class World:
     base_url: str
+    database: str
     paypay: PayPayFake
     alipay: AlipayPlusFake
     wechat: WeChatPayFake
@@ -264,7 +266,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
             assert login.status_code == 200, login.text
             tills[name] = Till(http, login.json()["sessionToken"], terminal["passCode"])
-        yield World(base_url, paypay, alipay, wechat, tills)
+        yield World(base_url, database, paypay, alipay, wechat, tills)
     finally:
         for http in clients:
             http.close()
@@ -297,6 +299,38 @@ def test_paypay_qr_paid_then_refunded(world: World) -> None:
     rest = till.cancel(payment["transId"])
     assert (rest.json()["status"], rest.json()["refundedAmount"]) == ("REFUNDED", 1500)
     assert sum(r["amount"]["amount"] for r in code.refunds.values()) == 1500
+
+
+def _status_in_books(world: World, trans_id: str) -> str:
+    """The payment's status as stored, read without asking the gateway (no provider check)."""
+    with sqlite3.connect(world.database.removeprefix("sqlite:///")) as conn:
+        row = conn.execute("SELECT status FROM payments WHERE trans_id = ?", (trans_id,)).fetchone()
+    return str(row[0])
+
+
+def test_paypay_webhook_settles_the_payment_without_polling(world: World) -> None:
+    till = world.tills["paypay"]
+    payment = till.qr("01", 1800).json()
+    trans_id = payment["transId"]
+    world.paypay.customer_pays(trans_id)
+    assert _status_in_books(world, trans_id) == "PENDING"
+    hook = httpx.post(
+        f"{world.base_url}/notifications/paypay",
+        content=world.paypay.webhook(trans_id),
+        headers={"Content-Type": "application/json"},
+    )
+    assert hook.status_code == 200, hook.text
+    # The webhook was a hint; the gateway asked PayPay and recorded its answer at once.
+    assert _status_in_books(world, trans_id) == "COMPLETED"
+    forged = httpx.post(
+        f"{world.base_url}/notifications/paypay",
+        content=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert forged.status_code == 400
+    assert forged.json()["error"]["code"] == "NOTIFICATION_REJECTED"
+    unknown = httpx.post(f"{world.base_url}/notifications/nosuchpay", content=b"{}")
+    assert unknown.status_code == 404
 
 
 def test_paypay_expired_qr_is_withdrawn_at_paypay(world: World) -> None:

@@ -117,7 +117,14 @@ def create_app(
     docs_assets = create_static_files_router(
         path=DOCS_ASSETS, directories=[swagger_ui_bundle.swagger_ui_path], include_in_schema=False
     )
-    handlers: list[Any] = [v1, healthz, metrics.metrics, openapi_json, docs_assets]
+    handlers: list[Any] = [
+        v1,
+        healthz,
+        metrics.metrics,
+        openapi_json,
+        docs_assets,
+        terminal.provider_notification,
+    ]
     if settings.sandbox_enabled:
         handlers.extend(sandbox_pages.ROUTES)
     template_dir = Path(str(files("kessai") / "api" / "templates"))

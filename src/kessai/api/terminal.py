@@ -367,3 +367,26 @@ ROUTES = [
     qr_svg,
     identify_code,
 ]
+
+
+@post(
+    "/notifications/{provider:str}",
+    operation_id="providerNotification",
+    summary="Notifications from wallet providers (PayPay webhook, Alipay+ notifyPayment)",
+    description=(
+        "Providers POST here; the gateway verifies the notification (signature where the provider "
+        "signs), then asks the provider where the payment stands and moves it accordingly. "
+        "Configure the provider to call /notifications/paypay or /notifications/alipayplus."
+    ),
+    tags=["Providers"],
+    status_code=200,
+    responses=_errors(404, 413, 422),
+)
+async def provider_notification(
+    state: State, request: Request[Any, Any, Any], provider: str
+) -> RawResponse[bytes]:
+    """Verify a provider's notification, settle the payment, and answer the provider's ack."""
+    note = await gateway_of(state).notify(
+        provider, request.url.path, dict(request.headers), await request.body()
+    )
+    return RawResponse(note.ack_body, status_code=note.ack_status, headers=dict(note.ack_headers))

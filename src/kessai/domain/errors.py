@@ -134,6 +134,10 @@ ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     "REFUND_EXCEEDS_REMAINING": (409, "The refund is larger than what remains to refund."),
     "PAYMENT_NOT_EDITABLE": (409, "VOUCHERNO on a payment that ended without being paid."),
     "BODY_TOO_LARGE": (413, "The request body exceeds the documented limit."),
+    "NOTIFICATION_REJECTED": (
+        400,
+        "A provider notification whose signature or body did not verify.",
+    ),
     "NOT_A_PAYMENT_CODE": (422, "The scanned code matches no wallet (e.g. a product barcode)."),
     "SERVICE_NOT_SUPPORTED": (
         422,

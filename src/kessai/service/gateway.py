@@ -28,6 +28,8 @@ from kessai.connectors import routing
 from kessai.connectors.base import (
     Connector,
     Flow,
+    Notification,
+    NotificationRejected,
     PayRequest,
     ProviderOutcome,
     ProviderResult,
@@ -156,10 +158,10 @@ class Gateway:
         )
 
     def _timeout(self, connector: Connector) -> float:
-        """How long one call may take: the provider's own advice, never below our bound."""
+        """How long one call may take: the provider's own read timeout, within our bound."""
         schedule: Schedule | None = getattr(connector, "schedule", None)
-        advised = schedule.read_timeout_seconds if schedule is not None else 0.0
-        return max(self.settings.provider_timeout_seconds, advised)
+        bound = self.settings.provider_timeout_seconds
+        return min(bound, schedule.read_timeout_seconds) if schedule is not None else bound
 
     def _give_up_seconds(self, connector: Connector) -> float:
         """When an unknown outcome is cancelled: the sooner of the provider's rule and ours."""
@@ -816,6 +818,48 @@ class Gateway:
         if self.http is not None:
             await self.http.aclose()
         await self.db.aclose()
+
+    async def notify(
+        self, provider: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Notification:
+        """A provider's notification about a payment: verify it, then settle by asking.
+
+        A notification is a hint. Whatever it claims, the payment moves only by what the
+        provider answers to a query made now (or by the signed notification's own outcome
+        when the connector verified it, which the query then confirms).
+        """
+        connector = self.connectors.get(provider)
+        if connector is None or provider == "sandbox":
+            raise NotFound(f"no provider named {provider}", code="NOT_FOUND", field="provider")
+        try:
+            note = await connector.parse_notification(path, headers, body)
+        except NotificationRejected as exc:
+            raise InvalidRequest(
+                f"notification rejected ({exc.part}): {exc}", code="NOTIFICATION_REJECTED"
+            ) from exc
+        now = self.clock()
+
+        def claim(conn: Connection) -> tuple[repo.StoredPayment, str] | None:
+            row = conn.execute(
+                sa.select(t.payments.c.id).where(
+                    t.payments.c.trans_id == note.ref,
+                    t.payments.c.provider.like(f"{provider}%"),
+                )
+            ).first()
+            if row is None:
+                return None
+            stored = repo.load_payment(conn, row.id)
+            if stored.payment.status is not S.PENDING:
+                return None
+            conn.execute(
+                t.payments.update().where(t.payments.c.id == row.id).values(provider_checked_at=now)
+            )
+            return stored, repo.merchant_name(conn, stored.payment.merchant_id)
+
+        claimed = await self.db.run(claim)
+        if claimed is not None:
+            await self.resolve(claimed[0], claimed[1], f"notification:{provider}")
+        return note
 
     # -- VOUCHERNO ----------------------------------------------------------------------------
 
