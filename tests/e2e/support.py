@@ -8,19 +8,22 @@ over real HTTP with httpx. Nothing imports the gateway's own modules.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -76,6 +79,25 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server (its `postgres` database)."""
+    given = os.environ.get("KESSAI_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    folder = tempfile.mkdtemp(prefix="kessai-pg-")
+    script = str(Path(__file__).resolve().parents[2] / "scripts" / "pg-cluster")
+    url = subprocess.run(
+        [script, "start", folder, str(free_port())], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield url
+    finally:
+        subprocess.run([script, "stop", folder], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -149,10 +171,15 @@ class KessaiServer:
         stop_process(self.process)
 
 
-def start_server(workdir: Path, settings: Mapping[str, str]) -> KessaiServer:
-    """Start `kessai serve` on a free port with ``settings`` (KESSAI_* variables)."""
+def start_server(
+    workdir: Path, settings: Mapping[str, str], database_url: str | None = None
+) -> KessaiServer:
+    """Start `kessai serve` on a free port with ``settings`` (KESSAI_* variables).
+
+    The database is a fresh SQLite file in ``workdir`` unless ``database_url`` names another.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    database_url = sqlite_url(workdir / "k.db")
+    database_url = database_url or sqlite_url(workdir / "k.db")
     env = base_env() | dict(settings)
     last_error: Exception | None = None
     for attempt in range(3):  # the free port can be taken between probe and bind
@@ -196,7 +223,7 @@ class Cli:
         return self.json_many([args])[0]
 
     def json_many(self, commands: Sequence[Sequence[str]]) -> list[Any]:
-        """Run several commands at the same time (each costs ~0.5 s of interpreter start-up)."""
+        """Run several commands at the same time (each spends a second or more starting up)."""
         running = [(args, self._start(args)) for args in commands]
         results = []
         for args, process in running:
@@ -253,6 +280,103 @@ def _parse_cli(args: Sequence[str], returncode: int, stdout: str, stderr: str) -
         raise CliError(f"kessai {' '.join(args)} printed no JSON:\n{stdout}\n{stderr}") from exc
 
 
+# The driver of CliBatch: the `kessai` Typer app, run once per line of JSON argv on stdin.
+_BATCH_DRIVER: Final = """
+import contextlib, io, json, sys
+from kessai.cli.main import app
+for line in sys.stdin:
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            result = app(json.loads(line), prog_name="kessai", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:
+        code = 1
+        err.write(repr(exc))
+    answer = {"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    sys.__stdout__.write(json.dumps(answer) + "\\n")
+    sys.__stdout__.flush()
+"""
+
+
+class CliBatch:
+    """`kessai` CLI commands run one after another by one long-lived interpreter.
+
+    Each command is the installed CLI's own Typer app called with the same argv (`admin merchant
+    create … --database URL --json`), so parsing, provisioning and JSON output are the real ones;
+    only the interpreter start-up (well over a second per `kessai` process) is paid once. Tests
+    use it to provision and to read the sandbox ledger; the commands a test is about (approve,
+    decline, unlock, disable, logout) run as real `kessai` processes through ``Cli``.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._lock = threading.Lock()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _BATCH_DRIVER],
+            env=base_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,  # only start-up failures reach it: commands' stderr is kept
+            text=True,
+        )
+
+    def json(self, *args: str) -> Any:
+        """Run one command and answer its JSON output; raise CliError when it fails."""
+        line = json.dumps([*args, "--database", self.database_url, "--json"])
+        with self._lock:
+            stdin, stdout = self._process.stdin, self._process.stdout
+            assert stdin is not None
+            assert stdout is not None
+            stdin.write(line + "\n")
+            stdin.flush()
+            reply = stdout.readline()
+        if not reply:
+            self._process.wait(timeout=10)
+            why = self._process.stderr.read() if self._process.stderr is not None else ""
+            raise CliError(f"the CLI batch interpreter died ({self._process.returncode}):\n{why}")
+        done = json.loads(reply)
+        return _parse_cli(args, done["returncode"], done["stdout"], done["stderr"])
+
+    def json_many(self, commands: Sequence[Sequence[str]]) -> list[Any]:
+        """Run several commands, one after another."""
+        return [self.json(*args) for args in commands]
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """The sandbox wallets' own books (`kessai sandbox ledger --json`)."""
+        rows = self.json("sandbox", "ledger")
+        assert isinstance(rows, list)
+        return rows
+
+    def charge(self, trans_id: str) -> dict[str, Any]:
+        """The sandbox's one charge for a transId (fails unless there is exactly one)."""
+        rows = [row for row in self.ledger() if row["ref"] == trans_id]
+        assert len(rows) == 1, f"sandbox charges for {trans_id}: {rows}"
+        return rows[0]
+
+    def close(self) -> None:
+        """End the interpreter."""
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+
+class RunsCli(Protocol):
+    """What provisioning needs: Cli (a process per command) or CliBatch."""
+
+    def json(self, *args: str) -> Any:
+        """Run one command and answer its JSON output."""
+        ...
+
+
 # --- provisioning ---------------------------------------------------------------------------------
 
 
@@ -271,11 +395,12 @@ class Provisioner:
     """Merchants and terminals through `kessai admin … --json`.
 
     One integration (os) per server: the os identifies the POS software, which all tests share.
-    Each test gets its own merchant and terminal. They are made a few ahead on background threads,
-    so that the CLI's start-up time overlaps with tests that are waiting on timeouts.
+    Each test gets its own merchant and terminal. With a ``Cli`` (a process per command), ``ahead``
+    terminals are made in advance on background threads so that start-up time overlaps with tests;
+    with a ``CliBatch`` there is nothing to hide and ``ahead=0`` makes them on demand.
     """
 
-    def __init__(self, cli: Cli, *, ahead: int = 2, workers: int = 2) -> None:
+    def __init__(self, cli: RunsCli, *, ahead: int = 2, workers: int = 2) -> None:
         self.cli = cli
         self.os = str(cli.json("admin", "integration", "create", "--name", "e2e POS")["os"])
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provision")
@@ -425,7 +550,11 @@ class Pos:
 
     # -- waiting
     def wait_final(
-        self, trans_id: str, timeout: float = 6.0, *, by: Callable[[], httpx.Response] | None = None
+        self,
+        trans_id: str,
+        timeout: float = 15.0,
+        *,
+        by: Callable[[], httpx.Response] | None = None,
     ) -> dict[str, Any]:
         """Poll PAYCHECK (or ``by``) until the payment is no longer PENDING; answers it."""
         ask = by or (lambda: self.paycheck(trans_id))

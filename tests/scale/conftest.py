@@ -6,39 +6,16 @@ one itself (scripts/pg-cluster, which installs Debian's postgresql when it is mi
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.support import free_port
+from e2e.support import postgres_server
 
 from .support import create_database
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """The URL of a PostgreSQL server (its `postgres` database)."""
-    given = os.environ.get("KESSAI_TEST_POSTGRES_URL")
-    if given:
-        yield given
-        return
-    folder = tempfile.mkdtemp(prefix="kessai-pg-")
-    script = str(ROOT / "scripts" / "pg-cluster")
-    url = subprocess.run(
-        [script, "start", folder, str(free_port())], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        yield url
-    finally:
-        subprocess.run([script, "stop", folder], check=False)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -53,3 +30,10 @@ def database_url(
         return create_database(postgres_url)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL server (scripts/test starts one; alone, the tier starts its own)."""
+    with postgres_server() as url:
+        yield url

@@ -286,6 +286,45 @@ webhook_attempts = sa.Table(
     sa.Index("ix_webhook_attempts_event", "event_pk"),
 )
 
+# The merchant console's users and their server-side sessions. A console user belongs to one
+# merchant and sees only that merchant's payments and terminals.
+console_users = sa.Table(
+    "console_users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id"), nullable=False),
+    # Stored lower-cased, so that the login address is case-insensitive and unique.
+    sa.Column("email", sa.String(254), nullable=False, unique=True),
+    sa.Column("role", sa.String(10), nullable=False),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("login_failures", sa.Integer, nullable=False, default=0),
+    _now_col("login_locked_until", nullable=True),
+    sa.Column("lang", sa.String(2), nullable=True),
+    _now_col("last_login_at", nullable=True),
+    _now_col("created_at"),
+    _now_col("updated_at"),
+    sa.CheckConstraint("role IN ('owner', 'staff')", name="role_known"),
+)
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the session cookie; the cookie value itself is never stored.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("console_users.id"), nullable=False),
+    # The synchronizer token every form of this session must carry.
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    _now_col("created_at"),
+    _now_col("last_seen_at"),
+    _now_col("idle_expires_at"),
+    _now_col("expires_at"),
+    _now_col("ended_at", nullable=True),
+    sa.Column("end_reason", sa.String(20), nullable=True),
+    sa.Index("ix_console_sessions_user", "user_id"),
+)
+
 # Each merchant's wallet-provider accounts and which of them serves each serviceId. Secrets (API
 # secrets, private keys, signing keys) are kept only encrypted (kessai.connectors.secrets), with
 # the fingerprint of the key that encrypted them. A row is never deleted while payments may name

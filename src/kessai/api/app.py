@@ -34,6 +34,7 @@ from kessai.config import Settings
 from kessai.connectors import routing
 from kessai.connectors.sandbox import SandboxWallets
 from kessai.connectors.secrets import SecretBox
+from kessai.console.mount import console_routes
 from kessai.domain.errors import KessaiError
 from kessai.service.gateway import Gateway
 from kessai.service.worker import Worker
@@ -127,6 +128,7 @@ def create_app(
     ]
     if settings.sandbox_enabled:
         handlers.extend(sandbox_pages.ROUTES)
+    handlers.extend(console_routes(settings))  # the merchant console under /console
     template_dir = Path(str(files("kessai") / "api" / "templates"))
     return Litestar(
         route_handlers=handlers,

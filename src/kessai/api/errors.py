@@ -106,6 +106,11 @@ def handle_validation(
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     message = str(first.get("message", detail))
     key = first.get("key")
+    # A body cut short, or no body at all, is malformed JSON, whatever words the decoder used.
+    if "truncated" in message.lower() or message.strip("'\"") == "data":
+        return envelope(
+            rid, 400, "MALFORMED_JSON", "the body is not valid JSON (cut short or empty)"
+        )
     if (match := _UNKNOWN.search(message)) is not None:
         return envelope(
             rid, 400, "UNKNOWN_FIELD", f"unknown field {match.group(1)}", match.group(1)
@@ -150,7 +155,8 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return envelope(rid, 404, "NOT_FOUND", "no such route")
     if isinstance(exc, MethodNotAllowedException):
         return envelope(rid, 405, "METHOD_NOT_ALLOWED", "this route does not take that method")
-    if exc.status_code == 400 and "malformed" in str(exc.detail).lower():
+    detail = str(exc.detail).lower()
+    if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
         return envelope(rid, 400, "MALFORMED_JSON", "the body is not valid JSON")
     if exc.status_code == 413:
         return envelope(rid, 413, "BODY_TOO_LARGE", "the request body is too large")

@@ -77,4 +77,5 @@ async def metrics() -> Response[bytes]:
         body = generate_latest(registry)
     else:
         body = generate_latest()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    # The framework adds the charset itself; giving it twice makes strict parsers refuse it.
+    return Response(body, media_type=CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8"))

@@ -1,21 +1,47 @@
-"""Sandbox-only routes: the page behind a sandbox qrData URL, and code issuing over HTTP."""
+"""Sandbox-only routes: code issuing over HTTP, and the wallet simulator (the customer's side).
+
+- ``POST /sandbox/codes``: fresh one-time customer codes, as JSON (for tests and scripts).
+- ``/sandbox/pay/{token}``: the page behind a sandbox qrData URL. The customer sees the merchant,
+  the amount and the time left, and approves, declines, or chooses to enter a password — which
+  leaves the payment waiting (PENDING) until confirmed, as a real wallet does.
+- ``/sandbox/phone``: the customer's phone showing a one-time payment code as a Code 128 barcode
+  and a QR code that refreshes, for a developer to scan or to copy into ``kessai-pos pay``; once
+  the code is used, the phone shows the result or asks for the password.
+
+These pages take no CSRF token: they stand for the customer's wallet app, the sandbox moves no
+money, and the unguessable token in a qrData URL (or the one-time code itself) is what entitles
+a browser to decide a payment — the same proof a real wallet's customer holds.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+from typing import Any, Final
 
 import msgspec
-from litestar import Request, get, post
+import segno
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
-from litestar.params import Body
-from litestar.response import Redirect, Template
+from litestar.params import FromPath, JSONBody
+from litestar.response import Redirect
 
 from kessai.api.terminal import gateway_of
 from kessai.connectors.sandbox import wallets
-from kessai.domain.errors import NotFound
+from kessai.console import barcode, simulator
+from kessai.console.config import ConsoleConfig
+from kessai.console.i18n import LANGS, normalise_lang
+from kessai.console.render import html
+from kessai.console.web import LANG_COOKIE, lang_cookie
+from kessai.domain.catalog import load_catalog
+from kessai.domain.errors import InvalidRequest, NotFound
 
 TAG = "Sandbox (test mode only)"
+DECISIONS: Final = ("approve", "decline", "password")
+# A real wallet shows a new payment code every minute or so; so does the simulated phone.
+PHONE_CODE_REFRESH_SECONDS: Final = 60
+MAX_PASSWORD_LENGTH: Final = 64
+
+AnyRequest = Request[Any, Any, Any]
 
 
 class CodesBody(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -32,11 +58,16 @@ class CodesAnswer(msgspec.Struct):
     codes: list[str]
 
 
-class DecisionForm(msgspec.Struct):
-    """The simulator page's form."""
+class CodeStatusBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The simulated phone asks what became of its code."""
 
-    decision: str
-    password: str = ""
+    code: str
+
+
+class CodeStatusAnswer(msgspec.Struct):
+    """``unused``, ``unknown``, or the sandbox charge's status (WAITING, SUCCEEDED, …)."""
+
+    state: str
 
 
 @post(
@@ -46,7 +77,7 @@ class DecisionForm(msgspec.Struct):
     status_code=200,
     summary="Issue sandbox customer codes",
 )
-async def issue_codes(state: State, data: CodesBody) -> CodesAnswer:
+async def issue_codes(state: State, data: JSONBody[CodesBody]) -> CodesAnswer:
     """Issue one-time customer codes whose payment ends with ``outcome``."""
     gateway = gateway_of(state)
     now = gateway.clock()
@@ -56,8 +87,28 @@ async def issue_codes(state: State, data: CodesBody) -> CodesAnswer:
     return CodesAnswer(codes)
 
 
+# -- language -------------------------------------------------------------------------------------
+
+
+def _lang(request: AnyRequest) -> tuple[str, list[Any]]:
+    """The page language; ``?lang=`` switches it and is remembered like the console's switch."""
+    chosen = request.query_params.get("lang")
+    if chosen in LANGS:
+        config = ConsoleConfig.from_env(gateway_of(request.app.state).settings.public_url)
+        return chosen, [lang_cookie(config, chosen)]
+    return normalise_lang(request.cookies.get(LANG_COOKIE)), []
+
+
+def _form_text(form: Any, name: str, limit: int) -> str:
+    value = form.get(name)
+    return value.strip()[:limit] if isinstance(value, str) else ""
+
+
+# -- the page behind qrData -----------------------------------------------------------------------
+
+
 @get("/sandbox/pay/{token:str}", include_in_schema=False)
-async def pay_page(state: State, request: Request[Any, Any, Any], token: str) -> Template:
+async def pay_page(state: State, request: AnyRequest, token: FromPath[str]) -> Response[str]:
     """The customer's side of a sandbox QR code: approve, decline, or confirm with a password."""
     gateway = gateway_of(state)
     charge = await gateway.db.run(lambda conn: wallets.charge_by_token(conn, token), write=False)
@@ -67,34 +118,185 @@ async def pay_page(state: State, request: Request[Any, Any, Any], token: str) ->
     seconds_left = (
         max(0, int((charge.expires_at - now).total_seconds())) if charge.expires_at else None
     )
-    return Template(
-        template_name="sandbox_pay.html",
-        context={
-            "charge": charge,
-            "token": token,
-            "seconds_left": seconds_left,
-            "step": request.query_params.get("step", ""),
-        },
+    is_open = charge.status == wallets.WAITING and (seconds_left is None or seconds_left > 0)
+    # A code still WAITING after its deadline is expired for the customer, whatever the books
+    # say until the gateway withdraws it.
+    final = wallets.EXPIRED if charge.status == wallets.WAITING else charge.status
+    lang, cookies = _lang(request)
+    return html(
+        "sandbox_pay.html",
+        lang,
+        cookies=cookies,
+        charge=charge,
+        token=token,
+        seconds_left=seconds_left,
+        step="password" if request.query_params.get("step") == "password" else "",
+        error=bool(request.query_params.get("error")),
+        open=is_open,
+        final=final,
+        here=f"/sandbox/pay/{token}",
     )
 
 
 @post("/sandbox/pay/{token:str}", include_in_schema=False, status_code=303)
-async def pay_decide(
-    state: State,
-    token: str,
-    data: DecisionForm = Body(media_type=RequestEncodingType.URL_ENCODED),  # noqa: B008
-) -> Redirect:
-    """Record the simulated customer's decision."""
+async def pay_decide(state: State, request: AnyRequest, token: FromPath[str]) -> Redirect:
+    """Record the simulated customer's decision; the password step decides nothing yet."""
     gateway = gateway_of(state)
+    form = await request.form()
+    decision = _form_text(form, "decision", 20)
+    if decision not in DECISIONS:
+        raise InvalidRequest(f"decision must be one of {', '.join(DECISIONS)}", field="decision")
     charge = await gateway.db.run(lambda conn: wallets.charge_by_token(conn, token), write=False)
     if charge is None:
         raise NotFound("no such sandbox payment page", code="NOT_FOUND")
-    if data.decision == "password":
+    if decision == "password":
         return Redirect(f"/sandbox/pay/{token}?step=password", status_code=303)
-    approve = data.decision == "approve"
+    password = _form_text(form, "password", MAX_PASSWORD_LENGTH)
+    if decision == "approve" and _form_text(form, "step", 20) == "password" and not password:
+        return Redirect(f"/sandbox/pay/{token}?step=password&error=empty", status_code=303)
+    approve = decision == "approve"
     now = gateway.clock()
     await gateway.db.run(lambda conn: wallets.settle(conn, charge.ref, approve, now))
     return Redirect(f"/sandbox/pay/{token}", status_code=303)
 
 
-ROUTES = [issue_codes, pay_page, pay_decide]
+# -- the customer's phone -------------------------------------------------------------------------
+
+
+def _phone_services(lang: str) -> list[tuple[str, str]]:
+    return [
+        (s.service_id, s.name if lang == "ja" else s.name_en)
+        for s in load_catalog()
+        if s.active and s.supports_customer_code
+    ]
+
+
+def _phone_page(
+    request: AnyRequest, mode: str, *, status_code: int = 200, **context: Any
+) -> Response[str]:
+    lang, cookies = _lang(request)
+    context.setdefault("service_id", "01")
+    context.setdefault("outcome", "success")
+    return html(
+        "sandbox/phone.html",
+        lang,
+        status_code=status_code,
+        cookies=cookies,
+        mode=mode,
+        services=_phone_services(lang),
+        outcomes=wallets.OUTCOMES,
+        here="/sandbox/phone",
+        **context,
+    )
+
+
+def _choice(form: Any, lang_services: list[tuple[str, str]]) -> tuple[str, str]:
+    service_id = _form_text(form, "serviceId", 2)
+    outcome = _form_text(form, "outcome", 20)
+    if service_id not in {sid for sid, _ in lang_services}:
+        raise InvalidRequest(
+            "serviceId must be a service that takes customer codes", field="serviceId"
+        )
+    if outcome not in wallets.OUTCOMES:
+        raise InvalidRequest(
+            f"outcome must be one of {', '.join(wallets.OUTCOMES)}", field="outcome"
+        )
+    return service_id, outcome
+
+
+@get("/sandbox/phone", include_in_schema=False)
+async def phone_page(request: AnyRequest) -> Response[str]:
+    """The phone's first screen: choose a wallet and what paying with its code will do."""
+    return _phone_page(request, "pick")
+
+
+@post("/sandbox/phone", include_in_schema=False, status_code=200)
+async def phone_code(state: State, request: AnyRequest) -> Response[str]:
+    """Show a fresh one-time payment code as a barcode and a QR code."""
+    gateway = gateway_of(state)
+    form = await request.form()
+    service_id, outcome = _choice(form, _phone_services("en"))
+    now = gateway.clock()
+    code = (
+        await gateway.db.run(lambda conn: wallets.issue_codes(conn, service_id, outcome, 1, now))
+    )[0]
+    barcode_svg = barcode.svg(code, module_px=2, height_px=72)
+    return _phone_page(
+        request,
+        "code",
+        service_id=service_id,
+        outcome=outcome,
+        code=code,
+        barcode_uri="data:image/svg+xml;base64," + base64.b64encode(barcode_svg.encode()).decode(),
+        # A full QR code: segno.make would pick a Micro QR for short codes, which few
+        # POS scanners read.
+        qr_uri=segno.make_qr(code, error="m").svg_data_uri(scale=5, border=4),
+        refresh_seconds=PHONE_CODE_REFRESH_SECONDS,
+    )
+
+
+@post("/sandbox/phone/status", include_in_schema=False, status_code=200)
+async def phone_code_status(state: State, data: JSONBody[CodeStatusBody]) -> CodeStatusAnswer:
+    """What became of the phone's code (the page polls this until the code is used)."""
+    gateway = gateway_of(state)
+    found = await gateway.db.run(lambda conn: simulator.code_state(conn, data.code), write=False)
+    return CodeStatusAnswer(found.state)
+
+
+@post("/sandbox/phone/watch", include_in_schema=False, status_code=200)
+async def phone_watch(state: State, request: AnyRequest) -> Response[str]:
+    """The phone after its code was used: the result, or the password prompt."""
+    gateway = gateway_of(state)
+    form = await request.form()
+    code = _form_text(form, "code", simulator.MAX_CODE_LENGTH)
+    found = await gateway.db.run(lambda conn: simulator.code_state(conn, code), write=False)
+    return _phone_page(
+        request,
+        "result",
+        state=found,
+        code=code,
+        service_id=found.service_id or _form_text(form, "serviceId", 2) or "01",
+        outcome=found.outcome or _form_text(form, "outcome", 20) or "success",
+        error=False,
+    )
+
+
+@post("/sandbox/phone/decide", include_in_schema=False, status_code=200)
+async def phone_decide(state: State, request: AnyRequest) -> Response[str]:
+    """The customer confirms with the wallet password, or refuses, on the phone."""
+    gateway = gateway_of(state)
+    form = await request.form()
+    code = _form_text(form, "code", simulator.MAX_CODE_LENGTH)
+    decision = _form_text(form, "decision", 20)
+    if decision not in ("approve", "decline"):
+        raise InvalidRequest("decision must be approve or decline", field="decision")
+    now = gateway.clock()
+    empty = decision == "approve" and not _form_text(form, "password", MAX_PASSWORD_LENGTH)
+    if empty:
+        found = await gateway.db.run(lambda conn: simulator.code_state(conn, code), write=False)
+    else:
+        found = await gateway.db.run(
+            lambda conn: simulator.decide_for_code(conn, code, decision == "approve", now)
+        )
+    return _phone_page(
+        request,
+        "result",
+        status_code=400 if empty else 200,
+        state=found,
+        code=code,
+        service_id=found.service_id or "01",
+        outcome=found.outcome or "success",
+        error=empty,
+    )
+
+
+ROUTES = [
+    issue_codes,
+    pay_page,
+    pay_decide,
+    phone_page,
+    phone_code,
+    phone_code_status,
+    phone_watch,
+    phone_decide,
+]

@@ -28,7 +28,7 @@ from kessai.api.wire import (
     VoucherBody,
     payment_wire,
 )
-from kessai.domain.errors import ERROR_CODES, NotFound, Unauthenticated
+from kessai.domain.errors import ERROR_CODES, InvalidRequest, NotFound, Unauthenticated
 from kessai.domain.model import PaymentKind
 from kessai.service.gateway import Gateway, PaymentView
 
@@ -80,6 +80,14 @@ async def strict(request: Request[Any, Any, Any], body_type: type[B]) -> B:
     The framework's own decoding (kept for the OpenAPI description and its early errors)
     coerces strings to numbers; a payment API must not.
     """
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        # A form or text body that happens to parse as JSON is still a client mistake.
+        raise InvalidRequest(
+            f"send the body as application/json, not {media or 'an empty type'}",
+            code="UNSUPPORTED_MEDIA_TYPE",
+        )
     try:
         return msgspec.json.decode(await request.body(), type=body_type)
     except msgspec.MsgspecError as exc:
@@ -202,10 +210,12 @@ async def status(
     state: State,
     request: Request[Any, Any, Any],
     trans_key: Annotated[
-        str, Parameter(query="transKey", description="The terminal's transKey", max_length=64)
-    ],
+        str | None, Parameter(query="transKey", description="The terminal's transKey")
+    ] = None,
 ) -> PaymentOut:
     """STATUS."""
+    if trans_key is None:
+        raise InvalidRequest("the transKey query parameter is required", field="transKey")
     view = await gateway_of(state).status(bearer(request), trans_key, request_id_of(request.scope))
     return payment_out(view)
 

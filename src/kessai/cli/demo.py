@@ -11,9 +11,12 @@ from sqlalchemy.engine import Connection
 from kessai.adapters.db import Database
 from kessai.clock import system_clock
 from kessai.connectors.sandbox import wallets
+from kessai.console import users
+from kessai.security import hash_secret
 from kessai.service import admin
 
 DEMO_KEY = "DEMO-REGISTER-01"
+DEMO_CONSOLE_EMAIL = "owner@demo.example"
 
 
 def seed_and_describe(db: Database, url: str, base: str) -> str:
@@ -29,6 +32,19 @@ def seed_and_describe(db: Database, url: str, base: str) -> str:
         return merchant_id, os_value, issued, ok, pw
 
     merchant_id, os_value, t, ok_codes, pw_codes = db.run_sync(seed)
+    # A console owner, so that refunds and terminals can be tried in the browser too.
+    console_password = users.new_console_password()
+    console_hash = hash_secret(console_password)
+    db.run_sync(
+        lambda conn: users.create_user(
+            conn,
+            merchant_id=merchant_id,
+            email=DEMO_CONSOLE_EMAIL,
+            role="owner",
+            password_hash=console_hash,
+            now=now,
+        )
+    )
     # The examples call this very installation of kessai, wherever its virtualenv is.
     kessai = shutil.which("kessai") or str(Path(sys.executable).with_name("kessai"))
     j = "j"
@@ -40,6 +56,9 @@ Kessai demo — gateway with sandbox wallets (test mode: no real money moves)
   API          {base}/v1
   API docs     {base}/docs        OpenAPI  {base}/openapi.json
   health       {base}/healthz     metrics  {base}/metrics
+  console      {base}/console     login {DEMO_CONSOLE_EMAIL}  password {console_password}
+  simulator    {base}/sandbox/phone   (the customer's phone: payment codes to scan)
+               a GET-QR-CODE's qrData is {base}/sandbox/pay/… (the wallet page: approve/decline)
 
 Demo merchant {merchant_id} "Kessai デモ商店", integration os {os_value}
 Terminal:   mid {t.mid}   password {t.password}   passCode {t.passcode}

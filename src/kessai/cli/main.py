@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import uvicorn
 from rich.console import Console
 from sqlalchemy.engine import Connection
 
 from kessai import keys
 from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
 from kessai.adapters.migrate import upgrade
-from kessai.api.app import build_gateway
-from kessai.cli import provider_admin
+from kessai.cli import console_admin, provider_admin
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
 from kessai.config import Settings
@@ -31,7 +29,6 @@ from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import KessaiError
 from kessai.service import admin as admin_service
 from kessai.service import events
-from kessai.service.worker import Worker
 
 T = TypeVar("T")
 
@@ -57,6 +54,7 @@ app.add_typer(sandbox_app, name="sandbox")
 admin_app.add_typer(webhook_app, name="webhook")
 admin_app.add_typer(key_app, name="key")
 admin_app.add_typer(provider_admin.provider_app, name="provider")
+admin_app.add_typer(console_admin.user_app, name="user")
 
 err = Console(stderr=True)
 out = Console()
@@ -149,9 +147,12 @@ def worker_command(
         pass
     settings = Settings.from_env()
 
+    from kessai.api.app import build_gateway  # noqa: PLC0415 - see _serve
+    from kessai.service import worker as worker_module  # noqa: PLC0415
+
     async def main() -> None:
         gateway = build_gateway(database, settings)
-        runner = Worker(gateway)
+        runner = worker_module.Worker(gateway)
         try:
             if once:
                 report = await runner.run_once()
@@ -182,6 +183,10 @@ def worker_command(
 
 
 def _serve(host: str, port: int, database: str, workers: int, public_url: str | None) -> None:
+    # Imported here: the web stack takes most of a second to load, which every other command
+    # (provisioning, sandbox codes) would otherwise pay.
+    import uvicorn  # noqa: PLC0415
+
     os.environ["KESSAI_DATABASE_URL"] = database
     os.environ["KESSAI_PUBLIC_URL"] = public_url or f"http://{host}:{port}"
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -138,6 +138,7 @@ ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         400,
         "A provider notification whose signature or body did not verify.",
     ),
+    "UNSUPPORTED_MEDIA_TYPE": (415, "A body sent with a Content-Type other than application/json."),
     "NOT_A_PAYMENT_CODE": (422, "The scanned code matches no wallet (e.g. a product barcode)."),
     "SERVICE_NOT_SUPPORTED": (
         422,

@@ -199,11 +199,21 @@ class Gateway:
         digest = token_hash(token)
         now = self.clock()
 
-        def unit(conn: Connection) -> T:
+        def unit(conn: Connection) -> T | _Refused:
             ctx = sessions.authenticate(conn, digest, now, self.settings)
-            return fn(conn, ctx)
+            if write:
+                return fn(conn, ctx)
+            try:
+                return fn(conn, ctx)
+            except KessaiError as exc:
+                # A read that ends in an error (an unknown transId) still used the session: its
+                # touch must commit, or a terminal that keeps polling would be idle-timed out.
+                return _Refused(exc)
 
-        return await self.db.run(unit, write=write)
+        answer = await self.db.run(unit, write=write)
+        if isinstance(answer, _Refused):
+            raise answer.error
+        return answer
 
     def _view(self, payment: Payment, replayed: bool = False) -> PaymentView:
         return PaymentView(payment, self.catalog.get(payment.service_id), replayed)
@@ -663,6 +673,15 @@ class Gateway:
                     code="IDEMPOTENCY_CONFLICT",
                     field="transKey",
                 )
+            if stored.payment.status is S.PENDING and stored.payment.qr_data is None:
+                # A retry racing the first request: creating the code is idempotent at the
+                # provider, so ask for it rather than answer a QR payment without a code.
+                connector = self._connector(stored.provider)
+                qr = self._qr_request(stored.payment, ctx.merchant_name)
+                result = await self._call(lambda: connector.create_qr(qr), "create_qr", connector)
+                actor = f"provider:{stored.provider}"
+                payment = await self._apply(stored.pk, ctx.merchant_id, result, actor, request_id)
+                return self._view(payment, replayed=True)
             return self._view(await self._refresh(stored, request_id), replayed=True)
         connector = self._connector(stored.provider)
         qr = QrRequest(
@@ -1142,6 +1161,13 @@ _ACTIONS: Final = {
     S.EXPIRED: "payment.expired",
     S.CANCELED: "payment.canceled",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """An error a reading unit met, carried out of the unit so that its session touch commits."""
+
+    error: KessaiError
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,7 +272,11 @@ class SandboxWallets:
                 qr_data=f"{self.public_url}/sandbox/pay/{qr_token}",
             )
 
-        return await self.db.run(unit)
+        try:
+            return await self.db.run(unit)
+        except sa.exc.IntegrityError:
+            # Two creates of one ref raced; the first one's code is the answer.
+            return await self.db.run(unit)
 
     async def sync(self, ref: str) -> ProviderResult:
         """Answer where a charge stands (a timeout outcome stays UNKNOWN until revealed)."""

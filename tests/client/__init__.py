@@ -1,0 +1,1 @@
+"""The terminal SDK and the kessai-pos register, against a real `kessai serve`."""

@@ -1,0 +1,68 @@
+"""The installed `kessai` command itself: provisioning with `--json`, its errors, and the ledger.
+
+The other tests provision through ``CliBatch`` (the same commands in one interpreter); this one
+runs each command as its own `kessai` process, exactly as an operator's script would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import httpx
+import pytest
+
+from .support import KESSAI, Cli, Pos, Terminal, base_env, sandbox_code
+
+pytestmark = pytest.mark.e2e
+
+
+def test_kessai_admin_provisions_a_terminal_that_works(cli: Cli, http: httpx.Client) -> None:
+    merchant, integration = cli.json_many(
+        [
+            ["admin", "merchant", "create", "--name", "実店舗 CLI"],
+            ["admin", "integration", "create", "--name", "CLI POS"],
+        ]
+    )
+    assert merchant["name"] == "実店舗 CLI"
+    assert isinstance(merchant["merchantId"], int)
+    assert re.fullmatch(r"[0-9]{6}", integration["os"])
+    made = cli.json(
+        "admin", "terminal", "create", "--merchant", str(merchant["merchantId"]),
+        "--passcode", "2468",
+    )  # fmt: skip
+    assert re.fullmatch(r"[0-9]{16}", made["mid"])
+    assert re.fullmatch(r"[A-Za-z0-9]{12}", made["password"])
+    assert made["passCode"] == "2468"
+    assert made["merchantId"] == merchant["merchantId"]
+    terminal = Terminal(
+        made["mid"], made["password"], made["passCode"], made["merchantId"], integration["os"]
+    )
+    pos = Pos(http, terminal, key="CLI-REGISTER-1")
+    pos.login_ok()
+    paid = pos.pay(sandbox_code(http, "01"), 777)
+    refunded = pos.refund(paid["transId"], amount=7)  # with the merchant's own passCode
+    assert refunded.status_code == 200, refunded.text
+    listed, ledger = cli.json_many(
+        [["admin", "terminal", "list", "--merchant", str(merchant["merchantId"])],
+         ["sandbox", "ledger"]]
+    )  # fmt: skip
+    assert [(t["mid"], t["loggedIn"], t["key"]) for t in listed] == [
+        (made["mid"], True, "CLI-REGISTER-1")
+    ]
+    charge = next(row for row in ledger if row["ref"] == paid["transId"])
+    assert (charge["amount"], charge["refundedAmount"], charge["status"]) == (777, 7, "SUCCEEDED")
+
+
+def test_kessai_admin_errors_exit_2_with_a_json_error(cli: Cli) -> None:
+    command = [KESSAI, "admin", "terminal", "create", "--merchant", "999999999"]
+    command += ["--database", cli.database_url, "--json"]
+    done = subprocess.run(
+        command, env=base_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "NOT_FOUND"
+    assert error["field"] == "merchant"
+    assert error["message"]
