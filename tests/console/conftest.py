@@ -29,7 +29,7 @@ VIEWPORT = {"width": 1280, "height": 860}
 SPARE_TERMINALS = 4
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The gateway with its console, on a fresh database."""
     running = start_server(tmp_path_factory.mktemp("console"))
@@ -39,7 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def provisioner(server: Server) -> Iterator[Provisioner]:
     """Makes merchants, terminals and users; spare terminals are made ahead."""
     made = Provisioner(server.database_url)
@@ -49,7 +49,7 @@ def provisioner(server: Server) -> Iterator[Provisioner]:
         made.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shop(provisioner: Provisioner) -> Shop:
     """The shop most tests share: each test makes payments of its own (fresh transKeys)."""
     made = provisioner.shop()
@@ -64,7 +64,7 @@ def http(server: Server) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def register(server: Server, shop: Shop) -> Iterator[Register]:
     """The shared shop's terminal, logged in once (one device per mid)."""
     with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
@@ -77,14 +77,14 @@ def own_register(http: httpx.Client, shop: Shop, provisioner: Provisioner) -> Re
     return Register(http, provisioner.spare_terminal(shop.merchant_id)).login()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_driver() -> Iterator[Playwright]:
     """Playwright's driver (shipped in the wheel; no browser download)."""
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     """Debian's Chromium, headless."""
     if not Path(CHROMIUM).exists():
@@ -128,7 +128,7 @@ def page(context: BrowserContext) -> Page:
     return context.new_page()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def screenshot() -> Callable[[Page, str], None]:
     """Save a full-page screenshot to docs/screenshots/NAME.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
