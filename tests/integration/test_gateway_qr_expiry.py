@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kessai.connectors.base import ProviderOutcome, ProviderResult
 from kessai.domain.errors import InvalidRequest
 from kessai.domain.model import PaymentKind, PaymentStatus, PendingReason
 
@@ -107,3 +108,31 @@ def test_qr_lifetime_outside_bounds_is_refused(h: Harness, ttl: int) -> None:
         till.qr(800, ttl_seconds=ttl)
     assert caught.value.field == "ttlSeconds"
     assert h.table("payments") == []
+
+
+class ForgetsExpiredCodes:
+    """A provider that forgets a lapsed code (as PayPay does): "not found", even to cancel."""
+
+    name = "sandbox"
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    async def cancel(self, ref: str) -> ProviderResult:
+        return ProviderResult(ProviderOutcome.NOT_FOUND, provider_ref=ref)
+
+    async def sync(self, ref: str) -> ProviderResult:
+        return ProviderResult(ProviderOutcome.NOT_FOUND, provider_ref=ref)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_code_the_provider_forgot_after_expiry_is_expired_not_failed(h: Harness) -> None:
+    till = h.till()
+    qr = till.qr(500, ttl_seconds=TTL)
+    h.gateway.connectors["sandbox"] = ForgetsExpiredCodes(h.gateway.connectors["sandbox"])  # type: ignore[assignment]
+    h.clock.advance(TTL + 1)
+    after = till.paycheck(qr.trans_id)
+    assert after.status is PaymentStatus.EXPIRED
+    assert after.failure_code == "QR_EXPIRED"

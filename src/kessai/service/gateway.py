@@ -1078,6 +1078,16 @@ def _apply_result(
                 request_id=request_id,
             )
         return payment
+    if (
+        outcome is ProviderOutcome.NOT_FOUND
+        and payment.kind is PaymentKind.MERCHANT_QR
+        and payment.qr_data is not None
+        and payment.qr_expires_at is not None
+        and now >= payment.qr_expires_at
+    ):
+        # A code that was shown and has lapsed: providers that drop expired codes (PayPay)
+        # answer "not found", which here means nobody paid before the deadline.
+        outcome = ProviderOutcome.EXPIRED
     if outcome is ProviderOutcome.NOT_FOUND:
         age = (now - payment.created_at).total_seconds()
         outcome = (

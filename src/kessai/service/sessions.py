@@ -89,7 +89,6 @@ def _check_login_lock(row: sa.Row[tuple[object, ...]], now: datetime) -> None:
             f"too many wrong passwords for this mid; try again in {wait} seconds",
             code="LOGIN_LOCKED",
             field="password",
-            retryable=True,
             retry_after_seconds=wait,
         )
 
