@@ -19,22 +19,18 @@ decrypted values are never logged or printed.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
-import os
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Final
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-ENV_KEY: Final = "KESSAI_SECRET_KEY"
-ENV_KEY_FILE: Final = "KESSAI_SECRET_KEY_FILE"
-KEY_BYTES: Final = 32
-# A key file larger than this is not a key file.
-MAX_KEY_FILE_BYTES: Final = 4096
+from kessai import keys
+
+ENV_KEY: Final = keys.KEY_ENV
+ENV_KEY_FILE: Final = keys.KEY_FILE_ENV
+KEY_BYTES: Final = keys.KEY_BYTES
 _PURPOSE: Final = b"provider-secrets|v1"
 
 HOW_TO_SET_A_KEY: Final = (
@@ -56,22 +52,17 @@ class SecretKeyInvalid(Exception):
 
 def generate_key() -> str:
     """A fresh random master key (64 hex digits)."""
-    return secrets.token_hex(KEY_BYTES)
+    return keys.generate_key()
 
 
 def decode_master_key(text: str) -> bytes:
     """The 32 bytes of a master key given as hex or URL-safe Base64."""
-    text = text.strip()
     try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            raw = b""
-    if len(raw) != KEY_BYTES:
-        raise SecretKeyInvalid(f"{ENV_KEY} is not a {KEY_BYTES}-byte key; " + HOW_TO_SET_A_KEY)
-    return raw
+        return keys.decode(text)
+    except keys.MissingKey as exc:
+        raise SecretKeyInvalid(
+            f"{ENV_KEY} is not a {KEY_BYTES}-byte key; " + HOW_TO_SET_A_KEY
+        ) from exc
 
 
 def _fernet_key(master: bytes) -> bytes:
@@ -115,23 +106,9 @@ class SecretBox:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SecretBox | None:
-        """The box of the configured key, or ``None`` when no key is configured at all."""
-        env = os.environ if env is None else env
-        raw = env.get(ENV_KEY, "").strip()
-        if not raw:
-            path = env.get(ENV_KEY_FILE, "").strip()
-            if not path:
-                return None
-            raw = _read_key_file(Path(path))
-        keys = [k.strip() for k in raw.split(",") if k.strip()]
-        return cls(keys) if keys else None
-
-
-def _read_key_file(path: Path) -> str:
-    try:
-        data = path.read_bytes()[: MAX_KEY_FILE_BYTES + 1]
-    except OSError as exc:
-        raise SecretKeyInvalid(f"{ENV_KEY_FILE}={path} cannot be read: {exc.strerror}") from exc
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise SecretKeyInvalid(f"{ENV_KEY_FILE}={path} is too large to be a key file")
-    return data.decode(errors="replace")
+        """The box of the configured keys, or ``None`` when no key is configured at all."""
+        try:
+            configured = keys.configured(env)
+        except keys.MissingKey as exc:
+            raise SecretKeyInvalid(str(exc)) from exc
+        return cls(configured) if configured else None
