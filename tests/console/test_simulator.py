@@ -24,7 +24,13 @@ pytestmark = pytest.mark.e2e
 
 def _read(page: Page, selector: str) -> list[tuple[object, str]]:
     """Decode the barcodes in an element's pixels, as a POS scanner would."""
-    image = Image.open(io.BytesIO(page.locator(selector).screenshot()))
+    element = page.locator(selector)
+    # An <img> may still be decoding when the page is otherwise ready; a scanner sees it drawn.
+    element.evaluate(
+        "el => el.tagName !== 'IMG' || (el.complete && el.naturalWidth > 0) ? null :"
+        " new Promise(ok => el.addEventListener('load', ok, {once: true}))"
+    )
+    image = Image.open(io.BytesIO(element.screenshot()))
     return [(found.format, found.text) for found in zxingcpp.read_barcodes(image)]
 
 

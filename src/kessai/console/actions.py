@@ -1,8 +1,8 @@
 """What an owner changes from the console, besides refunds: voucher numbers and terminals.
 
-Refunds go through ``Gateway.refund_for_merchant`` (CANCEL's own rules). The voucher number is
-set here with VOUCHERNO's rules — the gateway offers that operation to terminals only — and the
-terminal actions reuse ``kessai.service.admin``.
+Refunds go through ``Gateway.refund_for_merchant`` (CANCEL's own rules), the voucher number
+through ``kessai.service.gateway.set_voucher`` (VOUCHERNO's), and the terminal actions reuse
+``kessai.service.admin``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.console.users import ConsoleUser
 from kessai.domain import fields
-from kessai.domain.errors import Conflict, InvalidRequest, NotFound
-from kessai.domain.model import VOUCHER_EDITABLE_STATUSES, Payment
-from kessai.service import admin
+from kessai.domain.errors import InvalidRequest, NotFound
+from kessai.domain.model import Payment
+from kessai.service import admin, gateway
+from kessai.service.gateway import MerchantActor
 
 TERMINAL_ACTIONS: Final = ("logout", "reset-password", "unlock", "disable", "enable")
 
@@ -33,34 +34,9 @@ def set_voucher(
     now: datetime,
     request_id: str,
 ) -> Payment:
-    """Attach or replace a payment's voucher number, with VOUCHERNO's format and state rules."""
-    fields.check("voucherNo", voucher_no)
-    stored = repo.find_payment(conn, user.merchant_id, trans_id=trans_id)
-    if stored is None:
-        raise NotFound(f"no payment with transId {trans_id}", field="transId")
-    payment = stored.payment
-    if payment.status not in VOUCHER_EDITABLE_STATUSES:
-        raise Conflict(
-            f"payment {trans_id} is {payment.status}: it was never paid, so it takes no "
-            "voucher number",
-            code="PAYMENT_NOT_EDITABLE",
-            field="transId",
-        )
-    if payment.voucher_no == voucher_no:
-        return payment
-    after = replace(payment, voucher_no=voucher_no, version=payment.version + 1, updated_at=now)
-    repo.save_payment(conn, stored.pk, payment, after)
-    repo.audit(
-        conn,
-        at=now,
-        actor=user.actor,
-        action="payment.voucher_set",
-        merchant_id=user.merchant_id,
-        payment_pk=stored.pk,
-        detail={"from": payment.voucher_no, "to": voucher_no},
-        request_id=request_id,
-    )
-    return after
+    """Attach or replace a payment's voucher number, with exactly VOUCHERNO's rules."""
+    who = MerchantActor(merchant_id=user.merchant_id, terminal_id=None, actor=user.actor)
+    return gateway.set_voucher(conn, who, trans_id, voucher_no, now, request_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -891,35 +891,7 @@ class Gateway:
         now = self.clock()
 
         def fn(conn: Connection, ctx: TerminalContext) -> Payment:
-            stored = repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id, lock=True)
-            if stored is None:
-                raise _not_found(trans_id, None)
-            payment = stored.payment
-            if payment.status not in VOUCHER_EDITABLE_STATUSES:
-                raise Conflict(
-                    f"payment {trans_id} is {payment.status}: it was never paid, so it takes "
-                    "no voucher number",
-                    code="PAYMENT_NOT_EDITABLE",
-                    field="transId",
-                )
-            if payment.voucher_no == voucher_no:
-                return payment
-            after = replace(
-                payment, voucher_no=voucher_no, version=payment.version + 1, updated_at=now
-            )
-            repo.save_payment(conn, stored.pk, payment, after)
-            repo.audit(
-                conn,
-                at=now,
-                actor=ctx.actor,
-                action="payment.voucher_set",
-                merchant_id=ctx.merchant_id,
-                terminal_id=ctx.terminal_id,
-                payment_pk=stored.pk,
-                detail={"from": payment.voucher_no, "to": voucher_no},
-                request_id=request_id,
-            )
-            return after
+            return set_voucher(conn, ctx, trans_id, voucher_no, now, request_id)
 
         digest = token_hash(token)
 
@@ -1310,6 +1282,45 @@ def _settle_refund(
         from_status=payment.status.value,
         to_status=after.status.value,
         detail={"refundId": refund_id, "amount": mine.amount},
+        request_id=request_id,
+    )
+    return after
+
+
+def set_voucher(
+    conn: Connection,
+    who: TerminalContext | MerchantActor,
+    trans_id: str,
+    voucher_no: str,
+    now: datetime,
+    request_id: str,
+) -> Payment:
+    """VOUCHERNO's rules in one unit: a terminal's call and a console owner's edit alike."""
+    fields.check("voucherNo", voucher_no)
+    stored = repo.find_payment(conn, who.merchant_id, trans_id=trans_id, lock=True)
+    if stored is None:
+        raise _not_found(trans_id, None)
+    payment = stored.payment
+    if payment.status not in VOUCHER_EDITABLE_STATUSES:
+        raise Conflict(
+            f"payment {trans_id} is {payment.status}: it was never paid, so it takes no voucher "
+            "number",
+            code="PAYMENT_NOT_EDITABLE",
+            field="transId",
+        )
+    if payment.voucher_no == voucher_no:
+        return payment
+    after = replace(payment, voucher_no=voucher_no, version=payment.version + 1, updated_at=now)
+    repo.save_payment(conn, stored.pk, payment, after)
+    repo.audit(
+        conn,
+        at=now,
+        actor=who.actor,
+        action="payment.voucher_set",
+        merchant_id=who.merchant_id,
+        terminal_id=who.terminal_id,
+        payment_pk=stored.pk,
+        detail={"from": payment.voucher_no, "to": voucher_no},
         request_id=request_id,
     )
     return after
