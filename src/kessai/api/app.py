@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 import swagger_ui_bundle  # type: ignore[import-untyped]
-from litestar import Litestar, Response, Router, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.config.response_cache import ResponseCacheConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
@@ -83,7 +83,7 @@ async def healthz(state: State) -> Response[Health]:
 
 
 @get("/openapi.json", include_in_schema=False)
-async def openapi_json(request: Any) -> dict[str, Any]:
+async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The OpenAPI description of the API."""
     schema = request.app.openapi_schema.to_schema()
     assert isinstance(schema, dict)

@@ -10,7 +10,7 @@ import segno
 from litestar import Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter, PathParameter, QueryParameter
 from litestar.response import Response as RawResponse
 
 from kessai.api.errors import request_id_of, strict_decode_error
@@ -117,7 +117,9 @@ def _answer(view: PaymentView) -> Response[PaymentOut]:
     tags=[TAG],
     status_code=200,
 )
-async def login(state: State, request: Request[Any, Any, Any], data: LoginBody) -> LoginAnswer:
+async def login(
+    state: State, request: Request[Any, Any, Any], data: JSONBody[LoginBody]
+) -> LoginAnswer:
     """LOGIN."""
     data = await strict(request, LoginBody)
     result = await gateway_of(state).login(
@@ -163,7 +165,7 @@ async def logout(state: State, request: Request[Any, Any, Any]) -> Empty:
     status_code=200,
 )
 async def request_payment(
-    state: State, request: Request[Any, Any, Any], data: RequestBody
+    state: State, request: Request[Any, Any, Any], data: JSONBody[RequestBody]
 ) -> Response[PaymentOut]:
     """REQUEST."""
     data = await strict(request, RequestBody)
@@ -210,7 +212,7 @@ async def status(
     state: State,
     request: Request[Any, Any, Any],
     trans_key: Annotated[
-        str | None, Parameter(query="transKey", description="The terminal's transKey")
+        str | None, QueryParameter(name="transKey", description="The terminal's transKey")
     ] = None,
 ) -> PaymentOut:
     """STATUS."""
@@ -235,7 +237,7 @@ async def status(
     status_code=200,
 )
 async def cancel(
-    state: State, request: Request[Any, Any, Any], transId: TransId, data: RefundBody
+    state: State, request: Request[Any, Any, Any], transId: TransId, data: JSONBody[RefundBody]
 ) -> Response[PaymentOut]:
     """CANCEL."""
     data = await strict(request, RefundBody)
@@ -259,7 +261,7 @@ async def cancel(
     security=SECURITY,
 )
 async def voucher(
-    state: State, request: Request[Any, Any, Any], transId: TransId, data: VoucherBody
+    state: State, request: Request[Any, Any, Any], transId: TransId, data: JSONBody[VoucherBody]
 ) -> PaymentOut:
     """VOUCHERNO."""
     data = await strict(request, VoucherBody)
@@ -284,7 +286,7 @@ async def voucher(
     status_code=200,
 )
 async def get_qr_code(
-    state: State, request: Request[Any, Any, Any], data: QrBody
+    state: State, request: Request[Any, Any, Any], data: JSONBody[QrBody]
 ) -> Response[PaymentOut]:
     """GET-QR-CODE."""
     data = await strict(request, QrBody)
@@ -356,7 +358,7 @@ async def qr_svg(
     status_code=200,
 )
 async def identify_code(
-    state: State, request: Request[Any, Any, Any], data: IdentifyBody
+    state: State, request: Request[Any, Any, Any], data: JSONBody[IdentifyBody]
 ) -> IdentifyAnswer:
     """IDENTIFY-SCANNED-QR-CODE."""
     data = await strict(request, IdentifyBody)
@@ -393,7 +395,9 @@ ROUTES = [
     responses=_errors(404, 413, 422),
 )
 async def provider_notification(
-    state: State, request: Request[Any, Any, Any], provider: str
+    state: State,
+    request: Request[Any, Any, Any],
+    provider: Annotated[str, PathParameter(description="paypay or alipayplus")],
 ) -> RawResponse[bytes]:
     """Verify a provider's notification, settle the payment, and answer the provider's ack."""
     note = await gateway_of(state).notify(
