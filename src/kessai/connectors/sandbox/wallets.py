@@ -159,7 +159,9 @@ class SandboxWallets:
     # The simulated wallets answer at once; these timings keep tests and demos quick while
     # still exercising every step (poll, give up, cancel).
     schedule = Schedule(
-        read_timeout_seconds=5.0,
+        # The sandbox's only latency is the gateway's own database queue; under a load test a
+        # short timeout would turn queueing into "unknown" outcomes no real wallet would cause.
+        read_timeout_seconds=30.0,
         poll_interval_seconds=1.0,
         first_poll_after_seconds=0.0,
         give_up_after_seconds=60.0,
