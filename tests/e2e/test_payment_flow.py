@@ -259,3 +259,21 @@ def test_money_is_integer_yen_end_to_end(pos: Pos, admin: CliBatch, http: httpx.
     for amount in (1, 9_999_999):
         paid = pos.pay(sandbox_code(http, "21"), amount)
         assert (paid["status"], paid["amount"]) == ("COMPLETED", amount)
+
+
+def test_the_customer_can_approve_or_decline_over_http(pos: Pos) -> None:
+    approve_code, decline_code = pos.http.post(
+        "/sandbox/codes", json={"serviceId": "21", "outcome": "password", "count": 2}
+    ).json()["codes"]
+    approved = pos.pay(approve_code, amount=800)
+    declined = pos.pay(decline_code, amount=900)
+    answer = pos.http.post(f"/sandbox/charges/{approved['transId']}/approve")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"transId": approved["transId"], "sandboxStatus": "SUCCEEDED"}
+    pos.http.post(f"/sandbox/charges/{declined['transId']}/decline")
+    assert pos.wait_final(approved["transId"])["status"] == "COMPLETED"
+    assert pos.wait_final(declined["transId"])["failureCode"] == "CUSTOMER_DECLINED"
+    wrong = pos.http.post(f"/sandbox/charges/{approved['transId']}/maybe")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (400, "INVALID_FIELD")
+    missing = pos.http.post("/sandbox/charges/9999999999/approve")
+    assert missing.status_code == 404

@@ -87,6 +87,36 @@ async def issue_codes(state: State, data: JSONBody[CodesBody]) -> CodesAnswer:
     return CodesAnswer(codes)
 
 
+class SettleAnswer(msgspec.Struct, rename="camel"):
+    """The sandbox charge's status after the simulated customer decided."""
+
+    trans_id: str
+    sandbox_status: str
+
+
+@post(
+    "/sandbox/charges/{transId:str}/{decision:str}",
+    tags=[TAG],
+    operation_id="sandboxSettle",
+    status_code=200,
+    summary="Approve or decline, as the customer, a payment that waits in the wallet app",
+)
+async def settle_charge(
+    state: State,
+    transId: FromPath[str],  # noqa: N803 - the guide's name, as in the terminal API
+    decision: FromPath[str],
+) -> SettleAnswer:
+    """The HTTP twin of `kessai sandbox approve|decline TRANSID` (outcome "password")."""
+    if decision not in ("approve", "decline"):
+        raise InvalidRequest("decision must be approve or decline", field="decision")
+    gateway = gateway_of(state)
+    now = gateway.clock()
+    status = await gateway.db.run(
+        lambda conn: wallets.settle(conn, transId, decision == "approve", now)
+    )
+    return SettleAnswer(transId, status)
+
+
 # -- language -------------------------------------------------------------------------------------
 
 
@@ -292,6 +322,7 @@ async def phone_decide(state: State, request: AnyRequest) -> Response[str]:
 
 ROUTES = [
     issue_codes,
+    settle_charge,
     pay_page,
     pay_decide,
     phone_page,
