@@ -166,10 +166,13 @@ def _decline_when_journaled(pos: Pos, gateway: Gateway, amount: int) -> None:
 
 
 def _customer_scans(pos: Pos, gateway: Gateway, decision: str) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        with pos.journal() as journal:
-            found = [e for e in journal.entries() if e.qr_data]
+        try:
+            with pos.journal() as journal:
+                found = [e for e in journal.entries() if e.qr_data]
+        except Exception:  # the register may be writing its journal right now: look again
+            found = []
         if found and found[0].qr_data:
             gateway.customer_decides(found[0].qr_data, decision)
             return

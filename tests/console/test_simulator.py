@@ -30,8 +30,16 @@ def _read(page: Page, selector: str) -> list[tuple[object, str]]:
         "el => el.tagName !== 'IMG' || (el.complete && el.naturalWidth > 0) ? null :"
         " new Promise(ok => el.addEventListener('load', ok, {once: true}))"
     )
-    image = Image.open(io.BytesIO(element.screenshot()))
-    return [(found.format, found.text) for found in zxingcpp.read_barcodes(image)]
+    found: list[tuple[object, str]] = []
+    for scale in (1, 2, 3):
+        # As a scanner held nearer: a few sizes, each drawn with sharp (nearest) edges.
+        image = Image.open(io.BytesIO(element.screenshot())).convert("L")
+        if scale > 1:
+            image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        found = [(code.format, code.text) for code in zxingcpp.read_barcodes(image)]
+        if found:
+            break
+    return found
 
 
 def test_qr_payment_approved_on_the_wallet_page(
