@@ -102,7 +102,11 @@ def test_unpaid_payments_cannot_be_refunded(pos: Pos) -> None:
         assert_error(pos.refund(payment["transId"]), 409, "PAYMENT_NOT_REFUNDABLE")
         after = pos.paycheck(payment["transId"]).json()
         assert (after["refundedAmount"], after["refunds"]) == (0, [])
-        assert after["status"] == before["status"]
+        if payment is unknown:
+            # Its true outcome (failed) may surface between the two reads on a slow machine.
+            assert after["status"] in ("PENDING", "FAILED")
+        else:
+            assert after["status"] == before["status"]
 
 
 def test_refund_fields_are_validated(pos: Pos) -> None:
