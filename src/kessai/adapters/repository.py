@@ -145,9 +145,10 @@ def merchant_name(conn: Connection, merchant_id: int) -> str:
     )
 
 
-def load_payment(conn: Connection, pk: int) -> StoredPayment:
-    """A payment by its primary key (for workers, which act across merchants)."""
-    row = conn.execute(sa.select(t.payments).where(t.payments.c.id == pk)).one()
+def load_payment(conn: Connection, pk: int, *, lock: bool = False) -> StoredPayment:
+    """A payment by its primary key (``lock`` as in ``find_payment``)."""
+    query = sa.select(t.payments).where(t.payments.c.id == pk)
+    row = conn.execute(query.with_for_update() if lock else query).one()
     return _to_stored(conn, row)
 
 

@@ -41,6 +41,7 @@ from kessai.domain import fields
 from kessai.domain.catalog import Service, load_catalog
 from kessai.domain.errors import (
     Conflict,
+    InternalError,
     InvalidRequest,
     KessaiError,
     NotFound,
@@ -456,11 +457,10 @@ class Gateway:
         now = self.clock()
 
         def unit(conn: Connection) -> Payment:
-            row = conn.execute(
-                sa.select(t.payments.c.trans_id).where(t.payments.c.id == pk)
-            ).scalar_one()
-            stored = repo.find_payment(conn, merchant_id, trans_id=row, lock=True)
-            assert stored is not None
+            # One read by primary key: this runs on every REQUEST and every provider answer.
+            stored = repo.load_payment(conn, pk, lock=True)
+            if stored.payment.merchant_id != merchant_id:
+                raise InternalError(f"payment {pk} is not merchant {merchant_id}'s")
             return _apply_result(
                 conn,
                 stored,
