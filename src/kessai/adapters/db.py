@@ -1,23 +1,32 @@
-"""The database handle: every unit of work runs as one transaction in one hop.
+"""The database handle: every unit of work runs atomically, in one hop.
 
 A unit of work is a plain synchronous function of a SQLAlchemy ``Connection``. ``Database.run``
-executes it inside one transaction and commits when it returns; any exception rolls the whole unit
-back. The same unit runs on both engines:
+executes it atomically and answers only once it is durable; any exception undoes the whole unit.
+The same unit runs on both engines:
 
-- SQLite: on a dedicated thread, all its statements in one hop — instead of awaiting each
-  statement — which keeps a request's database time short and its latency tail flat.
-- PostgreSQL (asyncpg): through ``AsyncConnection.run_sync``, so service code stays synchronous
-  and identical.
+- SQLite: on one writer thread per process, all its statements in one hop — instead of awaiting
+  each statement. Units that queue up meanwhile are committed together (group commit): each runs
+  inside its own SAVEPOINT of one transaction, so a failing unit is undone alone, and every unit
+  of the group is answered after the single durable COMMIT. Processes sharing the file take turns
+  through an ``flock`` on a lock file beside it, which wakes the next writer at once instead of
+  SQLite's sleeping busy handler.
+- PostgreSQL (asyncpg): through ``AsyncConnection.run_sync``, one transaction per unit, so service
+  code stays synchronous and identical (the server groups concurrent commits itself).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -33,6 +42,9 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 # A unit that lost a race it cannot wait out (SQLite: a read lock that could not be upgraded;
 # PostgreSQL: a deadlock or serialization failure) is retried from the start this many times.
 MAX_RETRIES: Final = 5
+# At most this many queued units share one SQLite commit: enough to amortise the fsync, few enough
+# that the first unit of a group is not kept waiting long for the last.
+GROUP_COMMIT_MAX_UNITS: Final = 64
 # Connections each gateway process keeps to PostgreSQL.
 PG_POOL_SIZE: Final = 10
 PG_POOL_OVERFLOW: Final = 10
@@ -73,7 +85,7 @@ class Database:
             event.listen(self._sqlite, "begin", _begin_sqlite)
             # SQLite has one writer at a time; one thread per process avoids lock ping-pong
             # inside the process while the event loop keeps serving other requests.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kessai-db")
+            self._writer = _SqliteWriter(self._sqlite, _lock_path(self.url))
         else:
             self._pg = self._pg_engine()
 
@@ -85,23 +97,6 @@ class Database:
             pool_pre_ping=True,
             isolation_level="READ COMMITTED",
         )
-
-    # -- SQLite ---------------------------------------------------------------------------------
-
-    def _sqlite_unit(self, fn: Callable[[Connection], T], write: bool) -> T:
-        assert self._sqlite is not None
-        for attempt in range(MAX_RETRIES + 1):
-            try:
-                with self._sqlite.connect() as raw:
-                    # After a failed upgrade from read to write, start as a writer.
-                    conn = raw.execution_options(kessai_write=write or attempt > 0)
-                    with conn.begin():
-                        return fn(conn)
-            except sa.exc.OperationalError as exc:
-                if not _is_sqlite_busy(exc) or attempt == MAX_RETRIES:
-                    raise
-                time.sleep(0.005 * (attempt + 1))
-        raise AssertionError("unreachable")
 
     # -- PostgreSQL -----------------------------------------------------------------------------
 
@@ -123,13 +118,12 @@ class Database:
         """Run ``fn`` in one transaction; commit unless it raises."""
         if self._pg is not None:
             return await self._pg_unit(self._pg, fn)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._sqlite_unit, fn, write)
+        return await asyncio.wrap_future(self._writer.submit(fn, write))
 
     def run_sync(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction from synchronous code (the CLI, tests, migrations)."""
         if self._sqlite is not None:
-            return self._executor.submit(self._sqlite_unit, fn, write).result()
+            return self._writer.submit(fn, write).result()
         # An async engine is bound to the loop it was used on, so synchronous callers get their
         # own loop thread and their own engine.
         if self._bridge is None:
@@ -143,7 +137,7 @@ class Database:
     def close(self) -> None:
         """Release threads and connections."""
         if self._sqlite is not None:
-            self._executor.shutdown(wait=True)
+            self._writer.stop()
             self._sqlite.dispose()
         if self._bridge is not None:
             self._bridge.call(self._bridge_engine.dispose())
@@ -155,6 +149,159 @@ class Database:
         if self._pg is not None:
             await self._pg.dispose()
         self.close()
+
+
+@dataclass(slots=True)
+class _Unit:
+    fn: Callable[[Connection], Any]
+    write: bool
+    future: Future[Any]
+
+
+class _SqliteWriter:
+    """The process's one SQLite thread: runs queued units in groups that share a commit."""
+
+    def __init__(self, engine: Engine, lock_path: str | None) -> None:
+        self._engine = engine
+        self._lock_path = lock_path
+        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="kessai-db", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._stopped = False
+
+    def submit(self, fn: Callable[[Connection], T], write: bool) -> Future[T]:
+        """Queue one unit; its future settles after the commit that makes it durable."""
+        if self._stopped:
+            raise RuntimeError("the database is closed")
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
+        future: Future[T] = Future()
+        self._queue.put(_Unit(fn, write, future))
+        return future
+
+    def stop(self) -> None:
+        """Finish the queued units, then end the thread."""
+        self._stopped = True
+        if self._started:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _loop(self) -> None:
+        lock_fd = (
+            os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600) if self._lock_path else None
+        )
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                group = [first]
+                while len(group) < GROUP_COMMIT_MAX_UNITS:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._queue.put(None)  # stop after this group
+                        break
+                    group.append(more)
+                live = [u for u in group if u.future.set_running_or_notify_cancel()]
+                if live:
+                    self._run_group(live, lock_fd)
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+
+    def _run_group(self, group: list[_Unit], lock_fd: int | None) -> None:
+        """Run a group in one transaction; on a failure that spoils it, run each unit alone."""
+        if len(group) == 1:
+            outcomes = [self._alone(group[0], lock_fd)]
+        else:
+            try:
+                outcomes = self._attempt(group, lock_fd)
+            except Exception:
+                # Nothing of the group was committed: each unit gets a transaction of its own.
+                outcomes = [self._alone(unit, lock_fd) for unit in group]
+        for unit, (ok, value) in zip(group, outcomes, strict=True):
+            if ok:
+                unit.future.set_result(value)
+            else:
+                unit.future.set_exception(value)
+
+    def _alone(self, unit: _Unit, lock_fd: int | None) -> tuple[bool, Any]:
+        try:
+            return self._attempt([unit], lock_fd)[0]
+        except Exception as exc:
+            return False, exc
+
+    def _attempt(self, group: list[_Unit], lock_fd: int | None) -> list[tuple[bool, Any]]:
+        """One transaction for the group, retried from the start when another writer held on."""
+        write = any(unit.write for unit in group)
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                with _flocked(lock_fd if write or attempt > 0 else None):
+                    return self._transaction(group, write or attempt > 0)
+            except sa.exc.OperationalError as exc:
+                if not _is_sqlite_busy(exc) or attempt == MAX_RETRIES:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _transaction(self, group: list[_Unit], write: bool) -> list[tuple[bool, Any]]:
+        """Run the group's units in order, each in a savepoint, then commit them together.
+
+        A unit's own exception is its answer (its savepoint is undone); a database error that
+        spoils the transaction, or a failed COMMIT, propagates so the caller runs the group again.
+        """
+        outcomes: list[tuple[bool, Any]] = []
+        lone = len(group) == 1
+        with self._engine.connect() as raw:
+            # A read that had to upgrade to a write is run again as a writer (BEGIN IMMEDIATE).
+            conn = raw.execution_options(kessai_write=write)
+            with conn.begin():
+                for unit in group:
+                    if not lone:
+                        conn.exec_driver_sql("SAVEPOINT kessai_unit")
+                    try:
+                        value = unit.fn(conn)
+                    except sa.exc.OperationalError:
+                        raise
+                    except Exception as exc:
+                        if lone:
+                            conn.rollback()
+                            return [(False, exc)]
+                        conn.exec_driver_sql("ROLLBACK TO kessai_unit")
+                        conn.exec_driver_sql("RELEASE kessai_unit")
+                        outcomes.append((False, exc))
+                    else:
+                        if not lone:
+                            conn.exec_driver_sql("RELEASE kessai_unit")
+                        outcomes.append((True, value))
+        return outcomes
+
+
+@contextlib.contextmanager
+def _flocked(fd: int | None) -> Iterator[None]:
+    """Hold the cross-process writer lock (a no-op for readers and in-memory databases)."""
+    if fd is None:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _lock_path(url: str) -> str | None:
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return f"{database}-writer.lock"
 
 
 class _LoopThread:

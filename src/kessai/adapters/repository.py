@@ -58,10 +58,36 @@ class StoredPayment:
     request_hash: str
 
 
+# The hot path's statements are built once: SQLAlchemy then reuses their compiled form without
+# rebuilding the expression or its cache key on every call, which used to cost more than the SQL.
+_P = sa.bindparam
+_REFUNDS_OF = (
+    sa.select(t.refunds).where(t.refunds.c.payment_id == _P("payment_pk")).order_by(t.refunds.c.id)
+)
+_BY_MERCHANT = sa.select(t.payments).where(t.payments.c.merchant_id == _P("merchant_id"))
+_BY_TRANS_ID = _BY_MERCHANT.where(t.payments.c.trans_id == _P("value"))
+_BY_TRANS_KEY = _BY_MERCHANT.where(t.payments.c.trans_key == _P("value"))
+_FINDERS: Final = {
+    (False, False): _BY_TRANS_ID,
+    (False, True): _BY_TRANS_ID.with_for_update(),
+    (True, False): _BY_TRANS_KEY,
+    (True, True): _BY_TRANS_KEY.with_for_update(),
+}
+_BY_PK = sa.select(t.payments).where(t.payments.c.id == _P("pk"))
+_BY_PK_LOCKED = _BY_PK.with_for_update()
+_MERCHANT_NAME = sa.select(t.merchants.c.name).where(t.merchants.c.id == _P("merchant_id"))
+_INSERT_PAYMENT = t.payments.insert()
+_SAVE_PAYMENT = t.payments.update().where(
+    t.payments.c.id == _P("b_pk"), t.payments.c.version == _P("b_version")
+)
+_TOUCH_CHECK = t.payments.update().where(t.payments.c.id == _P("b_pk"))
+_INSERT_REFUND = t.refunds.insert()
+_UPDATE_REFUND = t.refunds.update().where(t.refunds.c.refund_id == _P("b_refund_id"))
+_INSERT_AUDIT = t.audit_events.insert()
+
+
 def _refunds(conn: Connection, payment_pk: int) -> tuple[Refund, ...]:
-    rows = conn.execute(
-        sa.select(t.refunds).where(t.refunds.c.payment_id == payment_pk).order_by(t.refunds.c.id)
-    ).all()
+    rows = conn.execute(_REFUNDS_OF, {"payment_pk": payment_pk}).all()
     return tuple(
         Refund(
             refund_id=r.refund_id,
@@ -123,32 +149,24 @@ def find_payment(
     payment, so that concurrent writers queue instead of failing their version check. SQLite
     needs no row lock: its writing units already run one at a time.
     """
-    query = sa.select(t.payments).where(t.payments.c.merchant_id == merchant_id)
-    if lock:
-        query = query.with_for_update()
     if trans_id is not None:
-        query = query.where(t.payments.c.trans_id == trans_id)
+        query, value = _FINDERS[False, lock], trans_id
     elif trans_key is not None:
-        query = query.where(t.payments.c.trans_key == trans_key)
+        query, value = _FINDERS[True, lock], trans_key
     else:
         raise InternalError("find_payment needs trans_id or trans_key")
-    row = conn.execute(query).first()
+    row = conn.execute(query, {"merchant_id": merchant_id, "value": value}).first()
     return None if row is None else _to_stored(conn, row)
 
 
 def merchant_name(conn: Connection, merchant_id: int) -> str:
     """A merchant's display name (shown to the customer by wallets)."""
-    return str(
-        conn.execute(
-            sa.select(t.merchants.c.name).where(t.merchants.c.id == merchant_id)
-        ).scalar_one()
-    )
+    return str(conn.execute(_MERCHANT_NAME, {"merchant_id": merchant_id}).scalar_one())
 
 
 def load_payment(conn: Connection, pk: int, *, lock: bool = False) -> StoredPayment:
     """A payment by its primary key (``lock`` as in ``find_payment``)."""
-    query = sa.select(t.payments).where(t.payments.c.id == pk)
-    row = conn.execute(query.with_for_update() if lock else query).one()
+    row = conn.execute(_BY_PK_LOCKED if lock else _BY_PK, {"pk": pk}).one()
     return _to_stored(conn, row)
 
 
@@ -161,7 +179,8 @@ def insert_payment(
 ) -> int:
     """Insert a new payment; answers its primary key."""
     result = conn.execute(
-        t.payments.insert().values(
+        _INSERT_PAYMENT,
+        dict(
             trans_id=payment.trans_id,
             merchant_id=payment.merchant_id,
             terminal_id=payment.terminal_id,
@@ -181,7 +200,7 @@ def insert_payment(
             version=payment.version,
             created_at=payment.created_at,
             updated_at=payment.updated_at,
-        )
+        ),
     )
     pk = result.inserted_primary_key
     assert pk is not None
@@ -201,9 +220,10 @@ def save_payment(
     same payment) safe: the loser gets a Conflict and re-reads instead of overwriting.
     """
     result = conn.execute(
-        t.payments.update()
-        .where(t.payments.c.id == pk, t.payments.c.version == before.version)
-        .values(
+        _SAVE_PAYMENT,
+        dict(
+            b_pk=pk,
+            b_version=before.version,
             status=after.status.value,
             pending_reason=after.pending_reason.value if after.pending_reason else None,
             failure_code=after.failure_code,
@@ -214,7 +234,7 @@ def save_payment(
             version=after.version,
             updated_at=after.updated_at,
             **extra,
-        )
+        ),
     )
     if result.rowcount != 1:
         raise StaleWrite(f"payment {before.trans_id} changed concurrently")
@@ -228,13 +248,14 @@ class StaleWrite(Conflict):
 
 def touch_provider_check(conn: Connection, pk: int, now: datetime) -> None:
     """Record that the provider was asked about this payment at ``now``."""
-    conn.execute(t.payments.update().where(t.payments.c.id == pk).values(provider_checked_at=now))
+    conn.execute(_TOUCH_CHECK, {"b_pk": pk, "provider_checked_at": now})
 
 
 def insert_refund(conn: Connection, payment_pk: int, refund: Refund, actor: str) -> None:
     """Insert a refund row; the (payment, refundKey) constraint rejects a racing duplicate."""
     conn.execute(
-        t.refunds.insert().values(
+        _INSERT_REFUND,
+        dict(
             refund_id=refund.refund_id,
             payment_id=payment_pk,
             refund_key=refund.refund_key,
@@ -244,20 +265,20 @@ def insert_refund(conn: Connection, payment_pk: int, refund: Refund, actor: str)
             actor=actor,
             created_at=refund.created_at,
             updated_at=refund.updated_at,
-        )
+        ),
     )
 
 
 def update_refund(conn: Connection, refund: Refund) -> None:
     """Record a refund's new status."""
     conn.execute(
-        t.refunds.update()
-        .where(t.refunds.c.refund_id == refund.refund_id)
-        .values(
-            status=refund.status.value,
-            failure_reason=refund.failure_reason,
-            updated_at=refund.updated_at,
-        )
+        _UPDATE_REFUND,
+        {
+            "b_refund_id": refund.refund_id,
+            "status": refund.status.value,
+            "failure_reason": refund.failure_reason,
+            "updated_at": refund.updated_at,
+        },
     )
 
 
@@ -277,7 +298,8 @@ def audit(
 ) -> None:
     """Append one entry to the audit trail (the table refuses updates and deletes)."""
     conn.execute(
-        t.audit_events.insert().values(
+        _INSERT_AUDIT,
+        dict(
             at=at,
             actor=actor,
             action=action,
@@ -288,7 +310,7 @@ def audit(
             to_status=to_status,
             detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None,
             request_id=request_id,
-        )
+        ),
     )
 
 

@@ -191,6 +191,14 @@ def account_of(provider: str) -> tuple[str, int | None]:
     return kind, int(account) if account.isdigit() else None
 
 
+# Read on every new payment: built once.
+_ACTIVE_SETTING = sa.select(t.provider_settings).where(
+    t.provider_settings.c.merchant_id == sa.bindparam("merchant_id"),
+    t.provider_settings.c.service_id == sa.bindparam("service_id"),
+    t.provider_settings.c.active.is_(True),
+)
+
+
 def route(
     conn: Connection,
     merchant_id: int,
@@ -204,11 +212,7 @@ def route(
     ``AccountUnusable`` when its account cannot be used; either way no payment is written.
     """
     row = conn.execute(
-        sa.select(t.provider_settings).where(
-            t.provider_settings.c.merchant_id == merchant_id,
-            t.provider_settings.c.service_id == service_id,
-            t.provider_settings.c.active.is_(True),
-        )
+        _ACTIVE_SETTING, {"merchant_id": merchant_id, "service_id": service_id}
     ).first()
     kind = SANDBOX if row is None else str(row.provider)
     connector = connectors.get(kind)

@@ -54,17 +54,19 @@ TYPES: Final[dict[PaymentStatus, str]] = {
 }
 
 
+# Asked on every change of every payment: built once.
+_LISTENING = sa.select(t.webhook_endpoints.c.id).where(
+    t.webhook_endpoints.c.merchant_id == sa.bindparam("merchant_id"),
+    t.webhook_endpoints.c.enabled.is_(True),
+)
+
+
 def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -> None:
     """Write the event for ``payment``'s new state, if its merchant listens and it is one."""
     event_type = TYPES.get(payment.status)
     if event_type is None:
         return
-    listening = conn.execute(
-        sa.select(t.webhook_endpoints.c.id).where(
-            t.webhook_endpoints.c.merchant_id == payment.merchant_id,
-            t.webhook_endpoints.c.enabled.is_(True),
-        )
-    ).first()
+    listening = conn.execute(_LISTENING, {"merchant_id": payment.merchant_id}).first()
     if listening is None:
         return
     service = load_catalog().get(payment.service_id)
@@ -79,7 +81,8 @@ def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -
         },
     }
     conn.execute(
-        t.webhook_events.insert().values(
+        t.webhook_events.insert(),
+        dict(
             event_id=event_id,
             merchant_id=payment.merchant_id,
             payment_id=payment_pk,
@@ -90,7 +93,7 @@ def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -
             attempts=0,
             next_attempt_at=now,
             created_at=now,
-        )
+        ),
     )
 
 

@@ -908,12 +908,13 @@ class Gateway:
         return self.catalog.require(identify(code).service_id)
 
 
+_TRANS_ID_TAKEN = sa.select(t.payments.c.id).where(t.payments.c.trans_id == sa.bindparam("value"))
+
+
 def _free_trans_id(conn: Connection) -> str:
     for _ in range(MAX_TRANS_ID_ATTEMPTS):
         candidate = new_trans_id()
-        taken = conn.execute(
-            sa.select(t.payments.c.id).where(t.payments.c.trans_id == candidate)
-        ).first()
+        taken = conn.execute(_TRANS_ID_TAKEN, {"value": candidate}).first()
         if taken is None:
             return candidate
     raise RuntimeError("could not draw a free transId")

@@ -215,27 +215,33 @@ def wrong_credentials() -> Unauthenticated:
     return _wrong_credentials()
 
 
+# Every operation but LOGIN runs this lookup: built once, so only its execution costs.
+_SESSION_OF_TOKEN = (
+    sa.select(
+        t.sessions.c.id,
+        t.sessions.c.ended_at,
+        t.sessions.c.end_reason,
+        t.sessions.c.last_seen_at,
+        t.sessions.c.idle_expires_at,
+        t.terminals.c.id.label("terminal_id"),
+        t.terminals.c.mid,
+        t.terminals.c.enabled,
+        t.merchants.c.id.label("merchant_id"),
+        t.merchants.c.name.label("merchant_name"),
+    )
+    .join(t.terminals, t.terminals.c.id == t.sessions.c.terminal_id)
+    .join(t.merchants, t.merchants.c.id == t.terminals.c.merchant_id)
+    .where(t.sessions.c.token_hash == sa.bindparam("digest"))
+)
+_TOUCH_SESSION = t.sessions.update().where(t.sessions.c.id == sa.bindparam("b_id"))
+_TOUCH_TERMINAL = t.terminals.update().where(t.terminals.c.id == sa.bindparam("b_id"))
+
+
 def authenticate(
     conn: Connection, token_digest: str, now: datetime, settings: Settings
 ) -> TerminalContext:
     """Resolve a bearer token to its terminal, inside the operation's own unit of work."""
-    row = conn.execute(
-        sa.select(
-            t.sessions.c.id,
-            t.sessions.c.ended_at,
-            t.sessions.c.end_reason,
-            t.sessions.c.last_seen_at,
-            t.sessions.c.idle_expires_at,
-            t.terminals.c.id.label("terminal_id"),
-            t.terminals.c.mid,
-            t.terminals.c.enabled,
-            t.merchants.c.id.label("merchant_id"),
-            t.merchants.c.name.label("merchant_name"),
-        )
-        .join(t.terminals, t.terminals.c.id == t.sessions.c.terminal_id)
-        .join(t.merchants, t.merchants.c.id == t.terminals.c.merchant_id)
-        .where(t.sessions.c.token_hash == token_digest)
-    ).first()
+    row = conn.execute(_SESSION_OF_TOKEN, {"digest": token_digest}).first()
     if row is None:
         raise Unauthenticated("the session token is not valid; LOGIN again")
     if row.ended_at is not None:
@@ -245,17 +251,12 @@ def authenticate(
     if not row.enabled:
         raise Forbidden("this terminal is disabled", code="TERMINAL_DISABLED")
     if (now - row.last_seen_at).total_seconds() >= settings.session_touch_interval_seconds:
+        idle_expires_at = now + timedelta(seconds=settings.session_idle_timeout_seconds)
         conn.execute(
-            t.sessions.update()
-            .where(t.sessions.c.id == row.id)
-            .values(
-                last_seen_at=now,
-                idle_expires_at=now + timedelta(seconds=settings.session_idle_timeout_seconds),
-            )
+            _TOUCH_SESSION,
+            {"b_id": row.id, "last_seen_at": now, "idle_expires_at": idle_expires_at},
         )
-        conn.execute(
-            t.terminals.update().where(t.terminals.c.id == row.terminal_id).values(last_seen_at=now)
-        )
+        conn.execute(_TOUCH_TERMINAL, {"b_id": row.terminal_id, "last_seen_at": now})
     return TerminalContext(
         terminal_id=row.terminal_id,
         mid=row.mid,

@@ -101,9 +101,16 @@ def issue_codes(
     return codes
 
 
+_CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindparam("ref"))
+_CHARGE_LOCKED = _CHARGE.with_for_update()
+_CODE = sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest"))
+_SPEND_CODE = t.sandbox_codes.update().where(
+    t.sandbox_codes.c.code_hash == sa.bindparam("digest"), t.sandbox_codes.c.used_at.is_(None)
+)
+
+
 def _charge(conn: Connection, ref: str, lock: bool = False) -> sa.Row[tuple[object, ...]] | None:
-    query = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == ref)
-    return conn.execute(query.with_for_update() if lock else query).first()
+    return conn.execute(_CHARGE_LOCKED if lock else _CHARGE, {"ref": ref}).first()
 
 
 def _result_of(row: sa.Row[tuple[object, ...]], now: datetime) -> ProviderResult:
@@ -192,21 +199,13 @@ class SandboxWallets:
             if existing is not None:  # the gateway retried: answer what we did the first time
                 return _result_of(existing, now)
             digest = keyed_hash(code_key(conn), request.code)
-            code_row = conn.execute(
-                sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == digest)
-            ).first()
+            code_row = conn.execute(_CODE, {"digest": digest}).first()
             if code_row is None:
                 outcome = "unknown-code"
             else:
                 # Spending the code is one conditional update, so two payments racing with one
                 # code cannot both use it.
-                spent = conn.execute(
-                    t.sandbox_codes.update()
-                    .where(
-                        t.sandbox_codes.c.code_hash == digest, t.sandbox_codes.c.used_at.is_(None)
-                    )
-                    .values(used_at=now)
-                )
+                spent = conn.execute(_SPEND_CODE, {"digest": digest, "used_at": now})
                 outcome = str(code_row.outcome) if spent.rowcount == 1 else "code-reused"
             status, visible_at = {
                 "success": (SUCCEEDED, None),
@@ -227,7 +226,7 @@ class SandboxWallets:
                 "created_at": now,
                 "updated_at": now,
             }
-            conn.execute(t.sandbox_charges.insert().values(**row))
+            conn.execute(t.sandbox_charges.insert(), row)
             if visible_at is not None:
                 # The wallet did the work but its answer never reached us.
                 return ProviderResult(ProviderOutcome.UNKNOWN, provider_ref=request.ref)

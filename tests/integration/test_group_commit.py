@@ -1,0 +1,100 @@
+"""SQLite group commit: queued units share a transaction but succeed or fail one by one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters.db import Database
+
+_TABLE = "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"
+
+
+def _insert(k: int, v: str = "x") -> object:
+    def unit(conn: Connection) -> int:
+        conn.exec_driver_sql("INSERT INTO t (k, v) VALUES (?, ?)", (k, v))
+        return k
+
+    return unit
+
+
+def _rows(db: Database) -> list[tuple[int, str]]:
+    return db.run_sync(
+        lambda conn: [tuple(r) for r in conn.exec_driver_sql("SELECT k, v FROM t ORDER BY k")],
+        write=False,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    database.run_sync(lambda conn: conn.exec_driver_sql(_TABLE))
+    yield database  # type: ignore[misc]
+    database.close()
+
+
+async def _gather(db: Database, units: list[object]) -> list[object]:
+    return await asyncio.gather(*(db.run(u) for u in units), return_exceptions=True)  # type: ignore[arg-type]
+
+
+def test_a_failing_unit_is_undone_alone(db: Database) -> None:
+    units = [_insert(k) for k in range(1, 41)]
+    units[10] = _insert(5)  # a duplicate key: this unit alone fails
+    answers = asyncio.run(_gather(db, units))
+    assert isinstance(answers[10], sa.exc.IntegrityError)
+    assert [a for i, a in enumerate(answers) if i != 10] == [k for k in range(1, 41) if k != 11]
+    assert [k for k, _ in _rows(db)] == [k for k in range(1, 41) if k != 11]
+
+
+def test_a_unit_that_raises_leaves_nothing_behind(db: Database) -> None:
+    def half_then_fail(conn: Connection) -> None:
+        conn.exec_driver_sql("INSERT INTO t (k, v) VALUES (100, 'half')")
+        raise ValueError("changed my mind")
+
+    answers = asyncio.run(_gather(db, [_insert(1), half_then_fail, _insert(2)]))
+    assert answers[0] == 1 and answers[2] == 2
+    assert isinstance(answers[1], ValueError)
+    assert _rows(db) == [(1, "x"), (2, "x")]
+
+
+def test_a_database_error_that_spoils_the_group_costs_only_its_own_unit(db: Database) -> None:
+    def broken(conn: Connection) -> None:
+        conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
+
+    answers = asyncio.run(_gather(db, [_insert(1), _insert(2), broken, _insert(3)]))
+    assert answers[:2] == [1, 2] and answers[3] == 3
+    assert isinstance(answers[2], sa.exc.OperationalError)
+    assert [k for k, _ in _rows(db)] == [1, 2, 3]
+
+
+def test_later_units_of_a_group_see_earlier_ones(db: Database) -> None:
+    def count(conn: Connection) -> int:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one())
+
+    answers = asyncio.run(_gather(db, [_insert(1), _insert(2), count]))
+    assert answers == [1, 2, 2]
+
+
+def test_two_handles_on_one_file_take_turns(tmp_path: Path) -> None:
+    # Two handles stand for two processes: each has its own writer thread and lock descriptor.
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    first, second = Database(url), Database(url)
+    try:
+        first.run_sync(lambda conn: conn.exec_driver_sql(_TABLE))
+
+        async def both() -> None:
+            await asyncio.gather(
+                *(first.run(_insert(k)) for k in range(0, 400, 2)),  # type: ignore[arg-type]
+                *(second.run(_insert(k)) for k in range(1, 400, 2)),  # type: ignore[arg-type]
+            )
+
+        asyncio.run(both())
+        assert [k for k, _ in _rows(second)] == list(range(400))
+        assert (tmp_path / "two.db-writer.lock").exists()
+    finally:
+        first.close()
+        second.close()
