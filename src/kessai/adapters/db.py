@@ -118,7 +118,7 @@ class Database:
         """Run ``fn`` in one transaction; commit unless it raises."""
         if self._pg is not None:
             return await self._pg_unit(self._pg, fn)
-        return await asyncio.wrap_future(self._writer.submit(fn, write))
+        return await self._writer.run(fn, write)
 
     def run_sync(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction from synchronous code (the CLI, tests, migrations)."""
@@ -153,9 +153,32 @@ class Database:
 
 @dataclass(slots=True)
 class _Unit:
+    """A queued unit and whoever waits for it: a thread (``future``) or a coroutine."""
+
     fn: Callable[[Connection], Any]
     write: bool
-    future: Future[Any]
+    future: Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[Any] | None = None
+
+    def wanted(self) -> bool:
+        """False when the caller gave up before the unit started: it is then not run."""
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        # Read from another thread; at worst a unit whose caller just left runs anyway, as it
+        # would had it started a moment earlier.
+        return self.waiter is not None and not self.waiter.cancelled()
+
+
+def _settle_waiters(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    # Runs on the event loop: one wake-up settles every coroutine of a group.
+    for waiter, ok, value in outcomes:
+        if waiter.done():
+            continue
+        if ok:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
 
 
 class _SqliteWriter:
@@ -169,9 +192,10 @@ class _SqliteWriter:
         self._started = False
         self._start_lock = threading.Lock()
         self._stopped = False
+        # The thread's one connection, opened on first use and kept (StaticPool: one per file).
+        self._conn: Connection | None = None
 
-    def submit(self, fn: Callable[[Connection], T], write: bool) -> Future[T]:
-        """Queue one unit; its future settles after the commit that makes it durable."""
+    def _put(self, unit: _Unit) -> None:
         if self._stopped:
             raise RuntimeError("the database is closed")
         if not self._started:
@@ -179,9 +203,20 @@ class _SqliteWriter:
                 if not self._started:
                     self._thread.start()
                     self._started = True
+        self._queue.put(unit)
+
+    def submit(self, fn: Callable[[Connection], T], write: bool) -> Future[T]:
+        """Queue one unit; its future settles after the commit that makes it durable."""
         future: Future[T] = Future()
-        self._queue.put(_Unit(fn, write, future))
+        self._put(_Unit(fn, write, future=future))
         return future
+
+    async def run(self, fn: Callable[[Connection], T], write: bool) -> T:
+        """Queue one unit and wait for it on the running event loop."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._put(_Unit(fn, write, loop=loop, waiter=waiter))
+        return await waiter
 
     def stop(self) -> None:
         """Finish the queued units, then end the thread."""
@@ -209,12 +244,14 @@ class _SqliteWriter:
                         self._queue.put(None)  # stop after this group
                         break
                     group.append(more)
-                live = [u for u in group if u.future.set_running_or_notify_cancel()]
+                live = [u for u in group if u.wanted()]
                 if live:
                     self._run_group(live, lock_fd)
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
+            if self._conn is not None:
+                self._conn.close()
 
     def _run_group(self, group: list[_Unit], lock_fd: int | None) -> None:
         """Run a group in one transaction; on a failure that spoils it, run each unit alone."""
@@ -226,11 +263,18 @@ class _SqliteWriter:
             except Exception:
                 # Nothing of the group was committed: each unit gets a transaction of its own.
                 outcomes = [self._alone(unit, lock_fd) for unit in group]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for unit, (ok, value) in zip(group, outcomes, strict=True):
-            if ok:
-                unit.future.set_result(value)
-            else:
-                unit.future.set_exception(value)
+            if unit.future is not None:
+                if ok:
+                    unit.future.set_result(value)
+                else:
+                    unit.future.set_exception(value)
+            elif unit.loop is not None and unit.waiter is not None:
+                by_loop.setdefault(unit.loop, []).append((unit.waiter, ok, value))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed while its unit ran
+                loop.call_soon_threadsafe(_settle_waiters, settled)
 
     def _alone(self, unit: _Unit, lock_fd: int | None) -> tuple[bool, Any]:
         try:
@@ -259,28 +303,31 @@ class _SqliteWriter:
         """
         outcomes: list[tuple[bool, Any]] = []
         lone = len(group) == 1
-        with self._engine.connect() as raw:
-            # A read that had to upgrade to a write is run again as a writer (BEGIN IMMEDIATE).
-            conn = raw.execution_options(kessai_write=write)
-            with conn.begin():
-                for unit in group:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self._conn = self._engine.connect()
+        # A read that had to upgrade to a write is run again as a writer (BEGIN IMMEDIATE).
+        conn = self._conn.execution_options(kessai_write=write)
+        # Savepoints go straight to the driver: they are bookkeeping, not the unit's SQL.
+        driver: Any = conn.connection.driver_connection
+        with conn.begin():
+            for unit in group:
+                if not lone:
+                    driver.execute("SAVEPOINT kessai_unit")
+                try:
+                    value = unit.fn(conn)
+                except sa.exc.OperationalError:
+                    raise
+                except Exception as exc:
+                    if lone:
+                        conn.rollback()
+                        return [(False, exc)]
+                    driver.execute("ROLLBACK TO kessai_unit")
+                    driver.execute("RELEASE kessai_unit")
+                    outcomes.append((False, exc))
+                else:
                     if not lone:
-                        conn.exec_driver_sql("SAVEPOINT kessai_unit")
-                    try:
-                        value = unit.fn(conn)
-                    except sa.exc.OperationalError:
-                        raise
-                    except Exception as exc:
-                        if lone:
-                            conn.rollback()
-                            return [(False, exc)]
-                        conn.exec_driver_sql("ROLLBACK TO kessai_unit")
-                        conn.exec_driver_sql("RELEASE kessai_unit")
-                        outcomes.append((False, exc))
-                    else:
-                        if not lone:
-                            conn.exec_driver_sql("RELEASE kessai_unit")
-                        outcomes.append((True, value))
+                        driver.execute("RELEASE kessai_unit")
+                    outcomes.append((True, value))
         return outcomes
 
 

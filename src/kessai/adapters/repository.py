@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
+from kessai.adapters.hot import Hot
 from kessai.domain.errors import Conflict, InternalError
 from kessai.domain.model import (
     Payment,
@@ -61,33 +62,42 @@ class StoredPayment:
 # The hot path's statements are built once: SQLAlchemy then reuses their compiled form without
 # rebuilding the expression or its cache key on every call, which used to cost more than the SQL.
 _P = sa.bindparam
-_REFUNDS_OF = (
+_REFUNDS_OF = Hot(
     sa.select(t.refunds).where(t.refunds.c.payment_id == _P("payment_pk")).order_by(t.refunds.c.id)
 )
 _BY_MERCHANT = sa.select(t.payments).where(t.payments.c.merchant_id == _P("merchant_id"))
 _BY_TRANS_ID = _BY_MERCHANT.where(t.payments.c.trans_id == _P("value"))
 _BY_TRANS_KEY = _BY_MERCHANT.where(t.payments.c.trans_key == _P("value"))
 _FINDERS: Final = {
-    (False, False): _BY_TRANS_ID,
-    (False, True): _BY_TRANS_ID.with_for_update(),
-    (True, False): _BY_TRANS_KEY,
-    (True, True): _BY_TRANS_KEY.with_for_update(),
+    (False, False): Hot(_BY_TRANS_ID),
+    (False, True): Hot(_BY_TRANS_ID.with_for_update()),
+    (True, False): Hot(_BY_TRANS_KEY),
+    (True, True): Hot(_BY_TRANS_KEY.with_for_update()),
 }
 _BY_PK = sa.select(t.payments).where(t.payments.c.id == _P("pk"))
-_BY_PK_LOCKED = _BY_PK.with_for_update()
-_MERCHANT_NAME = sa.select(t.merchants.c.name).where(t.merchants.c.id == _P("merchant_id"))
-_INSERT_PAYMENT = t.payments.insert()
-_SAVE_PAYMENT = t.payments.update().where(
-    t.payments.c.id == _P("b_pk"), t.payments.c.version == _P("b_version")
+_LOAD = {False: Hot(_BY_PK), True: Hot(_BY_PK.with_for_update())}
+_MERCHANT_NAME = Hot(sa.select(t.merchants.c.name).where(t.merchants.c.id == _P("merchant_id")))
+_INSERT_PAYMENT = Hot(t.payments.insert())
+_SAVE_PAYMENT = Hot(
+    t.payments.update().where(
+        t.payments.c.id == _P("b_pk"), t.payments.c.version == _P("b_version")
+    )
 )
-_TOUCH_CHECK = t.payments.update().where(t.payments.c.id == _P("b_pk"))
-_INSERT_REFUND = t.refunds.insert()
-_UPDATE_REFUND = t.refunds.update().where(t.refunds.c.refund_id == _P("b_refund_id"))
-_INSERT_AUDIT = t.audit_events.insert()
+_TOUCH_CHECK = Hot(t.payments.update().where(t.payments.c.id == _P("b_pk")))
+_INSERT_REFUND = Hot(t.refunds.insert())
+_UPDATE_REFUND = Hot(t.refunds.update().where(t.refunds.c.refund_id == _P("b_refund_id")))
+_INSERT_AUDIT = Hot(t.audit_events.insert())
+_MAY_HAVE_REFUNDS: Final = frozenset(
+    {
+        PaymentStatus.COMPLETED.value,
+        PaymentStatus.PARTIALLY_REFUNDED.value,
+        PaymentStatus.REFUNDED.value,
+    }
+)
 
 
 def _refunds(conn: Connection, payment_pk: int) -> tuple[Refund, ...]:
-    rows = conn.execute(_REFUNDS_OF, {"payment_pk": payment_pk}).all()
+    rows = _REFUNDS_OF.run(conn, {"payment_pk": payment_pk}).all()
     return tuple(
         Refund(
             refund_id=r.refund_id,
@@ -123,7 +133,8 @@ def _to_stored(conn: Connection, row: sa.Row[Any]) -> StoredPayment:
         created_at=row.created_at,
         updated_at=row.updated_at,
         version=row.version,
-        refunds=_refunds(conn, row.id),
+        # Only a payment that was completed can have refunds: skip the query for the others.
+        refunds=_refunds(conn, row.id) if row.status in _MAY_HAVE_REFUNDS else (),
     )
     return StoredPayment(
         pk=row.id,
@@ -155,18 +166,18 @@ def find_payment(
         query, value = _FINDERS[True, lock], trans_key
     else:
         raise InternalError("find_payment needs trans_id or trans_key")
-    row = conn.execute(query, {"merchant_id": merchant_id, "value": value}).first()
+    row = query.run(conn, {"merchant_id": merchant_id, "value": value}).first()
     return None if row is None else _to_stored(conn, row)
 
 
 def merchant_name(conn: Connection, merchant_id: int) -> str:
     """A merchant's display name (shown to the customer by wallets)."""
-    return str(conn.execute(_MERCHANT_NAME, {"merchant_id": merchant_id}).scalar_one())
+    return str(_MERCHANT_NAME.run(conn, {"merchant_id": merchant_id}).scalar_one())
 
 
 def load_payment(conn: Connection, pk: int, *, lock: bool = False) -> StoredPayment:
     """A payment by its primary key (``lock`` as in ``find_payment``)."""
-    row = conn.execute(_BY_PK_LOCKED if lock else _BY_PK, {"pk": pk}).one()
+    row = _LOAD[lock].run(conn, {"pk": pk}).one()
     return _to_stored(conn, row)
 
 
@@ -178,8 +189,8 @@ def insert_payment(
     request_hash: str,
 ) -> int:
     """Insert a new payment; answers its primary key."""
-    result = conn.execute(
-        _INSERT_PAYMENT,
+    result = _INSERT_PAYMENT.run(
+        conn,
         dict(
             trans_id=payment.trans_id,
             merchant_id=payment.merchant_id,
@@ -202,9 +213,7 @@ def insert_payment(
             updated_at=payment.updated_at,
         ),
     )
-    pk = result.inserted_primary_key
-    assert pk is not None
-    return int(pk[0])
+    return result.inserted_pk
 
 
 def save_payment(
@@ -219,8 +228,8 @@ def save_payment(
     The version check makes concurrent writers (a REQUEST finishing while a PAYCHECK refreshes the
     same payment) safe: the loser gets a Conflict and re-reads instead of overwriting.
     """
-    result = conn.execute(
-        _SAVE_PAYMENT,
+    result = _SAVE_PAYMENT.run(
+        conn,
         dict(
             b_pk=pk,
             b_version=before.version,
@@ -248,13 +257,13 @@ class StaleWrite(Conflict):
 
 def touch_provider_check(conn: Connection, pk: int, now: datetime) -> None:
     """Record that the provider was asked about this payment at ``now``."""
-    conn.execute(_TOUCH_CHECK, {"b_pk": pk, "provider_checked_at": now})
+    _TOUCH_CHECK.run(conn, {"b_pk": pk, "provider_checked_at": now})
 
 
 def insert_refund(conn: Connection, payment_pk: int, refund: Refund, actor: str) -> None:
     """Insert a refund row; the (payment, refundKey) constraint rejects a racing duplicate."""
-    conn.execute(
-        _INSERT_REFUND,
+    _INSERT_REFUND.run(
+        conn,
         dict(
             refund_id=refund.refund_id,
             payment_id=payment_pk,
@@ -271,8 +280,8 @@ def insert_refund(conn: Connection, payment_pk: int, refund: Refund, actor: str)
 
 def update_refund(conn: Connection, refund: Refund) -> None:
     """Record a refund's new status."""
-    conn.execute(
-        _UPDATE_REFUND,
+    _UPDATE_REFUND.run(
+        conn,
         {
             "b_refund_id": refund.refund_id,
             "status": refund.status.value,
@@ -297,8 +306,8 @@ def audit(
     request_id: str | None = None,
 ) -> None:
     """Append one entry to the audit trail (the table refuses updates and deletes)."""
-    conn.execute(
-        _INSERT_AUDIT,
+    _INSERT_AUDIT.run(
+        conn,
         dict(
             at=at,
             actor=actor,

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
+from kessai.adapters.hot import Hot
 from kessai.clock import system_clock
 from kessai.connectors.alipayplus import AlipayPlusClient, AlipayPlusConnector
 from kessai.connectors.alipayplus import connector as alipayplus_connector
@@ -192,10 +193,12 @@ def account_of(provider: str) -> tuple[str, int | None]:
 
 
 # Read on every new payment: built once.
-_ACTIVE_SETTING = sa.select(t.provider_settings).where(
-    t.provider_settings.c.merchant_id == sa.bindparam("merchant_id"),
-    t.provider_settings.c.service_id == sa.bindparam("service_id"),
-    t.provider_settings.c.active.is_(True),
+_ACTIVE_SETTING = Hot(
+    sa.select(t.provider_settings).where(
+        t.provider_settings.c.merchant_id == sa.bindparam("merchant_id"),
+        t.provider_settings.c.service_id == sa.bindparam("service_id"),
+        t.provider_settings.c.active.is_(True),
+    )
 )
 
 
@@ -211,9 +214,7 @@ def route(
     Raises ``FlowNotSupported`` when the configured provider lacks ``flow``, and
     ``AccountUnusable`` when its account cannot be used; either way no payment is written.
     """
-    row = conn.execute(
-        _ACTIVE_SETTING, {"merchant_id": merchant_id, "service_id": service_id}
-    ).first()
+    row = _ACTIVE_SETTING.run(conn, {"merchant_id": merchant_id, "service_id": service_id}).first()
     kind = SANDBOX if row is None else str(row.provider)
     connector = connectors.get(kind)
     if connector is None:

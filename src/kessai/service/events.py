@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from kessai import keys, webhooks
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
+from kessai.adapters.hot import Hot
 from kessai.adapters.repository import audit
 from kessai.api.wire import payment_wire
 from kessai.clock import Clock
@@ -55,10 +56,13 @@ TYPES: Final[dict[PaymentStatus, str]] = {
 
 
 # Asked on every change of every payment: built once.
-_LISTENING = sa.select(t.webhook_endpoints.c.id).where(
-    t.webhook_endpoints.c.merchant_id == sa.bindparam("merchant_id"),
-    t.webhook_endpoints.c.enabled.is_(True),
+_LISTENING = Hot(
+    sa.select(t.webhook_endpoints.c.id).where(
+        t.webhook_endpoints.c.merchant_id == sa.bindparam("merchant_id"),
+        t.webhook_endpoints.c.enabled.is_(True),
+    )
 )
+_INSERT_EVENT = Hot(t.webhook_events.insert())
 
 
 def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -> None:
@@ -66,7 +70,7 @@ def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -
     event_type = TYPES.get(payment.status)
     if event_type is None:
         return
-    listening = conn.execute(_LISTENING, {"merchant_id": payment.merchant_id}).first()
+    listening = _LISTENING.run(conn, {"merchant_id": payment.merchant_id}).first()
     if listening is None:
         return
     service = load_catalog().get(payment.service_id)
@@ -80,8 +84,8 @@ def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -
             "payment": msgspec.to_builtins(payment_wire(payment, service.name if service else None))
         },
     }
-    conn.execute(
-        t.webhook_events.insert(),
+    _INSERT_EVENT.run(
+        conn,
         dict(
             event_id=event_id,
             merchant_id=payment.merchant_id,

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
+from kessai.adapters.hot import Hot
 from kessai.adapters.repository import audit
 from kessai.config import Settings
 from kessai.domain.errors import Conflict, Forbidden, RateLimited, Unauthenticated
@@ -216,7 +217,7 @@ def wrong_credentials() -> Unauthenticated:
 
 
 # Every operation but LOGIN runs this lookup: built once, so only its execution costs.
-_SESSION_OF_TOKEN = (
+_SESSION_OF_TOKEN = Hot(
     sa.select(
         t.sessions.c.id,
         t.sessions.c.ended_at,
@@ -233,15 +234,15 @@ _SESSION_OF_TOKEN = (
     .join(t.merchants, t.merchants.c.id == t.terminals.c.merchant_id)
     .where(t.sessions.c.token_hash == sa.bindparam("digest"))
 )
-_TOUCH_SESSION = t.sessions.update().where(t.sessions.c.id == sa.bindparam("b_id"))
-_TOUCH_TERMINAL = t.terminals.update().where(t.terminals.c.id == sa.bindparam("b_id"))
+_TOUCH_SESSION = Hot(t.sessions.update().where(t.sessions.c.id == sa.bindparam("b_id")))
+_TOUCH_TERMINAL = Hot(t.terminals.update().where(t.terminals.c.id == sa.bindparam("b_id")))
 
 
 def authenticate(
     conn: Connection, token_digest: str, now: datetime, settings: Settings
 ) -> TerminalContext:
     """Resolve a bearer token to its terminal, inside the operation's own unit of work."""
-    row = conn.execute(_SESSION_OF_TOKEN, {"digest": token_digest}).first()
+    row = _SESSION_OF_TOKEN.run(conn, {"digest": token_digest}).first()
     if row is None:
         raise Unauthenticated("the session token is not valid; LOGIN again")
     if row.ended_at is not None:
@@ -252,11 +253,11 @@ def authenticate(
         raise Forbidden("this terminal is disabled", code="TERMINAL_DISABLED")
     if (now - row.last_seen_at).total_seconds() >= settings.session_touch_interval_seconds:
         idle_expires_at = now + timedelta(seconds=settings.session_idle_timeout_seconds)
-        conn.execute(
-            _TOUCH_SESSION,
+        _TOUCH_SESSION.run(
+            conn,
             {"b_id": row.id, "last_seen_at": now, "idle_expires_at": idle_expires_at},
         )
-        conn.execute(_TOUCH_TERMINAL, {"b_id": row.terminal_id, "last_seen_at": now})
+        _TOUCH_TERMINAL.run(conn, {"b_id": row.terminal_id, "last_seen_at": now})
     return TerminalContext(
         terminal_id=row.terminal_id,
         mid=row.mid,

@@ -22,13 +22,14 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
+from kessai.adapters.hot import Hot
 from kessai.adapters.repository import code_key
 from kessai.clock import Clock, system_clock
 from kessai.connectors.base import (
@@ -102,15 +103,20 @@ def issue_codes(
 
 
 _CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindparam("ref"))
-_CHARGE_LOCKED = _CHARGE.with_for_update()
-_CODE = sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest"))
-_SPEND_CODE = t.sandbox_codes.update().where(
-    t.sandbox_codes.c.code_hash == sa.bindparam("digest"), t.sandbox_codes.c.used_at.is_(None)
+_CHARGES = {False: Hot(_CHARGE), True: Hot(_CHARGE.with_for_update())}
+_CODE = Hot(
+    sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest"))
 )
+_SPEND_CODE = Hot(
+    t.sandbox_codes.update().where(
+        t.sandbox_codes.c.code_hash == sa.bindparam("digest"), t.sandbox_codes.c.used_at.is_(None)
+    )
+)
+_INSERT_CHARGE = Hot(t.sandbox_charges.insert())
 
 
-def _charge(conn: Connection, ref: str, lock: bool = False) -> sa.Row[tuple[object, ...]] | None:
-    return conn.execute(_CHARGE_LOCKED if lock else _CHARGE, {"ref": ref}).first()
+def _charge(conn: Connection, ref: str, lock: bool = False) -> Any:
+    return _CHARGES[lock].run(conn, {"ref": ref}).first()
 
 
 def _result_of(row: sa.Row[tuple[object, ...]], now: datetime) -> ProviderResult:
@@ -130,11 +136,18 @@ def _result_of(row: sa.Row[tuple[object, ...]], now: datetime) -> ProviderResult
         return ProviderResult(ProviderOutcome.CANCELED, provider_ref=str(row.ref))
     if status == EXPIRED:
         return ProviderResult(ProviderOutcome.EXPIRED, provider_ref=str(row.ref))
+    return _settled_result(status, str(row.outcome), str(row.ref))
+
+
+def _settled_result(status: str, outcome: str, ref: str) -> ProviderResult:
+    """The answer for a charge that succeeded or failed (anything but SUCCEEDED is a failure)."""
+    if status == SUCCEEDED:
+        return ProviderResult(ProviderOutcome.SUCCEEDED, provider_ref=ref)
     return ProviderResult(
         ProviderOutcome.FAILED,
-        provider_ref=str(row.ref),
-        failure_code=_FAILURE_CODES.get(str(row.outcome), "DECLINED"),
-        failure_message=_FAILURE_MESSAGES.get(str(row.outcome), "the wallet declined"),
+        provider_ref=ref,
+        failure_code=_FAILURE_CODES.get(outcome, "DECLINED"),
+        failure_message=_FAILURE_MESSAGES.get(outcome, "the wallet declined"),
     )
 
 
@@ -199,13 +212,13 @@ class SandboxWallets:
             if existing is not None:  # the gateway retried: answer what we did the first time
                 return _result_of(existing, now)
             digest = keyed_hash(code_key(conn), request.code)
-            code_row = conn.execute(_CODE, {"digest": digest}).first()
+            code_row = _CODE.run(conn, {"digest": digest}).first()
             if code_row is None:
                 outcome = "unknown-code"
             else:
                 # Spending the code is one conditional update, so two payments racing with one
                 # code cannot both use it.
-                spent = conn.execute(_SPEND_CODE, {"digest": digest, "used_at": now})
+                spent = _SPEND_CODE.run(conn, {"digest": digest, "used_at": now})
                 outcome = str(code_row.outcome) if spent.rowcount == 1 else "code-reused"
             status, visible_at = {
                 "success": (SUCCEEDED, None),
@@ -226,10 +239,13 @@ class SandboxWallets:
                 "created_at": now,
                 "updated_at": now,
             }
-            conn.execute(t.sandbox_charges.insert(), row)
+            _INSERT_CHARGE.run(conn, row)
             if visible_at is not None:
                 # The wallet did the work but its answer never reached us.
                 return ProviderResult(ProviderOutcome.UNKNOWN, provider_ref=request.ref)
+            if status in (SUCCEEDED, FAILED):
+                # Paid or refused on the spot: answer from what was just written.
+                return _settled_result(status, outcome, request.ref)
             created = _charge(conn, request.ref)
             assert created is not None
             return _result_of(created, now)
