@@ -75,3 +75,42 @@ def test_a_refund_that_never_arrived_is_sent_again_after_the_grace(h: Harness) -
     assert after.status is S.PARTIALLY_REFUNDED
     assert [r.status for r in after.refunds] == [RefundStatus.SUCCEEDED]
     assert h.charge(paid.trans_id)["refunded_amount"] == 600
+
+
+class SlowAnswer:
+    """Wraps the sandbox; a refund is made at once, but its answer arrives only after a worker
+    pass has already asked the wallet about the refund (still PENDING in the books) and settled it.
+    """
+
+    name = "sandbox"
+
+    def __init__(self, inner: object, h: Harness) -> None:
+        self.inner = inner
+        self.h = h
+
+    async def refund(self, ref: str, refund_ref: str, amount: int) -> RefundResult:
+        answer: RefundResult = await self.inner.refund(ref, refund_ref, amount)  # type: ignore[attr-defined]
+        self.h.clock.advance(self.h.gateway.settings.worker_recheck_interval_ms / 1000)
+        worker = Worker(self.h.gateway)
+        try:
+            await worker.run_once()
+        finally:
+            await worker.aclose()
+        return answer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_refund_settled_by_the_worker_during_its_own_call_counts_once(h: Harness) -> None:
+    till = h.till()
+    paid = till.request(1000)
+    sandbox = h.gateway.connectors["sandbox"]
+    h.gateway.connectors["sandbox"] = SlowAnswer(sandbox, h)  # type: ignore[assignment]
+    answered = till.refund(paid.trans_id, 400).payment
+    h.gateway.connectors["sandbox"] = sandbox
+    assert (answered.status, answered.refunded_amount) == (S.PARTIALLY_REFUNDED, 400)
+    after = till.paycheck(paid.trans_id)
+    assert (after.refunded_amount, after.refundable_amount) == (400, 600)
+    assert [r.status for r in after.refunds] == [RefundStatus.SUCCEEDED]
+    assert h.charge(paid.trans_id)["refunded_amount"] == 400

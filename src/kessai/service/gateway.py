@@ -1241,6 +1241,10 @@ def _settle_refund(
     assert current is not None
     payment = current.payment
     mine = next(r for r in payment.refunds if r.refund_id == refund_id)
+    if mine.status is not RefundStatus.PENDING:
+        # Settled already: a worker asked the provider while this CANCEL's own (slow) call was
+        # in flight. Settling again would count the money a second time.
+        return payment
     outcome = result.outcome if result is not None else ProviderOutcome.UNKNOWN
     if outcome is ProviderOutcome.SUCCEEDED:
         settled = replace(mine, status=RefundStatus.SUCCEEDED, updated_at=now)
