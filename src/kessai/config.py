@@ -19,6 +19,10 @@ class Settings:
     session_touch_interval_seconds: int = 60
     login_max_failures: int = 5
     login_lock_seconds: int = 15 * 60
+    # Failed logins (terminal LOGIN and console login together) one client address may make in
+    # any window of this many seconds; then one more each window/max. See service/ratelimit.py.
+    login_address_max_failures: int = 20
+    login_address_window_seconds: int = 600
     passcode_max_failures: int = 5
     passcode_lock_seconds: int = 30 * 60
     qr_ttl_default_seconds: int = 300

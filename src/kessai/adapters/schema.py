@@ -361,3 +361,16 @@ provider_settings = sa.Table(
         postgresql_where=sa.text("active"),
     ),
 )
+
+# Failed logins per client address (service/ratelimit.py), shared by every instance. One row per
+# address that failed recently: each failed login moves ``spent_until`` forward by window/max, and
+# logins are refused while it lies more than a whole window ahead. A row whose ``spent_until`` has
+# passed means the same as no row, and the worker deletes it.
+login_throttle = sa.Table(
+    "login_throttle",
+    metadata,
+    # The peer address as text (an IPv6 address reduced to its /64 network).
+    sa.Column("address", sa.String(64), primary_key=True),
+    _now_col("spent_until"),
+    sa.Index("ix_login_throttle_spent_until", "spent_until"),
+)

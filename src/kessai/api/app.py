@@ -179,5 +179,10 @@ def create_app(
 def app_from_env() -> Litestar:
     """The uvicorn factory used by ``kessai serve``: configuration comes from the environment."""
     url = os.environ.get("KESSAI_DATABASE_URL", "sqlite:///kessai.db")
-    logging.basicConfig(level=os.environ.get("KESSAI_LOG_LEVEL", "INFO"))
-    return create_app(url, Settings.from_env())
+    level = os.environ.get("KESSAI_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level)
+    app = create_app(url, Settings.from_env())
+    # Litestar's own logging setup (run while the app is built) resets the root logger to INFO;
+    # the level asked for must win.
+    logging.getLogger().setLevel(level)
+    return app

@@ -26,6 +26,7 @@ log = logging.getLogger("kessai.api")
 _FIELD_IN_MESSAGE = re.compile(r"`\$\.([A-Za-z0-9_]+)")
 _MISSING = re.compile(r"missing required field `([A-Za-z0-9_]+)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]{0,60})")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def request_id_of(scope: Scope) -> str:
@@ -154,7 +155,13 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     if isinstance(exc, NotFoundException):
         return envelope(rid, 404, "NOT_FOUND", "no such route")
     if isinstance(exc, MethodNotAllowedException):
-        return envelope(rid, 405, "METHOD_NOT_ALLOWED", "this route does not take that method")
+        answer = envelope(rid, 405, "METHOD_NOT_ALLOWED", "this route does not take that method")
+        # RFC 9110: a 405 names the methods the route does take. The router puts them in the
+        # exception's headers; the envelope would otherwise drop them.
+        allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+        if allow:
+            answer.headers["Allow"] = allow
+        return answer
     detail = str(exc.detail).lower()
     if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
         return envelope(rid, 400, "MALFORMED_JSON", "the body is not valid JSON")
@@ -169,6 +176,12 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """A bug. The message stays generic; the log has the traceback and the request id."""
     rid = request_id_of(request.scope)
+    if isinstance(exc, RecursionError | UnicodeDecodeError) and request.method in _BODY_METHODS:
+        # The framework's JSON decoder raises these, not a decoding error, for a body nested
+        # deeper than it recurses or one that is not UTF-8: bad input, which must answer 400.
+        log.warning("request %s: undecodable body (%s)", rid, type(exc).__name__)
+        message = "the body is not valid JSON (not UTF-8, or nested too deeply)"
+        return envelope(rid, 400, "MALFORMED_JSON", message)
     log.exception("unexpected error (request %s)", rid)
     return envelope(
         rid, 500, "INTERNAL_ERROR", f"internal error; quote request id {rid}", retryable=True

@@ -16,16 +16,20 @@ a browser to decide a payment — the same proof a real wallet's customer holds.
 from __future__ import annotations
 
 import base64
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import segno
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody, PathParameter
 from litestar.response import Redirect
+from msgspec import Meta
 
-from kessai.api.terminal import gateway_of
+from kessai.api.terminal import gateway_of, strict
+from kessai.api.wire import ErrorBody, described, formatted
+from kessai.api.wire import JSONBody as StrictJSONBody
 from kessai.connectors.sandbox import wallets
 from kessai.console import barcode, simulator
 from kessai.console.config import ConsoleConfig
@@ -33,7 +37,7 @@ from kessai.console.i18n import LANGS, normalise_lang
 from kessai.console.render import html
 from kessai.console.web import LANG_COOKIE, lang_cookie
 from kessai.domain.catalog import load_catalog
-from kessai.domain.errors import InvalidRequest, NotFound
+from kessai.domain.errors import ERROR_CODES, InvalidRequest, NotFound
 
 TAG = "Sandbox (test mode only)"
 DECISIONS: Final = ("approve", "decline", "password")
@@ -44,12 +48,29 @@ MAX_PASSWORD_LENGTH: Final = 64
 AnyRequest = Request[Any, Any, Any]
 
 
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error answers (the one envelope), listing their codes."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorBody,
+            generate_examples=False,
+            description="Error: "
+            + ", ".join(code for code, (s, _) in ERROR_CODES.items() if s == status),
+        )
+        for status in (*statuses, 500)
+    }
+
+
 class CodesBody(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     """Ask the sandbox wallets for fresh one-time customer codes."""
 
-    service_id: str
-    outcome: str = "success"
-    count: int = 1
+    service_id: Annotated[str, Meta(extra_json_schema=formatted("serviceId"))]
+    outcome: Annotated[str, Meta(extra_json_schema=described(enum=list(wallets.OUTCOMES)))] = (
+        "success"
+    )
+    count: Annotated[
+        int, Meta(extra_json_schema=described(minimum=1, maximum=wallets.MAX_CODES_PER_CALL))
+    ] = 1
 
 
 class CodesAnswer(msgspec.Struct):
@@ -76,9 +97,14 @@ class CodeStatusAnswer(msgspec.Struct):
     operation_id="sandboxIssueCodes",
     status_code=200,
     summary="Issue sandbox customer codes",
+    responses=_errors(400, 413, 415, 422),
 )
-async def issue_codes(state: State, data: JSONBody[CodesBody]) -> CodesAnswer:
+async def issue_codes(
+    state: State, request: AnyRequest, data: StrictJSONBody[CodesBody]
+) -> CodesAnswer:
     """Issue one-time customer codes whose payment ends with ``outcome``."""
+    # Decoded again without coercion, as the terminal API does: "5" is not a count.
+    data = await strict(request, CodesBody)
     gateway = gateway_of(state)
     now = gateway.clock()
     codes = await gateway.db.run(
@@ -100,11 +126,12 @@ class SettleAnswer(msgspec.Struct, rename="camel"):
     operation_id="sandboxSettle",
     status_code=200,
     summary="Approve or decline, as the customer, a payment that waits in the wallet app",
+    responses=_errors(400, 404),
 )
 async def settle_charge(
     state: State,
     transId: FromPath[str],  # noqa: N803 - the guide's name, as in the terminal API
-    decision: FromPath[str],
+    decision: Annotated[str, PathParameter(schema_extra={"enum": ["approve", "decline"]})],
 ) -> SettleAnswer:
     """The HTTP twin of `kessai sandbox approve|decline TRANSID` (outcome "password")."""
     if decision not in ("approve", "decline"):

@@ -10,7 +10,7 @@ import segno
 from litestar import Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, Parameter, PathParameter, QueryParameter
+from litestar.params import Parameter, PathParameter, QueryParameter
 from litestar.response import Response as RawResponse
 
 from kessai.api.errors import request_id_of, strict_decode_error
@@ -19,6 +19,7 @@ from kessai.api.wire import (
     ErrorBody,
     IdentifyAnswer,
     IdentifyBody,
+    JSONBody,
     LoginAnswer,
     LoginBody,
     PaymentOut,
@@ -29,8 +30,10 @@ from kessai.api.wire import (
     payment_wire,
 )
 from kessai.domain.errors import ERROR_CODES, InvalidRequest, NotFound, Unauthenticated
+from kessai.domain.fields import json_schema_pattern
 from kessai.domain.model import PaymentKind
 from kessai.service.gateway import Gateway, PaymentView
+from kessai.service.ratelimit import login_attempt
 
 SECURITY: list[dict[str, list[str]]] = [{"sessionToken": []}]
 
@@ -40,6 +43,8 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
     return {
         status: ResponseSpec(
             data_container=ErrorBody,
+            # Made-up examples would show error codes that do not exist.
+            generate_examples=False,
             description="Error: "
             + ", ".join(code for code, (s, _) in ERROR_CODES.items() if s == status),
         )
@@ -113,7 +118,7 @@ def _answer(view: PaymentView) -> Response[PaymentOut]:
         "ends it. One device per mid: another `key` is refused while a session is live; the "
         "same `key` replaces its own session."
     ),
-    responses=_errors(401, 403, 409, 413, 429),
+    responses=_errors(401, 403, 409, 413, 415, 429),
     tags=[TAG],
     status_code=200,
 )
@@ -122,13 +127,16 @@ async def login(
 ) -> LoginAnswer:
     """LOGIN."""
     data = await strict(request, LoginBody)
-    result = await gateway_of(state).login(
-        mid=data.mid,
-        key=data.key,
-        password=data.password,
-        os_value=data.os,
-        request_id=request_id_of(request.scope),
-    )
+    gw = gateway_of(state)
+    # Failed LOGINs are also limited per client address (service/ratelimit.py).
+    async with login_attempt(gw.db, gw.settings, request.scope, gw.clock()):
+        result = await gw.login(
+            mid=data.mid,
+            key=data.key,
+            password=data.password,
+            os_value=data.os,
+            request_id=request_id_of(request.scope),
+        )
     return LoginAnswer(session_token=result.session_token, expires_at=result.expires_at)
 
 
@@ -159,7 +167,7 @@ async def logout(state: State, request: Request[Any, Any, Any]) -> Empty:
         "key: a retry with the same transKey and parameters answers the same payment and never "
         "charges twice."
     ),
-    responses=_errors(*AUTHED, 409, 422),
+    responses=_errors(*AUTHED, 409, 415, 422),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -181,7 +189,14 @@ async def request_payment(
 
 
 # Path parameters keep the guide's name (transId) so the OpenAPI paths read like the guide.
-TransId = Annotated[str, Parameter(description="The 10-digit payment number", max_length=10)]
+TransId = Annotated[
+    str,
+    Parameter(
+        description="The 10-digit payment number",
+        max_length=10,
+        schema_extra={"pattern": json_schema_pattern("transId")},
+    ),
+]
 
 
 @get(
@@ -212,7 +227,19 @@ async def status(
     state: State,
     request: Request[Any, Any, Any],
     trans_key: Annotated[
-        str | None, QueryParameter(name="transKey", description="The terminal's transKey")
+        str | None,
+        # Required, though optional here so that its absence gets our own message below: the
+        # OpenAPI description says so, and describes a plain string of the transKey format.
+        QueryParameter(
+            name="transKey",
+            description="The terminal's transKey",
+            required=True,
+            schema_extra={
+                "type": "string",
+                "oneOf": None,
+                "pattern": json_schema_pattern("transKey"),
+            },
+        ),
     ] = None,
 ) -> PaymentOut:
     """STATUS."""
@@ -231,7 +258,7 @@ async def status(
         "refundKey to make retries safe: the same refundKey answers the same refund. Five wrong "
         "passCodes lock refunds on the terminal."
     ),
-    responses=_errors(*AUTHED, 409),
+    responses=_errors(*AUTHED, 409, 415),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -256,7 +283,7 @@ async def cancel(
     "/payments/{transId:str}/voucher",
     operation_id="VOUCHERNO",
     summary="VOUCHERNO — attach the shop's voucher number",
-    responses=_errors(*AUTHED, 409),
+    responses=_errors(*AUTHED, 409, 415),
     tags=[TAG],
     security=SECURITY,
 )
@@ -280,7 +307,7 @@ async def voucher(
         "links to PNG and SVG images of the code. ttlSeconds defaults to 300 (30 to 1800). "
         "After qrExpiresAt the payment becomes EXPIRED and can no longer be paid."
     ),
-    responses=_errors(*AUTHED, 409, 422),
+    responses=_errors(*AUTHED, 409, 415, 422),
     tags=[TAG],
     security=SECURITY,
     status_code=200,
@@ -352,7 +379,7 @@ async def qr_svg(
     "/identify",
     operation_id="IDENTIFY-SCANNED-QR-CODE",
     summary="IDENTIFY-SCANNED-QR-CODE — which wallet a scanned code belongs to",
-    responses=_errors(*AUTHED, 422),
+    responses=_errors(*AUTHED, 415, 422),
     tags=[TAG],
     security=SECURITY,
     status_code=200,

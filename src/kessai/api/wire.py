@@ -3,18 +3,50 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeAlias, TypeVar
 
 import msgspec
+from litestar.enums import RequestEncodingType
+from litestar.params import Body as BodyParameter
 from msgspec import Meta
 
-from kessai.domain.model import Payment, PaymentKind
+from kessai.config import Settings
+from kessai.domain.errors import ERROR_CODES
+from kessai.domain.fields import json_schema_pattern
+from kessai.domain.identify import MAX_CODE_LENGTH
+from kessai.domain.model import (
+    MAX_AMOUNT_YEN,
+    MIN_AMOUNT_YEN,
+    Payment,
+    PaymentKind,
+    PaymentStatus,
+    PendingReason,
+    RefundStatus,
+)
 
-# Formats are described here for the OpenAPI document and checked by kessai.domain.fields, whose
-# messages say exactly what is wrong.
+
+def described(**constraints: Any) -> dict[str, Any]:
+    """JSON Schema constraints for the OpenAPI description only (``Meta(extra_json_schema=…)``).
+
+    Litestar copies the ``extra`` entry into the field's schema; msgspec does not enforce it. So
+    clients and API fuzzers see each format, while kessai.domain.fields stays the one place that
+    checks it, with messages that say exactly what is wrong.
+    """
+    return {"extra": constraints}
+
+
+def formatted(field: str) -> dict[str, Any]:
+    """The OpenAPI constraint of one of the guide's fields: its pattern, from domain.fields."""
+    return described(pattern=json_schema_pattern(field))
+
+
 Mid = Annotated[
     str,
-    Meta(description="Terminal id issued by the gateway: 16 digits", examples=["1656285018617673"]),
+    Meta(
+        description="Terminal id issued by the gateway: 16 digits",
+        examples=["1656285018617673"],
+        extra_json_schema=formatted("mid"),
+    ),
 ]
 DeviceKey = Annotated[
     str,
@@ -22,31 +54,51 @@ DeviceKey = Annotated[
         description="The device's MAC address or another unique id: "
         "1-50 letters, digits, ':' or '-'",
         examples=["00:1A:2B:3C:4D:5E"],
+        extra_json_schema=formatted("key"),
     ),
 ]
 Password = Annotated[
-    str, Meta(description="Login password issued by the gateway: 12 letters or digits")
+    str,
+    Meta(
+        description="Login password issued by the gateway: 12 letters or digits",
+        extra_json_schema=formatted("password"),
+    ),
 ]
 Os = Annotated[
     str,
-    Meta(description="The integration's id issued by the gateway: 6 digits", examples=["150092"]),
+    Meta(
+        description="The integration's id issued by the gateway: 6 digits",
+        examples=["150092"],
+        extra_json_schema=formatted("os"),
+    ),
 ]
 TransKey = Annotated[
     str,
     Meta(
         description="Your unique id for the payment, its idempotency key: 1-34 letters or digits",
         examples=["SALE20261128000123"],
+        extra_json_schema=formatted("transKey"),
     ),
 ]
 Amount = Annotated[
-    int, Meta(description="Integer yen, 1 to 9,999,999 (1200 is ¥1,200)", examples=[1200])
+    int,
+    Meta(
+        description="Integer yen, 1 to 9,999,999 (1200 is ¥1,200)",
+        examples=[1200],
+        extra_json_schema=described(minimum=MIN_AMOUNT_YEN, maximum=MAX_AMOUNT_YEN),
+    ),
 ]
+# Scanners emit printable ASCII (wallet codes are digits or Base64); anything else, or a code
+# that is no wallet's, is refused (400 INVALID_FIELD or 422 NOT_A_PAYMENT_CODE).
 Code = Annotated[
     str,
     Meta(
         description="What the scanner read from the customer's phone: digits, "
         "or the Base64 text of an EMV QR code; at most 512 characters",
         examples=["900081818845855642567638"],
+        extra_json_schema=described(
+            pattern="^[!-~]+$", minLength=1, maxLength=MAX_CODE_LENGTH
+        ),
     ),
 ]
 ServiceId = Annotated[
@@ -56,19 +108,66 @@ ServiceId = Annotated[
         "03 au PAY, 04 楽天ペイ, 05 メルペイ, 20 Alipay+, 21 WeChat Pay, "
         "22 UnionPay, …)",
         examples=["01"],
+        extra_json_schema=formatted("serviceId"),
     ),
 ]
-PassCode = Annotated[str, Meta(description="The terminal's refund passCode: 4 digits")]
+PassCode = Annotated[
+    str,
+    Meta(
+        description="The terminal's refund passCode: 4 digits",
+        extra_json_schema=formatted("passCode"),
+    ),
+]
 RefundKey = Annotated[
     str,
     Meta(
         description="Your id for this refund, its idempotency key: 1-34 letters or digits",
         examples=["R1"],
+        extra_json_schema=formatted("refundKey"),
     ),
 ]
 VoucherNo = Annotated[
     str,
-    Meta(description="The shop's slip number: 1-20 letters, digits or '-'", examples=["SLIP-0001"]),
+    Meta(
+        description="The shop's slip number: 1-20 letters, digits or '-'",
+        examples=["SLIP-0001"],
+        extra_json_schema=formatted("voucherNo"),
+    ),
+]
+_DEFAULTS = Settings()
+TtlSeconds = Annotated[
+    int,
+    Meta(
+        description="Lifetime of the code in seconds: 30 to 1800 (default 300)",
+        extra_json_schema=described(
+            minimum=_DEFAULTS.qr_ttl_min_seconds, maximum=_DEFAULTS.qr_ttl_max_seconds
+        ),
+    ),
+]
+
+# What answers hold, for the OpenAPI description (an optional field's enum also lists null).
+TransIdOut = Annotated[str, Meta(extra_json_schema=formatted("transId"))]
+KindOut = Annotated[str, Meta(extra_json_schema=described(enum=[k.value for k in PaymentKind]))]
+StatusOut = Annotated[
+    str, Meta(extra_json_schema=described(enum=[s.value for s in PaymentStatus]))
+]
+PendingReasonOut = Annotated[
+    str, Meta(extra_json_schema=described(enum=[*(r.value for r in PendingReason), None]))
+]
+CurrencyOut = Annotated[str, Meta(extra_json_schema=described(enum=["JPY"]))]
+RefundStatusOut = Annotated[
+    str, Meta(extra_json_schema=described(enum=[s.value for s in RefundStatus]))
+]
+ErrorCodeOut = Annotated[str, Meta(extra_json_schema=described(enum=sorted(ERROR_CODES)))]
+
+T = TypeVar("T")
+# The request body of an operation. Litestar's JSONBody, and the OpenAPI description also says
+# that fields not listed are refused (UNKNOWN_FIELD), as every Body below forbids them.
+JSONBody: TypeAlias = Annotated[
+    T,
+    BodyParameter(
+        media_type=RequestEncodingType.JSON, schema_extra={"additionalProperties": False}
+    ),
 ]
 
 
@@ -107,12 +206,7 @@ class QrBody(Body):
     trans_key: TransKey
     amount: Amount
     service_id: ServiceId
-    ttl_seconds: (
-        Annotated[
-            int, Meta(description="Lifetime of the code in seconds: 30 to 1800 (default 300)")
-        ]
-        | None
-    ) = None
+    ttl_seconds: TtlSeconds | None = None
 
 
 class RefundBody(Body):
@@ -141,7 +235,7 @@ class RefundOut(msgspec.Struct, rename="camel"):
     refund_id: str
     refund_key: str
     amount: int
-    status: str
+    status: RefundStatusOut
     failure_reason: str | None
     created_at: datetime
     updated_at: datetime
@@ -157,15 +251,15 @@ class QrImage(msgspec.Struct):
 class PaymentOut(msgspec.Struct, rename="camel"):
     """A payment as terminals see it. Amounts are integer yen."""
 
-    trans_id: str
+    trans_id: TransIdOut
     trans_key: str
-    kind: str
+    kind: KindOut
     service_id: str
     service_name: str
     amount: int
-    currency: str
-    status: str
-    pending_reason: str | None
+    currency: CurrencyOut
+    status: StatusOut
+    pending_reason: PendingReasonOut | None
     failure_code: str | None
     failure_message: str | None
     refunded_amount: int
@@ -191,7 +285,7 @@ class IdentifyAnswer(msgspec.Struct, rename="camel"):
 class ErrorDetail(msgspec.Struct, rename="camel"):
     """The one error shape."""
 
-    code: str
+    code: ErrorCodeOut
     message: str
     field: str | None
     retryable: bool

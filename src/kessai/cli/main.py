@@ -32,6 +32,9 @@ from kessai.service import events
 
 T = TypeVar("T")
 
+# How long a `kessai serve` worker may leave its supervisor's health check unanswered.
+WORKER_HEALTHCHECK_SECONDS = 60
+
 app = typer.Typer(
     help="Kessai, the QR-code payment gateway.", no_args_is_help=True, add_completion=False
 )
@@ -201,6 +204,11 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
         access_log=False,
         log_level="info",
         server_header=False,
+        # uvicorn kills a worker that leaves its supervisor's ping unanswered this long. A spawned
+        # worker can answer only once its interpreter has started and imported the `kessai`
+        # command's modules, which on a busy machine takes longer than uvicorn's default 5 s:
+        # with the default, new workers are killed while starting, again and again.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 

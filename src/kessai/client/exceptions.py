@@ -31,7 +31,8 @@ The tree (HTTP status of the gateway's answer, where there is one)::
         │   └── InvalidState           PAYMENT_NOT_REFUNDABLE, REFUND_EXCEEDS_REMAINING,
         │                              PAYMENT_NOT_EDITABLE
         ├── UnprocessableCode     422  NOT_A_PAYMENT_CODE, SERVICE_NOT_SUPPORTED
-        ├── RateLimited           429  LOGIN_LOCKED, PASSCODE_LOCKED (``retry_after_s``)
+        ├── RateLimited           429  LOGIN_LOCKED, PASSCODE_LOCKED, TOO_MANY_ATTEMPTS
+        │                              (``retry_after_s``)
         └── ServerError           5xx  INTERNAL_ERROR, any other 5xx
                                        (retryable)
 
@@ -234,6 +235,7 @@ CODE_TO_ERROR: Final[dict[str, type[GatewayError]]] = {
     "SERVICE_NOT_SUPPORTED": UnprocessableCode,
     "LOGIN_LOCKED": RateLimited,
     "PASSCODE_LOCKED": RateLimited,
+    "TOO_MANY_ATTEMPTS": RateLimited,
     "INTERNAL_ERROR": ServerError,
 }
 

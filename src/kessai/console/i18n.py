@@ -43,6 +43,10 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
         "{minutes}分後にもう一度お試しください。",
         "Too many failed logins: this account is locked for now. Try again in {minutes} minutes.",
     ),
+    "login.throttled": (
+        "このネットワークからのログインの失敗が多すぎます。{minutes}分後にもう一度お試しください。",
+        "Too many failed logins from this network. Try again in {minutes} minutes.",
+    ),
     "login.disabled": ("このアカウントは無効になっています。", "This account is disabled."),
     "login.required": ("続けるにはログインしてください。", "Please log in to continue."),
     "login.logged_out": ("ログアウトしました。", "You have logged out."),

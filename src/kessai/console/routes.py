@@ -47,10 +47,10 @@ from kessai.console.web import (
 )
 from kessai.domain import fields
 from kessai.domain.catalog import load_catalog
-from kessai.domain.errors import InvalidRequest, KessaiError, NotFound
+from kessai.domain.errors import InvalidRequest, KessaiError, NotFound, RateLimited
 from kessai.domain.model import VOUCHER_EDITABLE_STATUSES
 from kessai.security import new_session_token, token_hash, verify_secret
-from kessai.service import admin
+from kessai.service import admin, ratelimit
 
 PUBLIC: Final = {"public": True}
 OWNER: Final = {"owner_only": True}
@@ -112,14 +112,19 @@ def _secure_cookie_over_http(request: AnyRequest) -> bool:
 
 @post("/login", opt=PUBLIC, status_code=200)
 async def login_submit(request: AnyRequest) -> Response[Any]:
-    """Check the password (argon2, off the event loop), count failures, open a session."""
+    """Check the password (argon2, off the event loop), count failures, open a session.
+
+    Failed logins also count against the client address, together with the terminal API's
+    LOGIN (service/ratelimit.py).
+    """
     config = config_of(request)
     form = await request.form()
     email = _form_text(form, "email", users.MAX_EMAIL_LENGTH)
     password = form.get("password")
     password = password if isinstance(password, str) else ""
     target = safe_next(_form_text(form, "next", 2000))
-    now = gateway(request).clock()
+    gw = gateway(request)
+    now = gw.clock()
     t = Translator(lang_of(request))
 
     def refused(key: str, status_code: int, **values: object) -> Response[str]:
@@ -133,39 +138,46 @@ async def login_submit(request: AnyRequest) -> Response[Any]:
             insecure_transport=_secure_cookie_over_http(request),
         )
 
-    subject = await read(request, lambda conn: users.read_login_subject(conn, email, now))
-    if subject.locked_seconds:
-        return refused("login.locked", 429, minutes=-(-subject.locked_seconds // 60))
-    ok = await asyncio.to_thread(
-        verify_secret,
-        subject.password_hash or _DUMMY_HASH,
-        password[: users.MAX_PASSWORD_LENGTH],
-    )
-    if subject.user_id is None:
-        return refused("login.wrong", 401)
-    token = new_session_token()
-    csrf = secrets.token_urlsafe(32)
-    user_id = subject.user_id
-    rid = request_id_of(request.scope)
-    outcome = await write(
-        request,
-        lambda conn: users.finish_login(
-            conn,
-            user_id=user_id,
-            password_ok=ok,
-            token_digest=token_hash(token),
-            csrf_token=csrf,
-            now=now,
-            config=config,
-            request_id=rid,
-        ),
-    )
-    if outcome.refused == "locked":
-        return refused("login.locked", 429, minutes=-(-outcome.locked_seconds // 60))
-    if outcome.refused == "disabled":
-        return refused("login.disabled", 403)
-    if outcome.refused is not None:
-        return refused("login.wrong", 401)
+    try:
+        async with ratelimit.login_attempt(gw.db, gw.settings, request.scope, now) as attempt:
+            subject = await read(request, lambda conn: users.read_login_subject(conn, email, now))
+            if subject.locked_seconds:
+                return refused("login.locked", 429, minutes=-(-subject.locked_seconds // 60))
+            ok = await asyncio.to_thread(
+                verify_secret,
+                subject.password_hash or _DUMMY_HASH,
+                password[: users.MAX_PASSWORD_LENGTH],
+            )
+            if subject.user_id is None:
+                attempt.fail()
+                return refused("login.wrong", 401)
+            token = new_session_token()
+            csrf = secrets.token_urlsafe(32)
+            user_id = subject.user_id
+            rid = request_id_of(request.scope)
+            outcome = await write(
+                request,
+                lambda conn: users.finish_login(
+                    conn,
+                    user_id=user_id,
+                    password_ok=ok,
+                    token_digest=token_hash(token),
+                    csrf_token=csrf,
+                    now=now,
+                    config=config,
+                    request_id=rid,
+                ),
+            )
+            if outcome.refused == "locked":
+                return refused("login.locked", 429, minutes=-(-outcome.locked_seconds // 60))
+            if outcome.refused == "disabled":
+                return refused("login.disabled", 403)
+            if outcome.refused is not None:
+                attempt.fail()
+                return refused("login.wrong", 401)
+    except RateLimited as exc:
+        wait = exc.retry_after_seconds or 60
+        return refused("login.throttled", 429, minutes=-(-wait // 60))
     cookies = [cookie(config, session_cookie_name(config), token, config.session_max_seconds)]
     if outcome.lang:
         cookies.append(lang_cookie(config, outcome.lang))

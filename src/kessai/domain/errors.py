@@ -11,7 +11,7 @@ error comes from its code in ``ERROR_CODES`` (the family's usual status is shown
     ├── Conflict              409  idempotency conflicts, state that forbids the operation
     ├── PayloadTooLarge       413  request body over the limit
     ├── UnprocessableCode     422  a scanned code that is not a payment code we can route
-    ├── RateLimited           429  too many wrong passwords or passCodes (locked)
+    ├── RateLimited           429  too many wrong passwords or passCodes, or failed logins
     └── InternalError         500  a programmer error; never used for bad input
 
 ``ERROR_CODES`` documents every code; docs/errors.md is generated from the same table by a test
@@ -146,6 +146,10 @@ ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
     ),
     "LOGIN_LOCKED": (429, "Too many wrong passwords for this mid; wait for retryAfterSeconds."),
     "PASSCODE_LOCKED": (429, "Refunds are locked after repeated wrong passCodes."),
+    "TOO_MANY_ATTEMPTS": (
+        429,
+        "Too many failed logins from this client address; wait for retryAfterSeconds.",
+    ),
     "WRONG_PASSCODE": (403, "CANCEL with a wrong passCode."),
     "INTERNAL_ERROR": (500, "A bug in the gateway. Please report it with the requestId."),
 }

@@ -37,6 +37,15 @@ def check(field: str, value: str) -> str:
     return value
 
 
+def json_schema_pattern(field: str) -> str:
+    """The format of ``field`` as an anchored JSON Schema pattern, for the OpenAPI description.
+
+    The rules above are the only copy of each format: the API description is derived from them,
+    so it cannot drift from what :func:`check` accepts.
+    """
+    return f"^{_RULES[field][0].pattern}$"
+
+
 def check_amount(amount: int, field: str = "amount") -> int:
     """Return ``amount`` when it is integer yen within the documented bounds."""
     # bool is an int in Python; a JSON true must never become one yen.

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.domain.model import PaymentStatus, RefundStatus
-from kessai.service import events
+from kessai.service import events, ratelimit
 from kessai.service.gateway import Gateway
 
 log = logging.getLogger("kessai.worker")
@@ -192,7 +192,7 @@ class Worker:
         await asyncio.gather(*(one(s, name) for s, name in claimed))
 
     async def prune(self, report: WorkerReport) -> None:
-        """Delete ended sessions and spent sandbox codes older than their retention."""
+        """Delete ended sessions, spent sandbox codes and whole login allowances past their time."""
         gateway = self.gateway
         now = gateway.clock()
         settings = self.settings
@@ -213,6 +213,7 @@ class Worker:
             stale = now - timedelta(days=settings.sandbox_code_retention_days)
             codes_q = sa.select(c.c.code_hash).where(c.c.issued_at <= stale).limit(batch)
             codes = conn.execute(c.delete().where(c.c.code_hash.in_(codes_q))).rowcount
+            ratelimit.prune(conn, now, batch)
             return sessions, codes
 
         sessions, codes = await gateway.db.run(unit)

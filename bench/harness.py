@@ -1,0 +1,657 @@
+"""The bench's moving parts: server processes, wrk, the kessai CLI, the books, the machine.
+
+Everything the gateway does is driven the way an operator drives it: `kessai serve` as a
+process, `kessai admin … --json` for provisioning (run in this process, through the CLI's own
+Typer app, to skip a second of interpreter start-up per command), LOGIN over HTTP. Only the
+sandbox codes are issued through the sandbox's own function, in batches, because a million of
+them through the CLI would take longer than the bench.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from sqlalchemy.engine import Connection
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+BENCH: Final = ROOT / "bench"
+REPLAY_LUA: Final = BENCH / "wrk" / "replay.lua"
+BIN: Final = Path(sys.executable).parent
+KESSAI: Final = str(BIN / "kessai")
+UVICORN: Final = str(BIN / "uvicorn")
+HOST: Final = "127.0.0.1"
+
+
+class BenchError(RuntimeError):
+    """A step of the bench failed; the message says which and why."""
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so that stdout carries only the table."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without any KESSAI_* setting that could change what is measured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+# --- server processes -----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server process listening on 127.0.0.1 (`kessai serve` or uvicorn with the hello app)."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT"""
+        return f"http://{HOST}:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (children started by multiprocessing's spawn)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            # The command name (in parentheses) may contain spaces: fields start after it.
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _launch(
+    name: str, command: list[str], workdir: Path, env: dict[str, str], port: int, attempt: int
+) -> Server:
+    log_path = workdir / f"{name}-{attempt}.log"
+    with log_path.open("wb") as sink:
+        process = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    return Server(name, process, port, log_path)
+
+
+def _ready(server: Server, workers: int) -> bool:
+    """Every worker has finished its startup and answers; none is being replaced."""
+    pids = server.worker_pids()
+    if len(pids) != workers:
+        return False
+    text = server.log.read_text(errors="replace")
+    if any(f"Started server process [{pid}]" not in text for pid in pids):
+        return False
+    if text.count("Application startup complete") < text.count("Started server process"):
+        return False
+    try:
+        return httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _wait_ready(server: Server, workers: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    steady = 0
+    while time.monotonic() < deadline and server.process.poll() is None:
+        # Ready twice in a row, a second apart: a worker just restarted would show.
+        steady = steady + 1 if _ready(server, workers) else 0
+        if steady >= 2:
+            # Each worker answers for itself: a few more probes reach every one of them.
+            for _ in range(4 * workers):
+                httpx.get(f"{server.base_url}/healthz", timeout=10)
+            return
+        time.sleep(1.0 if steady else 0.3)
+    raise BenchError(f"{server.name} did not start:\n{tail(server.log)}")
+
+
+def start_servers(
+    specs: Sequence[tuple[str, Callable[[int], list[str]], dict[str, str]]],
+    workdir: Path,
+    workers: int,
+    timeout: float = 180.0,
+) -> list[Server]:
+    """Start every server at once (start-up is mostly waiting), then wait for each to be ready.
+
+    A server that fails to start (its free port taken meanwhile, say) is tried twice more alone.
+    """
+    launched = []
+    for name, command, env in specs:
+        port = free_port()
+        launched.append(_launch(name, command(port), workdir, env, port, 0))
+    ready: list[Server] = []
+    try:
+        for (name, command, env), first in zip(specs, launched, strict=True):
+            try:
+                _wait_ready(first, workers, timeout)
+                ready.append(first)
+            except BenchError:
+                first.stop()
+                ready.append(_retry(name, command, env, workdir, workers, timeout))
+    except BaseException:
+        for server in launched + ready:
+            server.stop()
+        raise
+    return ready
+
+
+def _retry(
+    name: str,
+    command: Callable[[int], list[str]],
+    env: dict[str, str],
+    workdir: Path,
+    workers: int,
+    timeout: float,
+) -> Server:
+    last: BenchError | None = None
+    for attempt in (1, 2):
+        port = free_port()
+        server = _launch(name, command(port), workdir, env, port, attempt)
+        try:
+            _wait_ready(server, workers, timeout)
+            return server
+        except BenchError as error:
+            server.stop()
+            last = error
+    assert last is not None
+    raise last
+
+
+def worker_restarts(server: Server) -> int:
+    """How many times uvicorn's supervisor replaced a worker it found dead or unresponsive."""
+    return server.log.read_text(errors="replace").count(" died")
+
+
+def kessai_spec(
+    name: str, database_url: str, workdir: Path, workers: int = 2
+) -> tuple[str, Callable[[int], list[str]], dict[str, str]]:
+    """`kessai serve --workers N` on 127.0.0.1 with default settings, for ``start_servers``."""
+    metrics = workdir / f"metrics-{name}"
+    metrics.mkdir(parents=True, exist_ok=True)
+    env = clean_env(PROMETHEUS_MULTIPROC_DIR=str(metrics))
+
+    def command(port: int) -> list[str]:
+        return [
+            KESSAI, "serve", "--host", HOST, "--port", str(port),
+            "--workers", str(workers), "--database", database_url,
+        ]  # fmt: skip
+
+    return name, command, env
+
+
+def kessai_server(name: str, database_url: str, workdir: Path, workers: int = 2) -> Server:
+    """Start `kessai serve --workers N` and wait until every worker is ready."""
+    return start_servers([kessai_spec(name, database_url, workdir, workers)], workdir, workers)[0]
+
+
+def hello_server(workdir: Path, workers: int = 2) -> Server:
+    """The ceiling app under uvicorn, with the same loop, parser and workers as `kessai serve`."""
+    from kessai.cli.main import WORKER_HEALTHCHECK_SECONDS  # noqa: PLC0415
+
+    def command(port: int) -> list[str]:
+        return [
+            UVICORN, "hello:app", "--app-dir", str(BENCH), "--host", HOST, "--port", str(port),
+            "--workers", str(workers), "--no-access-log", "--no-server-header",
+            "--log-level", "info",
+            "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_SECONDS),
+        ]  # fmt: skip
+
+    return start_servers([("hello", command, clean_env())], workdir, workers)[0]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (VmRSS of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+# --- wrk ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What replay.lua's done() reported."""
+
+    requests: int
+    seconds: float
+    sent: int
+    threads_exhausted: int
+    socket_errors: int
+    status_errors: int
+    timeouts: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+
+    @property
+    def ok_per_second(self) -> float:
+        """Answers below 400 per second of the run."""
+        return (self.requests - self.status_errors) / self.seconds if self.seconds else 0.0
+
+
+def wrk_available() -> bool:
+    """Whether wrk is on PATH."""
+    return shutil.which("wrk") is not None
+
+
+def wrk_version() -> str:
+    """The first line of `wrk -v`."""
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0].strip()
+
+
+def write_lines(prefix: Path, lines: Iterable[str], threads: int) -> int:
+    """Deal request lines round-robin into PREFIX.0 … PREFIX.(threads-1); answer how many."""
+    files = [open(f"{prefix}.{i}", "w", encoding="utf-8") for i in range(threads)]  # noqa: SIM115
+    count = 0
+    try:
+        for count, line in enumerate(lines, start=1):
+            files[count % threads].write(line + "\n")
+    finally:
+        for file in files:
+            file.close()
+    return count
+
+
+def run_wrk(
+    base_url: str,
+    prefix: Path,
+    mode: str,
+    seconds: float,
+    *,
+    connections: int,
+    threads: int,
+    stop_when: Callable[[], bool] | None = None,
+) -> WrkResult:
+    """Run wrk with replay.lua for ``seconds`` (or until ``stop_when()``, checked every second)."""
+    command = [
+        "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+        "--timeout", "30s", "-s", str(REPLAY_LUA), base_url, "--", str(prefix), mode,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    if stop_when is not None:
+        deadline = time.monotonic() + seconds + 5
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(1.0)
+            if process.poll() is None and stop_when():
+                # wrk stops on SIGINT and still reports what it measured.
+                process.send_signal(signal.SIGINT)
+                break
+    try:
+        stdout, stderr = process.communicate(timeout=seconds + 120)
+    except subprocess.TimeoutExpired as exc:
+        process.kill()
+        raise BenchError("wrk did not finish") from exc
+    for line in stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            data = json.loads(line[len("WRK_JSON ") :])
+            return WrkResult(
+                requests=data["requests"],
+                seconds=data["duration_us"] / 1e6,
+                sent=data["sent"],
+                threads_exhausted=data["threads_exhausted"],
+                socket_errors=data["connect_errors"] + data["read_errors"] + data["write_errors"],
+                status_errors=data["status_errors"],
+                timeouts=data["timeouts"],
+                p50_ms=data["p50_us"] / 1000,
+                p99_ms=data["p99_us"] / 1000,
+                p999_ms=data["p999_us"] / 1000,
+            )
+    raise BenchError(f"wrk printed no result:\n{stdout}\n{stderr}")
+
+
+# --- the kessai CLI and the terminal API ---------------------------------------------------------
+
+
+def cli(*args: str) -> Any:
+    """Run one `kessai … --json` command in this process; answer its JSON output."""
+    from kessai.cli.main import app  # noqa: PLC0415
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = app([*args, "--json"], prog_name="kessai", standalone_mode=False)
+        except SystemExit as exc:
+            code = exc.code
+    if isinstance(code, int) and code != 0:
+        raise BenchError(f"kessai {' '.join(args)} exited {code}: {out.getvalue()}")
+    return json.loads(out.getvalue())
+
+
+@dataclass(frozen=True)
+class TerminalCredentials:
+    """A provisioned terminal."""
+
+    mid: str
+    password: str
+    merchant_id: int
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The merchants' terminals and the integration they log in with."""
+
+    os_value: str
+    terminals: tuple[TerminalCredentials, ...]
+
+
+def provision(database_url: str, merchants: int, terminals_per_merchant: int) -> Fleet:
+    """Create an integration, ``merchants`` merchants and their terminals (the CLI migrates)."""
+    db = ("--database", database_url)
+    os_value = cli("admin", "integration", "create", "--name", "Bench POS", *db)["os"]
+    terminals = []
+    for m in range(merchants):
+        merchant = cli("admin", "merchant", "create", "--name", f"Bench shop {m + 1}", *db)
+        for _ in range(terminals_per_merchant):
+            made = cli(
+                "admin", "terminal", "create", "--merchant", str(merchant["merchantId"]), *db
+            )
+            terminals.append(
+                TerminalCredentials(made["mid"], made["password"], int(made["merchantId"]))
+            )
+    return Fleet(os_value, tuple(terminals))
+
+
+def login_all(base_url: str, fleet: Fleet) -> dict[str, str]:
+    """LOGIN every terminal over HTTP; answer mid → session token."""
+    tokens = {}
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for i, terminal in enumerate(fleet.terminals):
+            answer = client.post(
+                "/v1/login",
+                json={
+                    "mid": terminal.mid,
+                    "key": f"BENCH-REGISTER-{i:03d}",
+                    "password": terminal.password,
+                    "os": fleet.os_value,
+                },
+            )
+            if answer.status_code != 200:
+                raise BenchError(f"LOGIN of {terminal.mid} answered {answer.text}")
+            tokens[terminal.mid] = answer.json()["sessionToken"]
+    return tokens
+
+
+# Services whose customer codes the bench pays with: identification and routing see a mix.
+SERVICES: Final = ("02", "03", "04", "21")
+
+
+def issue_codes(database_url: str, count: int) -> list[str]:
+    """Issue ``count`` one-time sandbox codes that approve at once, as `kessai sandbox code` does.
+
+    The sandbox stores only a keyed hash of each code; its own function does the hashing, so the
+    codes are exactly those the CLI would issue, only in batches of its per-call maximum.
+    """
+    from kessai.adapters.db import Database  # noqa: PLC0415
+    from kessai.connectors.sandbox import wallets  # noqa: PLC0415
+
+    codes: list[str] = []
+    database = Database(database_url)
+    try:
+        batch = 0
+        while len(codes) < count:
+            size = min(wallets.MAX_CODES_PER_CALL, count - len(codes))
+            service = SERVICES[batch % len(SERVICES)]
+            now = datetime.now(UTC)
+            codes += database.run_sync(functools.partial(_issue, service, size, now))
+            batch += 1
+    finally:
+        database.close()
+    # Batches are one service each: interleave them so that every second sees every service.
+    return [codes[i] for i in _interleave(len(codes), wallets.MAX_CODES_PER_CALL)]
+
+
+def _issue(service: str, size: int, now: datetime, conn: Connection) -> list[str]:
+    from kessai.connectors.sandbox import wallets  # noqa: PLC0415
+
+    return wallets.issue_codes(conn, service, "success", size, now)
+
+
+def _interleave(total: int, batch: int) -> Iterator[int]:
+    batches = [range(start, min(start + batch, total)) for start in range(0, total, batch)]
+    longest = max((len(b) for b in batches), default=0)
+    for offset in range(longest):
+        for b in batches:
+            if offset < len(b):
+                yield b[offset]
+
+
+class Books:
+    """Read-only questions to the gateway's database (the honest count of completed payments)."""
+
+    def __init__(self, database_url: str) -> None:
+        from kessai.adapters.db import Database  # noqa: PLC0415
+
+        self.database = Database(database_url)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        """One value of one query."""
+        import sqlalchemy as sa  # noqa: PLC0415
+
+        return self.database.run_sync(
+            lambda conn: conn.execute(sa.text(sql), params).scalar(), write=False
+        )
+
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Every row of one query."""
+        import sqlalchemy as sa  # noqa: PLC0415
+
+        return self.database.run_sync(
+            lambda conn: [tuple(r) for r in conn.execute(sa.text(sql), params)], write=False
+        )
+
+    def completed_between(self, start: datetime, end: datetime) -> int:
+        """Payments that became COMPLETED in [start, end] (their last change is the completion)."""
+        import sqlalchemy as sa  # noqa: PLC0415
+
+        from kessai.adapters import schema as t  # noqa: PLC0415
+
+        query = sa.select(sa.func.count()).where(
+            t.payments.c.status == "COMPLETED",
+            t.payments.c.updated_at >= start,
+            t.payments.c.updated_at <= end,
+        )
+        return int(
+            self.database.run_sync(lambda conn: conn.execute(query).scalar_one(), write=False)
+        )
+
+    def completed(self) -> int:
+        """Every COMPLETED payment."""
+        return int(self.scalar("SELECT count(*) FROM payments WHERE status = 'COMPLETED'"))
+
+    def last_id(self) -> int:
+        """The highest payment id: a cheap progress counter while payments pour in."""
+        return int(self.scalar("SELECT coalesce(max(id), 0) FROM payments"))
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.database.close()
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database (the backup API, so WAL contents come along)."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_server(given: str | None) -> Iterator[str]:
+    """The URL of a PostgreSQL server: the one given, or a private cluster for this run."""
+    if given:
+        yield given
+        return
+    import tempfile  # noqa: PLC0415
+
+    # A folder of its own: as root, the cluster runs as `postgres`, which must own it.
+    folder = tempfile.mkdtemp(prefix="kessai-bench-pg-")
+    script = str(ROOT / "scripts" / "pg-cluster")
+    started = subprocess.run(
+        [script, "start", folder, str(free_port())], capture_output=True, text=True, check=False
+    )
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise BenchError(f"scripts/pg-cluster could not start PostgreSQL: {started.stderr}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([script, "stop", folder], capture_output=True, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def postgres_database(server_url: str, name: str, *, drop: bool = False) -> str:
+    """Create (or drop) database ``name`` on the server; answer its URL."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    async def change() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            if drop:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            else:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(change())
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def postgres_version(server_url: str) -> str:
+    """`SHOW server_version` of the server."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    async def ask() -> str:
+        conn = await asyncpg.connect(server_url)
+        try:
+            return str(await conn.fetchval("SHOW server_version"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask())
+
+
+# --- the machine ----------------------------------------------------------------------------------
+
+
+def _first(command: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def machine(database_dir: Path) -> dict[str, str]:
+    """What the figures were measured on."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    fs = _first(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", str(database_dir)])
+    fs = " ".join((fs or _first(["stat", "-f", "-c", "%T", str(database_dir)])).split())
+    commit = _first(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    if commit and _first(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]):
+        commit += " with uncommitted changes"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "memory": memory,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "sqlite": sqlite3.sqlite_version,
+        "database filesystem": f"{fs} ({database_dir})",
+        "load generator": wrk_version() if wrk_available() else "wrk missing",
+        "load average at start": load,
+        "gateway": f"kessai {_kessai_version()}, commit {commit or 'unknown'}",
+    }
+
+
+def _kessai_version() -> str:
+    from kessai import __version__  # noqa: PLC0415
+
+    return __version__
+
+
+def since(start: float) -> str:
+    """Seconds elapsed since a time.monotonic() value, for progress messages."""
+    return f"{time.monotonic() - start:.1f} s"
