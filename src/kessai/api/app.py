@@ -28,6 +28,7 @@ from litestar.template.config import TemplateConfig
 from kessai import __version__
 from kessai.adapters.db import Database
 from kessai.api import errors, metrics, sandbox_pages, terminal
+from kessai.api.express import express_middleware
 from kessai.api.wire import Health
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
@@ -134,7 +135,13 @@ def create_app(
         route_handlers=handlers,
         state=State({"gateway": gateway}),
         lifespan=[lifespan],
-        middleware=[errors.request_id_middleware, metrics.metrics_middleware],
+        # Innermost last: the express lane serves the hottest operations after routing, the
+        # request id and the metrics.
+        middleware=[
+            errors.request_id_middleware,
+            metrics.metrics_middleware,
+            express_middleware(settings.max_body_bytes),
+        ],
         exception_handlers={
             KessaiError: errors.handle_kessai_error,
             ValidationException: errors.handle_validation,

@@ -63,12 +63,22 @@ def gateway_of(state: State) -> Gateway:
     return gateway
 
 
-def bearer(request: Request[Any, Any, Any]) -> str:
-    """The session token of ``Authorization: Bearer …``; SESSION_REQUIRED when there is none."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(header: bytes | str | None) -> str | None:
+    """The session token of an ``Authorization: Bearer …`` header value, or None."""
+    if header is None:
+        return None
+    text = header.decode("latin-1") if isinstance(header, bytes) else header
+    scheme, _, token = text.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 200:
+        return None
+    return token
+
+
+def bearer(request: Request[Any, Any, Any]) -> str:
+    """The session token of ``Authorization: Bearer …``; SESSION_REQUIRED when there is none."""
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise Unauthenticated(
             "send the sessionToken from LOGIN as `Authorization: Bearer <sessionToken>`",
             code="SESSION_REQUIRED",

@@ -1,0 +1,169 @@
+"""The express lane answers as the framework's handlers do, and steps aside otherwise."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+from sqlalchemy.engine import Connection
+
+from kessai.adapters.db import Database
+from kessai.adapters.migrate import upgrade
+from kessai.api import express
+from kessai.api.app import create_app
+from kessai.config import Settings
+from kessai.connectors.sandbox import wallets
+from kessai.service import admin
+
+# Headers that differ between any two answers, whoever serves them.
+_VOLATILE = {"x-request-id", "date"}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any], list[str]]]:
+    url = f"sqlite:///{tmp_path / 'kessai.db'}"
+    db = Database(url)
+    try:
+        upgrade(db)
+        now = datetime.now(UTC)
+
+        def seed(conn: Connection) -> tuple[dict[str, Any], list[str]]:
+            merchant = admin.create_merchant(conn, "Express Shop", now)
+            os_value = admin.create_integration(conn, "Express POS", now)
+            terminal = admin.create_terminal(conn, merchant, now)
+            login = {"mid": terminal.mid, "password": terminal.password, "os": os_value}
+            codes = wallets.issue_codes(conn, "01", "success", 4, now)
+            return login, codes
+
+        login, codes = db.run_sync(seed)
+    finally:
+        db.close()
+    yield url, login, codes
+
+
+@pytest.fixture
+def client(setup: tuple[str, dict[str, Any], list[str]]) -> Iterator[TestClient[Any]]:
+    url, _, _ = setup
+    with TestClient(create_app(url, Settings())) as test_client:
+        yield test_client
+
+
+def _login(client: TestClient[Any], login: dict[str, Any]) -> dict[str, str]:
+    answer = client.post("/v1/login", json={**login, "key": "AA:BB:CC:00:11:22"})
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['sessionToken']}"}
+
+
+def _shape(answer: httpx.Response) -> tuple[int, dict[str, str], Any]:
+    headers = {k: v for k, v in answer.headers.items() if k not in _VOLATILE}
+    body = answer.json()
+    if isinstance(body.get("error"), dict):
+        body["error"].pop("requestId", None)
+    return answer.status_code, headers, body
+
+
+def _both(
+    client: TestClient[Any], monkeypatch: pytest.MonkeyPatch, call: Any
+) -> tuple[tuple[int, dict[str, str], Any], tuple[int, dict[str, str], Any]]:
+    """The same call served by the express lane, then by the framework's handler."""
+    fast = _shape(call())
+    with monkeypatch.context() as patch:
+        patch.setattr(express, "_HANDLERS", {})
+        slow = _shape(call())
+    return fast, slow
+
+
+def test_reads_and_replays_are_identical(
+    client: TestClient[Any],
+    setup: tuple[str, dict[str, Any], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, login, codes = setup
+    served: list[str] = []
+
+    def counting(name: str, serve: Any) -> Any:
+        async def wrapper(*args: Any) -> Any:
+            view = await serve(*args)
+            served.append(name if view is not None else f"{name}: declined")
+            return view
+
+        return wrapper
+
+    monkeypatch.setattr(
+        express,
+        "_HANDLERS",
+        {name: (body, counting(name, fn)) for name, (body, fn) in express._HANDLERS.items()},
+    )
+    auth = _login(client, login)
+    body = {"transKey": "EXPRESS1", "amount": 1200, "code": codes[0]}
+    first = client.post("/v1/payments", json=body, headers=auth)
+    assert first.status_code == 200 and first.json()["status"] == "COMPLETED"
+    assert "idempotent-replayed" not in first.headers
+    trans_id = first.json()["transId"]
+
+    replay = lambda: client.post("/v1/payments", json=body, headers=auth)  # noqa: E731
+    fast, slow = _both(client, monkeypatch, replay)
+    assert fast == slow and fast[1]["idempotent-replayed"] == "true"
+
+    for path in (f"/v1/payments/{trans_id}", "/v1/payments?transKey=EXPRESS1"):
+        fast, slow = _both(client, monkeypatch, lambda p=path: client.get(p, headers=auth))
+        assert fast == slow and fast[0] == 200 and fast[2]["transId"] == trans_id
+    # The express lane really served the first answer of each pair.
+    assert served == ["REQUEST", "REQUEST", "PAYCHECK", "STATUS"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "extra"),
+    [
+        ("GET", "/v1/payments/1234567890", None, {}),  # unknown transId: the gateway's 404
+        ("GET", "/v1/payments/12345", None, {}),  # not ten digits: the handler's validation
+        ("GET", "/v1/payments?transKey=NOPE", None, {}),
+        ("GET", "/v1/payments?transKey=A&transKey=B", None, {}),
+        ("GET", "/v1/payments", None, {}),
+        ("POST", "/v1/payments", b'{"transKey": "E2", "amount": "100", "code": "x"}', {}),
+        ("POST", "/v1/payments", b'{"transKey": "E2", "amount": 100', {}),
+        ("POST", "/v1/payments", b'{"transKey": "E2", "amount": 100, "code": "1"}', {}),
+        ("POST", "/v1/payments", b"[]", {}),
+        ("POST", "/v1/payments", b"transKey=E2", {"content-type": "text/plain"}),
+        ("POST", "/v1/payments", b"{" * 5000, {}),
+        ("POST", "/v1/payments", b'{"transKey": "' + b"E" * 20_000 + b'"}', {}),
+        ("GET", "/v1/payments/1234567890", None, {"authorization": "Bearer not-a-token"}),
+        ("GET", "/v1/payments/1234567890", None, {"authorization": ""}),
+    ],
+)
+def test_errors_are_identical(
+    client: TestClient[Any],
+    setup: tuple[str, dict[str, Any], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    body: bytes | None,
+    extra: dict[str, str],
+) -> None:
+    _, login, _ = setup
+    headers = _login(client, login) | {"content-type": "application/json"} | extra
+    call = lambda: client.request(method, path, content=body, headers=headers)  # noqa: E731
+    fast, slow = _both(client, monkeypatch, call)
+    assert fast == slow
+    assert 400 <= fast[0] < 500 and set(fast[2]) == {"error"}
+
+
+def test_a_failed_request_stores_nothing(
+    client: TestClient[Any], setup: tuple[str, dict[str, Any], list[str]]
+) -> None:
+    _, login, codes = setup
+    auth = _login(client, login)
+    bad = client.post(
+        "/v1/payments",
+        content=json.dumps({"transKey": "E3", "amount": 0, "code": codes[1]}),
+        headers=auth | {"content-type": "application/json"},
+    )
+    assert bad.status_code == 400
+    missing = client.get("/v1/payments?transKey=E3", headers=auth)
+    assert missing.status_code == 404
