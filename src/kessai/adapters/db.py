@@ -48,6 +48,8 @@ GROUP_COMMIT_MAX_UNITS: Final = 64
 # Connections each gateway process keeps to PostgreSQL.
 PG_POOL_SIZE: Final = 10
 PG_POOL_OVERFLOW: Final = 10
+# Pooled PostgreSQL connections are replaced after this long, before firewalls forget them.
+PG_POOL_RECYCLE_SECONDS: Final = 300
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///kessai.db"
 # SQLSTATEs after which a PostgreSQL transaction can simply be run again.
@@ -94,7 +96,9 @@ class Database:
             self.url,
             pool_size=PG_POOL_SIZE,
             max_overflow=PG_POOL_OVERFLOW,
-            pool_pre_ping=True,
+            # No ping on every checkout (two extra round trips per unit of work): a connection
+            # the server dropped fails its unit, which is then run again on a fresh connection.
+            pool_recycle=PG_POOL_RECYCLE_SECONDS,
             isolation_level="READ COMMITTED",
         )
 
@@ -103,11 +107,18 @@ class Database:
     @staticmethod
     async def _pg_unit(engine: AsyncEngine, fn: Callable[[Connection], T]) -> T:
         for attempt in range(MAX_RETRIES + 1):
+            committing = False
             try:
                 async with engine.connect() as conn, conn.begin():
-                    return await conn.run_sync(fn)
+                    result = await conn.run_sync(fn)
+                    committing = True
+                return result
             except sa.exc.DBAPIError as exc:
-                if _pg_sqlstate(exc) not in _PG_RETRYABLE or attempt == MAX_RETRIES:
+                # A dropped connection is retried only when it failed before the COMMIT was
+                # sent: nothing was applied then. A COMMIT that got no answer may have been
+                # applied, so running the unit again could apply it twice.
+                dropped = exc.connection_invalidated and not committing
+                if not (dropped or _pg_sqlstate(exc) in _PG_RETRYABLE) or attempt == MAX_RETRIES:
                     raise
                 await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
