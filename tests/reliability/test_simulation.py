@@ -43,6 +43,16 @@ def test_a_seed_keeps_every_invariant(seed: int) -> None:
     assert result.outcomes.get("refund:ok", 0) > 0
 
 
+def test_a_cancel_never_reverses_a_payment_another_check_just_booked_paid() -> None:
+    # Seed 400 once caught a give-up cancel, decided on an old reading while another check's
+    # answer (paid) was still on its way, reversing a payment the terminal was told was paid.
+    # The claim on a check is now a lease that outlasts the call.
+    result = simulate(
+        SimConfig(seed=400, ops=1_500, quiesce_every=1_000, reversing_cancel=True)
+    )
+    assert result.ok, explain(result)
+
+
 def test_replaying_a_seed_gives_the_same_trace() -> None:
     first = simulate(SimConfig(seed=11, ops=300, quiesce_every=150))
     again = simulate(SimConfig(seed=11, ops=300, quiesce_every=150))

@@ -75,6 +75,8 @@ log = logging.getLogger("kessai.gateway")
 T = TypeVar("T")
 S = PaymentStatus
 
+# Added to the longest provider call for the lease of a claimed check (database time, clocks).
+LEASE_MARGIN_SECONDS: Final = 5.0
 # How often a unit that lost a race to a concurrent writer is run again before giving up.
 MAX_RACE_RETRIES: Final = 8
 # An argon2 hash compared against when the mid is unknown, so that the answer takes as long as
@@ -155,6 +157,15 @@ class Gateway:
         return lambda conn, merchant_id: routing.route(
             conn, merchant_id, service.service_id, flow, self.connectors
         )
+
+    def check_lease(self, calls_in_a_row: int = 1) -> timedelta:
+        """How long a claim to ask a provider about a payment keeps others from doing the same.
+
+        Longer than any provider call (each is bounded by ``provider_timeout_seconds``), so
+        that a second resolver never acts on a reading older than an answer still in flight.
+        """
+        seconds = self.settings.provider_timeout_seconds * calls_in_a_row + LEASE_MARGIN_SECONDS
+        return timedelta(seconds=seconds)
 
     def _timeout(self, connector: Connector) -> float:
         """How long one call may take: the provider's own read timeout, within our bound."""
@@ -486,7 +497,9 @@ class Gateway:
 
         def claim(conn: Connection) -> str | None:
             # Claiming the check in the database lets only one of many concurrent pollers (on
-            # any instance, or a worker) ask the provider per interval.
+            # any instance, or a worker) ask the provider per interval. The claim is a lease
+            # that outlasts the call: nobody else may decide to cancel on an older reading
+            # while this answer is still on its way (recording an answer ends the lease).
             result = conn.execute(
                 t.payments.update()
                 .where(
@@ -497,7 +510,7 @@ class Gateway:
                         t.payments.c.provider_checked_at <= now - interval,
                     ),
                 )
-                .values(provider_checked_at=now)
+                .values(provider_checked_at=now + self.check_lease())
             )
             if result.rowcount != 1:
                 return None
@@ -870,9 +883,20 @@ class Gateway:
             stored = repo.load_payment(conn, row.id)
             if stored.payment.status is not S.PENDING:
                 return None
-            conn.execute(
-                t.payments.update().where(t.payments.c.id == row.id).values(provider_checked_at=now)
+            # A check already under way (its lease still running) will learn the news itself.
+            leased = conn.execute(
+                t.payments.update()
+                .where(
+                    t.payments.c.id == row.id,
+                    sa.or_(
+                        t.payments.c.provider_checked_at.is_(None),
+                        t.payments.c.provider_checked_at <= now,
+                    ),
+                )
+                .values(provider_checked_at=now + self.check_lease())
             )
+            if leased.rowcount != 1:
+                return None
             return stored, repo.merchant_name(conn, stored.payment.merchant_id)
 
         claimed = await self.db.run(claim)
@@ -1025,8 +1049,12 @@ def _apply_result(
         extra["provider_ref"] = result.provider_ref
     if payment.status is not S.PENDING:
         target = _OUTCOME_TO_STATUS.get(outcome)
-        if target is not None and target is not payment.status and target is S.COMPLETED:
-            # The provider says paid, our books say otherwise: keep the fact for reconciliation.
+        reversed_after_paid = target is S.CANCELED and payment.status is S.COMPLETED
+        if target is not None and target is not payment.status and (
+            target is S.COMPLETED or reversed_after_paid
+        ):
+            # The provider says paid (or reversed what we booked as paid), our books say
+            # otherwise: keep the fact for reconciliation.
             repo.audit(
                 conn,
                 at=now,

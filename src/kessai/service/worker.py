@@ -168,7 +168,11 @@ class Worker:
             ids = list(conn.execute(due).scalars())
             if not ids:
                 return []
-            conn.execute(p.update().where(p.c.id.in_(ids)).values(provider_checked_at=now))
+            # The claim is a lease covering the whole batch's calls (at most
+            # MAX_PARALLEL_PROVIDER_CALLS at a time); recording each answer ends its lease.
+            rounds = -(-len(ids) // MAX_PARALLEL_PROVIDER_CALLS)
+            lease_end = now + gateway.check_lease(rounds)
+            conn.execute(p.update().where(p.c.id.in_(ids)).values(provider_checked_at=lease_end))
             claimed = [repo.load_payment(conn, pk) for pk in ids]
             names = {s.payment.merchant_id for s in claimed}
             merchant = {m: repo.merchant_name(conn, m) for m in names}
