@@ -56,3 +56,13 @@ def test_driver_errors_surface_as_sqlalchemy_errors(db: Database) -> None:
                 conn, {"id": pk, "os": "HOT002", "name": "Twin", "created_at": AT}
             )
         )
+
+
+def test_literals_written_into_a_statement_are_bound(db: Database) -> None:
+    pk = _integration(db, name="Literal POS")
+    named = Hot(
+        sa.select(t.integrations.c.id).where(
+            t.integrations.c.name == "Literal POS", t.integrations.c.id == sa.bindparam("pk")
+        )
+    )
+    assert db.run_sync(lambda conn: named.run(conn, {"pk": pk}).scalar_one()) == pk

@@ -393,7 +393,15 @@ def _begin_sqlite(conn: Connection) -> None:
     # A writing unit takes the write lock up front (BEGIN IMMEDIATE), so it waits on busy_timeout
     # instead of failing later when it would upgrade a read lock.
     write = conn.get_execution_options().get("kessai_write", True)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    statement = "BEGIN IMMEDIATE" if write else "BEGIN"
+    # Straight to the driver: it runs for every unit, and SQLAlchemy's statement machinery
+    # cost more than SQLite's own work here. Its errors still surface as SQLAlchemy's.
+    try:
+        conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(
+            statement, (), exc, sqlite3.Error, dialect=conn.dialect
+        ) from exc
 
 
 def _is_sqlite_busy(exc: sa.exc.OperationalError) -> bool:

@@ -61,9 +61,15 @@ class Hot:
             if name in keys:
                 continue
             default = table.c[name].default if table is not None and name in table.c else None
-            if default is None or not default.is_scalar:
+            if default is not None and default.is_scalar:
+                # A column the INSERT or UPDATE was not given: its default, as SQLAlchemy does.
+                defaults[name] = default.arg
+                continue
+            bind = compiled.binds[name]
+            if bind.required or bind.callable is not None:
                 raise ValueError(f"no value and no scalar default for {name}")
-            defaults[name] = default.arg
+            # A literal written into the statement (``status == "PENDING"``).
+            defaults[name] = bind.value
         row: Callable[..., Any] | None = None
         results: tuple[_Processor, ...] = ()
         selected = getattr(self.statement, "selected_columns", None)

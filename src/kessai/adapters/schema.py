@@ -121,6 +121,14 @@ sessions = sa.Table(
         sqlite_where=sa.text("ended_at IS NULL"),
         postgresql_where=sa.text("ended_at IS NULL"),
     ),
+    # The worker's prune job: live sessions past their idle deadline, and old ended ones.
+    sa.Index(
+        "ix_sessions_live_idle",
+        "idle_expires_at",
+        sqlite_where=sa.text("ended_at IS NULL"),
+        postgresql_where=sa.text("ended_at IS NULL"),
+    ),
+    sa.Index("ix_sessions_ended", "ended_at"),
 )
 
 payments = sa.Table(
@@ -157,6 +165,15 @@ payments = sa.Table(
         "refunded_amount >= 0 AND refunded_amount <= amount", name="refunded_le_amount"
     ),
     sa.Index("ix_payments_merchant_created", "merchant_id", "created_at"),
+    # The worker's reconcile claim reads only the PENDING payments, in the order it takes them,
+    # however many payments are stored.
+    sa.Index(
+        "ix_payments_pending_check",
+        "provider_checked_at",
+        "id",
+        sqlite_where=sa.text("status = 'PENDING'"),
+        postgresql_where=sa.text("status = 'PENDING'"),
+    ),
 )
 
 refunds = sa.Table(
@@ -174,6 +191,13 @@ refunds = sa.Table(
     _now_col("updated_at"),
     sa.UniqueConstraint("payment_id", "refund_key"),
     sa.CheckConstraint("amount >= 1", name="amount_positive"),
+    # The worker's refund claim reads only the few PENDING refunds, however many are stored.
+    sa.Index(
+        "ix_refunds_pending",
+        "updated_at",
+        sqlite_where=sa.text("status = 'PENDING'"),
+        postgresql_where=sa.text("status = 'PENDING'"),
+    ),
 )
 
 audit_events = sa.Table(
@@ -204,6 +228,7 @@ sandbox_codes = sa.Table(
     sa.Column("outcome", sa.String(20), nullable=False),
     _now_col("issued_at"),
     _now_col("used_at", nullable=True),
+    sa.Index("ix_sandbox_codes_issued", "issued_at"),
 )
 
 sandbox_charges = sa.Table(

@@ -27,6 +27,7 @@ from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.adapters.hot import Hot
 from kessai.adapters.repository import audit
+from kessai.adapters.schema import UTCDateTime
 from kessai.api.wire import payment_wire
 from kessai.clock import Clock
 from kessai.domain.catalog import load_catalog
@@ -63,6 +64,22 @@ _LISTENING = Hot(
     )
 )
 _INSERT_EVENT = Hot(t.webhook_events.insert())
+
+
+# The delivery claim's select runs on every worker pass: built once.
+_DUE_EVENTS_QUERY = (
+    sa.select(t.webhook_events.c.id)
+    .where(
+        t.webhook_events.c.status == PENDING,
+        t.webhook_events.c.next_attempt_at <= sa.bindparam("b_now", type_=UTCDateTime()),
+    )
+    .order_by(t.webhook_events.c.next_attempt_at, t.webhook_events.c.id)
+    .limit(sa.bindparam("b_batch", type_=sa.Integer()))
+)
+_DUE_EVENTS = {
+    False: _DUE_EVENTS_QUERY,
+    True: _DUE_EVENTS_QUERY.with_for_update(skip_locked=True),
+}
 
 
 def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -> None:
@@ -228,15 +245,8 @@ async def deliver_due(
 
     def claim(conn: Connection) -> list[_Claimed]:
         ev, ep = t.webhook_events, t.webhook_endpoints
-        due = (
-            sa.select(ev.c.id)
-            .where(ev.c.status == PENDING, ev.c.next_attempt_at <= now)
-            .order_by(ev.c.next_attempt_at, ev.c.id)
-            .limit(batch)
-        )
-        if skip_locked:
-            due = due.with_for_update(skip_locked=True)
-        ids = list(conn.execute(due).scalars())
+        due = _DUE_EVENTS[skip_locked]
+        ids = list(conn.execute(due, {"b_now": now, "b_batch": batch}).scalars())
         if not ids:
             return []
         # The lease: nobody else takes these events until it runs out.

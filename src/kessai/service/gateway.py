@@ -22,6 +22,8 @@ from sqlalchemy.engine import Connection
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
+from kessai.adapters.hot import Hot
+from kessai.adapters.schema import UTCDateTime
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
 from kessai.connectors import routing
@@ -500,17 +502,13 @@ class Gateway:
             # any instance, or a worker) ask the provider per interval. The claim is a lease
             # that outlasts the call: nobody else may decide to cancel on an older reading
             # while this answer is still on its way (recording an answer ends the lease).
-            result = conn.execute(
-                t.payments.update()
-                .where(
-                    t.payments.c.id == pk,
-                    t.payments.c.status == S.PENDING.value,
-                    sa.or_(
-                        t.payments.c.provider_checked_at.is_(None),
-                        t.payments.c.provider_checked_at <= now - interval,
-                    ),
-                )
-                .values(provider_checked_at=now + self.check_lease())
+            result = _CLAIM_CHECK.run(
+                conn,
+                {
+                    "b_pk": pk,
+                    "b_due": now - interval,
+                    "provider_checked_at": now + self.check_lease(),
+                },
             )
             if result.rowcount != 1:
                 return None
@@ -732,11 +730,7 @@ class Gateway:
         now = self.clock()
 
         def first(conn: Connection, ctx: TerminalContext) -> tuple[TerminalContext, str]:
-            row = conn.execute(
-                sa.select(t.terminals.c.passcode_hash, t.terminals.c.passcode_locked_until).where(
-                    t.terminals.c.id == ctx.terminal_id
-                )
-            ).one()
+            row = _PASSCODE_OF.run(conn, {"terminal_id": ctx.terminal_id}).one()
             _check_passcode_lock(row.passcode_locked_until, now)
             if repo.find_payment(conn, ctx.merchant_id, trans_id=trans_id) is None:
                 raise _not_found(trans_id, None)
@@ -932,6 +926,30 @@ class Gateway:
         return self.catalog.require(identify(code).service_id)
 
 
+# Statements of CANCEL and PAYCHECK, built once (see kessai.adapters.hot).
+_PASSCODE_OF = Hot(
+    sa.select(t.terminals.c.passcode_hash, t.terminals.c.passcode_locked_until).where(
+        t.terminals.c.id == sa.bindparam("terminal_id")
+    )
+)
+_PASSCODE_COUNT = Hot(
+    sa.select(t.terminals.c.passcode_failures, t.terminals.c.passcode_locked_until)
+    .where(t.terminals.c.id == sa.bindparam("terminal_id"))
+    .with_for_update()
+)
+_SET_PASSCODE_COUNT = Hot(t.terminals.update().where(t.terminals.c.id == sa.bindparam("b_id")))
+_CLAIM_CHECK = Hot(
+    t.payments.update().where(
+        t.payments.c.id == sa.bindparam("b_pk"),
+        t.payments.c.status == S.PENDING.value,
+        sa.or_(
+            t.payments.c.provider_checked_at.is_(None),
+            t.payments.c.provider_checked_at <= sa.bindparam("b_due", type_=UTCDateTime()),
+        ),
+    )
+)
+
+
 def _not_found(trans_id: str | None, trans_key: str | None) -> NotFound:
     # The same words whether the payment does not exist or belongs to another merchant.
     if trans_id is not None:
@@ -965,36 +983,28 @@ def _count_passcode(
 ) -> KessaiError | None:
     """Count a wrong passCode (locking at the limit) or clear the count; answers the error."""
     # The row lock makes concurrent wrong guesses at several instances count one by one.
-    row = conn.execute(
-        sa.select(t.terminals.c.passcode_failures, t.terminals.c.passcode_locked_until)
-        .where(t.terminals.c.id == ctx.terminal_id)
-        .with_for_update()
-    ).one()
+    row = _PASSCODE_COUNT.run(conn, {"terminal_id": ctx.terminal_id}).one()
     try:
         _check_passcode_lock(row.passcode_locked_until, now)
     except RateLimited as exc:
         return exc
     if ok:
         if row.passcode_failures:
-            conn.execute(
-                t.terminals.update()
-                .where(t.terminals.c.id == ctx.terminal_id)
-                .values(passcode_failures=0)
-            )
+            _SET_PASSCODE_COUNT.run(conn, {"b_id": ctx.terminal_id, "passcode_failures": 0})
         return None
     failures = int(row.passcode_failures) + 1
     locked = failures >= settings.passcode_max_failures
-    conn.execute(
-        t.terminals.update()
-        .where(t.terminals.c.id == ctx.terminal_id)
-        .values(
+    _SET_PASSCODE_COUNT.run(
+        conn,
+        {
+            "b_id": ctx.terminal_id,
             # The count starts afresh once the lock is set, so after it expires (or an admin
             # unlocks) the terminal has its full number of attempts again.
-            passcode_failures=0 if locked else failures,
-            passcode_locked_until=now + timedelta(seconds=settings.passcode_lock_seconds)
+            "passcode_failures": 0 if locked else failures,
+            "passcode_locked_until": now + timedelta(seconds=settings.passcode_lock_seconds)
             if locked
             else None,
-        )
+        },
     )
     repo.audit(
         conn,

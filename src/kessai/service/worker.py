@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
+from kessai.adapters.schema import UTCDateTime
 from kessai.domain.model import PaymentStatus, RefundStatus
 from kessai.service import events, ratelimit
 from kessai.service.gateway import Gateway
@@ -31,6 +32,60 @@ log = logging.getLogger("kessai.worker")
 
 # How many claimed payments one worker asks providers about at the same time.
 MAX_PARALLEL_PROVIDER_CALLS = 10
+
+# Written as literals, not bound values, so that the planners use the partial indexes on exactly
+# these conditions (ix_payments_pending_check, ix_refunds_pending).
+_PAYMENT_PENDING = sa.text(f"payments.status = '{PaymentStatus.PENDING.value}'")
+_REFUND_PENDING = sa.text(f"refunds.status = '{RefundStatus.PENDING.value}'")
+_DUE = sa.bindparam("b_due", type_=UTCDateTime())
+_LIMIT = sa.bindparam("b_batch", type_=sa.Integer())
+# The claims' selects run on every pass: built once, with and without SKIP LOCKED.
+_DUE_PAYMENTS_QUERY = (
+    sa.select(t.payments.c.id)
+    .where(
+        _PAYMENT_PENDING,
+        sa.or_(
+            t.payments.c.provider_checked_at.is_(None), t.payments.c.provider_checked_at <= _DUE
+        ),
+    )
+    .order_by(t.payments.c.provider_checked_at.nulls_first(), t.payments.c.id)
+    .limit(_LIMIT)
+)
+_DUE_PAYMENTS = {
+    False: _DUE_PAYMENTS_QUERY,
+    True: _DUE_PAYMENTS_QUERY.with_for_update(skip_locked=True),
+}
+_DUE_REFUNDS_QUERY = (
+    sa.select(t.refunds.c.id)
+    .where(_REFUND_PENDING, t.refunds.c.updated_at <= _DUE)
+    .order_by(t.refunds.c.updated_at)
+    .limit(_LIMIT)
+)
+_DUE_REFUNDS = {
+    False: _DUE_REFUNDS_QUERY,
+    True: _DUE_REFUNDS_QUERY.with_for_update(skip_locked=True),
+}
+# The prune job's statements run on every pass: built once.
+_NOW = sa.bindparam("b_now", type_=UTCDateTime())
+_OLD = sa.bindparam("b_old", type_=UTCDateTime())
+_BATCH = sa.bindparam("b_batch", type_=sa.Integer())
+_END_IDLE_SESSIONS = (
+    t.sessions.update()
+    .where(t.sessions.c.ended_at.is_(None), t.sessions.c.idle_expires_at <= _NOW)
+    .values(ended_at=_NOW, end_reason="idle")
+)
+_DELETE_OLD_SESSIONS = t.sessions.delete().where(
+    t.sessions.c.id.in_(
+        sa.select(t.sessions.c.id).where(t.sessions.c.ended_at <= _OLD).limit(_BATCH)
+    )
+)
+_DELETE_OLD_CODES = t.sandbox_codes.delete().where(
+    t.sandbox_codes.c.code_hash.in_(
+        sa.select(t.sandbox_codes.c.code_hash)
+        .where(t.sandbox_codes.c.issued_at <= _OLD)
+        .limit(_BATCH)
+    )
+)
 
 
 @dataclass(slots=True)
@@ -78,15 +133,9 @@ class Worker:
 
         def claim(conn: Connection) -> list[tuple[int, str]]:
             r = t.refunds
-            due = (
-                sa.select(r.c.id)
-                .where(r.c.status == RefundStatus.PENDING.value, r.c.updated_at <= now - interval)
-                .order_by(r.c.updated_at)
-                .limit(self.settings.worker_batch_size)
-            )
-            if skip_locked:
-                due = due.with_for_update(skip_locked=True)
-            ids = list(conn.execute(due).scalars())
+            due = _DUE_REFUNDS[skip_locked]
+            params = {"b_due": now - interval, "b_batch": self.settings.worker_batch_size}
+            ids = list(conn.execute(due, params).scalars())
             if not ids:
                 return []
             # Moving updated_at forward is the claim: the refund is due again after the interval.
@@ -151,21 +200,8 @@ class Worker:
 
         def claim(conn: Connection) -> list[tuple[repo.StoredPayment, str]]:
             p = t.payments
-            due = (
-                sa.select(p.c.id)
-                .where(
-                    p.c.status == PaymentStatus.PENDING.value,
-                    sa.or_(
-                        p.c.provider_checked_at.is_(None),
-                        p.c.provider_checked_at <= now - interval,
-                    ),
-                )
-                .order_by(p.c.provider_checked_at.nulls_first(), p.c.id)
-                .limit(batch)
-            )
-            if skip_locked:
-                due = due.with_for_update(skip_locked=True)
-            ids = list(conn.execute(due).scalars())
+            due = _DUE_PAYMENTS[skip_locked]
+            ids = list(conn.execute(due, {"b_due": now - interval, "b_batch": batch}).scalars())
             if not ids:
                 return []
             # The claim is a lease covering the whole batch's calls (at most
@@ -203,22 +239,14 @@ class Worker:
         batch = settings.worker_batch_size * 10
 
         def unit(conn: Connection) -> tuple[int, int]:
-            s = t.sessions
             # Idle sessions are closed here too, so they show as ended in the console.
-            conn.execute(
-                s.update()
-                .where(s.c.ended_at.is_(None), s.c.idle_expires_at <= now)
-                .values(ended_at=now, end_reason="idle")
-            )
+            conn.execute(_END_IDLE_SESSIONS, {"b_now": now})
             old = now - timedelta(days=settings.session_retention_days)
-            ids = sa.select(s.c.id).where(s.c.ended_at <= old).limit(batch)
-            sessions = conn.execute(s.delete().where(s.c.id.in_(ids))).rowcount
-            c = t.sandbox_codes
+            sessions = conn.execute(_DELETE_OLD_SESSIONS, {"b_old": old, "b_batch": batch})
             stale = now - timedelta(days=settings.sandbox_code_retention_days)
-            codes_q = sa.select(c.c.code_hash).where(c.c.issued_at <= stale).limit(batch)
-            codes = conn.execute(c.delete().where(c.c.code_hash.in_(codes_q))).rowcount
+            codes = conn.execute(_DELETE_OLD_CODES, {"b_old": stale, "b_batch": batch})
             ratelimit.prune(conn, now, batch)
-            return sessions, codes
+            return sessions.rowcount, codes.rowcount
 
         sessions, codes = await gateway.db.run(unit)
         report.pruned_sessions += sessions

@@ -222,6 +222,7 @@ class FaultyDatabase:
         # gives the same order but costs two context switches per unit, which on a loaded
         # machine is most of a unit's time. Without such an engine, units go through run_sync.
         self._engine: sa.Engine | None = getattr(inner, "_sqlite", None)
+        self._conn: sa.Connection | None = None
 
     async def run(self, fn: Callable[[Any], T], *, write: bool = True) -> T:
         """Run ``fn`` as one unit of work, or fail it before the commit."""
@@ -233,11 +234,14 @@ class FaultyDatabase:
 
     def close(self) -> None:
         """Close the real database."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self.inner.close()
 
     async def aclose(self) -> None:
         """Close the real database from async code."""
-        self.inner.close()
+        self.close()
 
     def _unit(self, fn: Callable[[Any], T], write: bool) -> T:
         self.units += 1
@@ -274,7 +278,9 @@ class FaultyDatabase:
         """
         if self._engine is None:
             return self.inner.run_sync(fn, write=write)
-        with self._engine.connect() as raw:
-            conn = raw.execution_options(kessai_write=write)
-            with conn.begin():
-                return fn(conn)
+        # One connection for the whole run, as the database's own writer thread keeps one.
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self._engine.connect()
+        conn = self._conn.execution_options(kessai_write=write)
+        with conn.begin():
+            return fn(conn)
