@@ -86,20 +86,52 @@ def issue_codes(
     key = code_key(conn)
     # Seeded from the OS's randomness: codes must not be predictable from one another.
     rng = random.Random(secrets.randbits(128))  # noqa: S311
-    codes = [generate_code(service.service_id, rng) for _ in range(count)]
+    # Some formats have only ten random digits, so after a few hundred thousand codes a fresh
+    # draw can repeat one already issued (or one of the same batch): those are drawn again.
+    issued: dict[str, str] = {}
+    for _ in range(_MAX_DRAWS):
+        fresh: dict[str, str] = {}
+        for _ in range(2 * count):  # bounded: a spent format must not spin forever
+            if len(issued) + len(fresh) >= count:
+                break
+            code = generate_code(service.service_id, rng)
+            digest = keyed_hash(key, code)
+            if digest not in issued:
+                fresh[digest] = code
+        digests = list(fresh)
+        for start in range(0, len(digests), _LOOKUP_CHUNK):
+            chunk = digests[start : start + _LOOKUP_CHUNK]
+            for taken in conn.execute(_TAKEN_CODES, {"digests": chunk}).scalars():
+                del fresh[taken]
+        issued.update(fresh)
+        if len(issued) == count:
+            break
+    else:
+        raise InvalidRequest(
+            f"could not draw {count} unused {service.name_en} codes: the format is nearly spent",
+            field="count",
+        )
     conn.execute(
         t.sandbox_codes.insert(),
         [
             {
-                "code_hash": keyed_hash(key, code),
+                "code_hash": digest,
                 "service_id": service.service_id,
                 "outcome": outcome,
                 "issued_at": now,
             }
-            for code in codes
+            for digest in issued
         ],
     )
-    return codes
+    return list(issued.values())
+
+
+# Rounds of drawing before giving up on a nearly spent format, and hashes looked up per query.
+_MAX_DRAWS: Final = 8
+_LOOKUP_CHUNK: Final = 500
+_TAKEN_CODES = sa.select(t.sandbox_codes.c.code_hash).where(
+    t.sandbox_codes.c.code_hash.in_(sa.bindparam("digests", expanding=True))
+)
 
 
 _CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindparam("ref"))
