@@ -31,14 +31,19 @@ def _read(page: Page, selector: str) -> list[tuple[object, str]]:
         " new Promise(ok => el.addEventListener('load', ok, {once: true}))"
     )
     found: list[tuple[object, str]] = []
-    for scale in (1, 2, 3):
-        # As a scanner held nearer: a few sizes, each drawn with sharp (nearest) edges.
-        image = Image.open(io.BytesIO(element.screenshot())).convert("L")
-        if scale > 1:
-            image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-        found = [(code.format, code.text) for code in zxingcpp.read_barcodes(image)]
-        if found:
-            break
+    # A scanner keeps looking for a moment: a frame caught mid-paint on a busy machine is
+    # looked at again.
+    for _ in range(5):
+        shot = Image.open(io.BytesIO(element.screenshot())).convert("L")
+        for scale in (1, 2, 3):
+            # As a scanner held nearer: a few sizes, each drawn with sharp (nearest) edges.
+            image = shot
+            if scale > 1:
+                image = shot.resize((shot.width * scale, shot.height * scale), Image.NEAREST)
+            found = [(code.format, code.text) for code in zxingcpp.read_barcodes(image)]
+            if found:
+                return found
+        page.wait_for_timeout(300)
     return found
 
 

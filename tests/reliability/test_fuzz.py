@@ -87,7 +87,8 @@ def test_every_operation_survives_fuzzing(fuzzed: Fuzzed) -> None:
         stats = report.operations[name]
         assert stats.sent >= REQUESTS // (len(TERMINAL_OPERATIONS) + 2), (name, summary)
         assert stats.positive and stats.negative, (name, summary)
-        assert stats.reached >= stats.sent // 3, (name, summary)
+        # A floor, not an expectation: a fair share of the draws carry no live session.
+        assert stats.reached >= max(1, stats.sent // 6), (name, summary)
         assert any(200 <= status < 300 for status in stats.statuses), (name, summary)
     # Payments were found and acted on, not only refused: refunds and voucher numbers succeeded
     # on real payments, and lookups found the payments they named.
