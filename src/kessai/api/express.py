@@ -61,10 +61,13 @@ async def _paycheck(
     gateway: Gateway, scope: Scope, token: str, body: bytes
 ) -> PaymentView | None:
     trans_id = scope["path_params"].get("transId")
-    # Anything but ten digits gets the handler's own validation message.
-    if not isinstance(trans_id, str) or len(trans_id) != 10 or not trans_id.isdecimal():
-        return None
-    if not trans_id.isascii():
+    # Anything but ten ASCII digits gets the handler's own validation message.
+    if not (
+        isinstance(trans_id, str)
+        and len(trans_id) == 10
+        and trans_id.isascii()
+        and trans_id.isdigit()
+    ):
         return None
     return await gateway.paycheck(token, trans_id, request_id_of(scope))
 
