@@ -28,6 +28,7 @@ Targets (ratios within one run) are printed beside the figures; the bench only m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -370,6 +371,75 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# --- running the load generators ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What wrk reported for one row, and the wall-clock window it ran in."""
+
+    result: harness.WrkResult
+    start: datetime
+    end: datetime
+
+
+def _drive_wrk(
+    plan: Plan,
+    server: Server,
+    prefix: Path,
+    lines: Iterable[str],
+    mode: str,
+    seconds: float,
+    stop_when: Callable[[], bool] | None = None,
+) -> WrkRun:
+    """Deal ``lines`` into replay.lua's files at ``prefix``, then run wrk on ``server``.
+
+    wrk uses the plan's threads and connections; ``mode`` is replay.lua's ("once" sends each
+    line at most once, "cycle" starts over). The window is taken right around wrk itself, so
+    that writing the files never counts as time the server had.
+    """
+    harness.write_lines(prefix, lines, plan.threads)
+    start = utcnow()
+    result = harness.run_wrk(
+        server.base_url,
+        prefix,
+        mode,
+        seconds,
+        connections=plan.connections,
+        threads=plan.threads,
+        stop_when=stop_when,
+    )
+    return WrkRun(result, start, utcnow())
+
+
+def _status_200(status: int, body: bytes) -> bool:
+    return status == 200
+
+
+def _drive_open_loop(
+    plan: Plan,
+    server: Server,
+    requests: Sequence[bytes],
+    rate: float,
+    seconds: float,
+    accept: Callable[[int, bytes], bool] = _status_200,
+) -> openloop.OpenLoopResult:
+    """Send ``requests`` to ``server`` at a fixed rate with the plan's connections and drain time.
+
+    ``accept`` says which answers count as the ones asked for (by default any HTTP 200).
+    """
+    return openloop.run(
+        HOST,
+        server.port,
+        requests,
+        rate=rate,
+        seconds=seconds,
+        connections=plan.open_connections,
+        drain_seconds=plan.drain_seconds,
+        accept=accept,
+    )
+
+
 # --- the parts ------------------------------------------------------------------------------------
 
 
@@ -389,17 +459,8 @@ def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
         token = secrets.token_urlsafe(32)
         code = "9" * 24
         bodies = [payment_body("H", i, code) for i in range(2_000)]
-        harness.write_lines(
-            work / "hello", (f"POST\t/hello\t{token}\t{b}" for b in bodies), plan.threads
-        )
-        result = harness.run_wrk(
-            server.base_url,
-            work / "hello",
-            "cycle",
-            plan.seconds,
-            connections=plan.connections,
-            threads=plan.threads,
-        )
+        lines = (f"POST\t/hello\t{token}\t{b}" for b in bodies)
+        result = _drive_wrk(plan, server, work / "hello", lines, "cycle", plan.seconds).result
         rate = result.ok_per_second
         report.set(
             "ceiling",
@@ -417,16 +478,7 @@ def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
             openloop.http_request("POST", "/hello", host, token=token, body=b.encode())
             for b in bodies
         ]
-        measured = openloop.run(
-            HOST,
-            server.port,
-            requests,
-            rate=plan.rate,
-            seconds=plan.latency_seconds,
-            connections=plan.open_connections,
-            drain_seconds=plan.drain_seconds,
-            accept=lambda status, body: status == 200,
-        )
+        measured = _drive_open_loop(plan, server, requests, plan.rate, plan.latency_seconds)
         latency = Latency.of(measured)
         report.set(
             "latency_ceiling",
@@ -461,6 +513,28 @@ def _code_pool(plan: Plan, ceiling: Ceiling | None) -> int:
     return min(pool, 3_000) if plan.quick else pool
 
 
+@contextlib.contextmanager
+def _serving(
+    plan: Plan, ceiling: Ceiling | None, name: str, url: str, fleet: Fleet, work: Path
+) -> Iterator[tuple[Server, Books, dict[str, str], list[str]]]:
+    """A provisioned database made ready for the REQUEST row, served until the block ends.
+
+    Issues the row's codes, starts `kessai serve` on ``url`` and logs every terminal of ``fleet``
+    in; yields the server, its books, each mid's session token and the codes.
+    """
+    pool = _code_pool(plan, ceiling)
+    started = time.monotonic()
+    codes = harness.issue_codes(url, pool)
+    log(f"{name}: {pool:,} codes issued in {harness.since(started)}; starting kessai serve")
+    server = harness.kessai_server(name, url, work)
+    books = Books(url)
+    try:
+        yield server, books, harness.login_all(server.base_url, fleet), codes
+    finally:
+        books.close()
+        server.stop()
+
+
 def _restarts_note(server: Server, before: int) -> str:
     """A warning when uvicorn replaced a worker while a row was measured."""
     restarted = harness.worker_restarts(server) - before
@@ -487,19 +561,10 @@ def _request_row(
     share: float,
 ) -> float:
     """Pay with every code in turn through wrk for plan.seconds; the rate counted in the books."""
-    prefix = work / f"{key}-requests"
-    harness.write_lines(prefix, payment_lines(codes, tokens, tag), plan.threads)
     restarts = harness.worker_restarts(server)
-    start = utcnow()
-    result = harness.run_wrk(
-        server.base_url,
-        prefix,
-        "once",
-        plan.seconds,
-        connections=plan.connections,
-        threads=plan.threads,
-    )
-    end = utcnow()
+    lines = payment_lines(codes, tokens, tag)
+    ran = _drive_wrk(plan, server, work / f"{key}-requests", lines, "once", plan.seconds)
+    result, start, end = ran.result, ran.start, ran.end
     settle(books)
     completed = books.completed_between(start, end)
     window = (end - start).total_seconds()
@@ -541,17 +606,9 @@ def _read_row(
     work: Path,
     what: str,
 ) -> float:
-    prefix = work / f"{key}-reads"
-    harness.write_lines(prefix, lines, plan.threads)
     restarts = harness.worker_restarts(server)
-    result = harness.run_wrk(
-        server.base_url,
-        prefix,
-        "cycle",
-        plan.read_seconds,
-        connections=plan.connections,
-        threads=plan.threads,
-    )
+    prefix = work / f"{key}-reads"
+    result = _drive_wrk(plan, server, prefix, lines, "cycle", plan.read_seconds).result
     rate = result.ok_per_second
     report.set(
         key,
@@ -589,14 +646,7 @@ def part_sqlite(plan: Plan, report: Report, work: Path, ceiling: Ceiling | None)
     main = folder / "main.db"
     harness.copy_sqlite(base, main)
     url = f"sqlite:///{main}"
-    pool = _code_pool(plan, ceiling)
-    started = time.monotonic()
-    codes = harness.issue_codes(url, pool)
-    log(f"sqlite: {pool:,} codes issued in {harness.since(started)}; starting kessai serve")
-    server = harness.kessai_server("sqlite", url, work)
-    books = Books(url)
-    try:
-        tokens = harness.login_all(server.base_url, fleet)
+    with _serving(plan, ceiling, "sqlite", url, fleet, work) as (server, books, tokens, codes):
         at_start = _rss(server)
         log("sqlite: REQUEST")
         request_rate = _request_row(
@@ -639,9 +689,6 @@ def part_sqlite(plan: Plan, report: Report, work: Path, ceiling: Ceiling | None)
                 "AND kind = 'CUSTOMER_CODE' GROUP BY terminal_id) ORDER BY p.id"
             )
         ]
-    finally:
-        books.close()
-        server.stop()
     return SqliteOutcome(base, main, fleet, paycheck_rate, templates)
 
 
@@ -671,14 +718,12 @@ def part_latency(
         for i, code in enumerate(codes)
     ]
     restarts = harness.worker_restarts(server)
-    measured = openloop.run(
-        HOST,
-        server.port,
+    measured = _drive_open_loop(
+        plan,
+        server,
         requests,
-        rate=plan.rate,
-        seconds=plan.latency_seconds,
-        connections=plan.open_connections,
-        drain_seconds=plan.drain_seconds,
+        plan.rate,
+        plan.latency_seconds,
         accept=lambda status, body: status == 200 and b'"COMPLETED"' in body,
     )
     settle(books)
@@ -743,16 +788,14 @@ def part_memory(
             f"sqlite: {pool:,} more codes in {harness.since(started)}; paying until "
             f"{plan.memory_payments:,} payments or {plan.memory_seconds:g} s"
         )
-        prefix = work / "memory-requests"
-        harness.write_lines(prefix, payment_lines(codes, tokens, "M"), plan.threads)
         target_id = books.last_id() + remaining
-        harness.run_wrk(
-            server.base_url,
-            prefix,
+        _drive_wrk(
+            plan,
+            server,
+            work / "memory-requests",
+            payment_lines(codes, tokens, "M"),
             "once",
             plan.memory_seconds,
-            connections=plan.connections,
-            threads=plan.threads,
             stop_when=lambda: books.last_id() >= target_id,
         )
         settle(books)
@@ -776,21 +819,6 @@ def part_memory(
         f"stretch the workers held {_mb(warm)}; the most any grew since is {growth:+.1f} MB "
         f"({grew:+.1%}; 'not growing' is read as at most +10 %)."
         + _restarts_note(server, restarts),
-    )
-
-
-def _paycheck_at(
-    plan: Plan, server: Server, requests: Sequence[bytes], rate: float, seconds: float
-) -> openloop.OpenLoopResult:
-    return openloop.run(
-        HOST,
-        server.port,
-        requests,
-        rate=rate,
-        seconds=seconds,
-        connections=plan.open_connections,
-        drain_seconds=plan.drain_seconds,
-        accept=lambda status, body: status == 200,
     )
 
 
@@ -841,13 +869,13 @@ def part_growth(plan: Plan, report: Report, work: Path, sqlite: SqliteOutcome) -
                 for n in chosen
             ]
             # A warm-up (lazy imports, caches, the page cache) before anything is measured.
-            _paycheck_at(plan, server, requests[key], rate, max(1.0, plan.growth_seconds / 4))
+            _drive_open_loop(plan, server, requests[key], rate, max(1.0, plan.growth_seconds / 4))
         restarts = [harness.worker_restarts(server) for server in servers]
         log(f"growth: PAYCHECK at {rate:,.0f}/s, in turns")
         for _ in range(GROWTH_TURNS):
             for key, server in zip(stores, servers, strict=True):
                 seconds = plan.growth_seconds / GROWTH_TURNS
-                result = _paycheck_at(plan, server, requests[key], rate, seconds)
+                result = _drive_open_loop(plan, server, requests[key], rate, seconds)
                 measured[key] = _merge(measured[key], result) if key in measured else result
         restarted = [
             _restarts_note(server, before) for server, before in zip(servers, restarts, strict=True)
@@ -913,14 +941,8 @@ def part_postgresql(plan: Plan, report: Report, work: Path, ceiling: Ceiling | N
         try:
             log("postgresql: provisioning")
             fleet = harness.provision(url, plan.merchants, plan.terminals_per_merchant)
-            pool = _code_pool(plan, ceiling)
-            started = time.monotonic()
-            codes = harness.issue_codes(url, pool)
-            log(f"postgresql: {pool:,} codes in {harness.since(started)}; starting kessai serve")
-            server = harness.kessai_server("postgresql", url, work)
-            books = Books(url)
-            try:
-                tokens = harness.login_all(server.base_url, fleet)
+            serving = _serving(plan, ceiling, "postgresql", url, fleet, work)
+            with serving as (server, books, tokens, codes):
                 rate = _request_row(
                     report,
                     "postgresql",
@@ -935,9 +957,6 @@ def part_postgresql(plan: Plan, report: Report, work: Path, ceiling: Ceiling | N
                     0.3,
                 )
                 log(f"postgresql: REQUEST {rate:,.0f}/s")
-            finally:
-                books.close()
-                server.stop()
         finally:
             harness.postgres_database(server_url, name, drop=True)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -65,6 +65,16 @@ _DUE_REFUNDS = {
     False: _DUE_REFUNDS_QUERY,
     True: _DUE_REFUNDS_QUERY.with_for_update(skip_locked=True),
 }
+# Renews one claimed payment's lease just before its provider call. It holds only while the row
+# still carries this worker's lease end: a recorded answer or another resolver's claim (possible
+# once the lease ran out) has moved ``provider_checked_at`` away from it.
+_HELD = sa.bindparam("b_held", type_=UTCDateTime())
+_RENEW_CLAIM = (
+    t.payments.update()
+    .where(t.payments.c.id == sa.bindparam("b_pk"), _PAYMENT_PENDING)
+    .where(t.payments.c.provider_checked_at == _HELD)
+    .values(provider_checked_at=sa.bindparam("b_until", type_=UTCDateTime()))
+)
 # The prune job's statements run on every pass: built once.
 _NOW = sa.bindparam("b_now", type_=UTCDateTime())
 _OLD = sa.bindparam("b_old", type_=UTCDateTime())
@@ -94,6 +104,9 @@ class WorkerReport:
 
     checked: int = 0
     finished: int = 0
+    # Claimed payments not asked because their lease no longer held when their turn came (it ran
+    # out, or an answer recorded meanwhile ended it); they are due again on a later pass.
+    lease_lost: int = 0
     webhooks_attempted: int = 0
     webhooks_delivered: int = 0
     pruned_sessions: int = 0
@@ -198,29 +211,50 @@ class Worker:
         batch = self.settings.worker_batch_size
         skip_locked = gateway.db.dialect == "postgresql"
 
-        def claim(conn: Connection) -> list[tuple[repo.StoredPayment, str]]:
+        def claim(conn: Connection) -> list[tuple[repo.StoredPayment, str, datetime]]:
             p = t.payments
             due = _DUE_PAYMENTS[skip_locked]
             ids = list(conn.execute(due, {"b_due": now - interval, "b_batch": batch}).scalars())
             if not ids:
                 return []
-            # The claim is a lease covering the whole batch's calls (at most
+            # The claim is a lease sized for the whole batch's calls (at most
             # MAX_PARALLEL_PROVIDER_CALLS at a time); recording each answer ends its lease.
+            # Slow calls or a starved event loop can still make a payment wait past it, so
+            # each payment's lease is renewed right before its own call (see ``renew``).
             rounds = -(-len(ids) // MAX_PARALLEL_PROVIDER_CALLS)
             lease_end = now + gateway.check_lease(rounds)
             conn.execute(p.update().where(p.c.id.in_(ids)).values(provider_checked_at=lease_end))
             claimed = [repo.load_payment(conn, pk) for pk in ids]
             names = {s.payment.merchant_id for s in claimed}
             merchant = {m: repo.merchant_name(conn, m) for m in names}
-            return [(s, merchant[s.payment.merchant_id]) for s in claimed]
+            return [(s, merchant[s.payment.merchant_id], lease_end) for s in claimed]
+
+        def renew(pk: int, held: datetime) -> Callable[[Connection], bool]:
+            def unit(conn: Connection) -> bool:
+                # Read the clock in the unit: the wait for the database thread counts too.
+                at = gateway.clock()
+                if at >= held:
+                    # Past its end the lease protects nothing: another resolver may already
+                    # be asking the provider on a reading of its own.
+                    return False
+                until = at + gateway.check_lease()
+                renewed = conn.execute(_RENEW_CLAIM, {"b_pk": pk, "b_held": held, "b_until": until})
+                return renewed.rowcount == 1
+
+            return unit
 
         claimed = await gateway.db.run(claim)
         report.checked += len(claimed)
         limit = asyncio.Semaphore(MAX_PARALLEL_PROVIDER_CALLS)
 
-        async def one(stored: repo.StoredPayment, merchant_name: str) -> None:
+        async def one(stored: repo.StoredPayment, merchant_name: str, held: datetime) -> None:
             async with limit:
                 try:
+                    if not await gateway.db.run(renew(stored.pk, held)):
+                        report.lease_lost += 1
+                        trans_id = stored.payment.trans_id
+                        log.info("payment %s left for a later pass: lease no longer held", trans_id)
+                        return
                     after = await gateway.resolve(stored, merchant_name, "worker")
                 except Exception as exc:  # one payment's trouble must not stop the batch
                     log.exception("reconciling payment %s failed", stored.payment.trans_id)
@@ -229,7 +263,7 @@ class Worker:
                 if after.status is not PaymentStatus.PENDING:
                     report.finished += 1
 
-        await asyncio.gather(*(one(s, name) for s, name in claimed))
+        await asyncio.gather(*(one(s, name, held) for s, name, held in claimed))
 
     async def prune(self, report: WorkerReport) -> None:
         """Delete ended sessions, spent sandbox codes and whole login allowances past their time."""
