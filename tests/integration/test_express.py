@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
 from kessai.api import express
-from kessai.api.app import create_app
+from kessai.api.app import serving_app
 from kessai.config import Settings
 from kessai.connectors.sandbox import wallets
 from kessai.service import admin
@@ -50,7 +50,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any], list[str]]]:
 @pytest.fixture
 def client(setup: tuple[str, dict[str, Any], list[str]]) -> Iterator[TestClient[Any]]:
     url, _, _ = setup
-    with TestClient(create_app(url, Settings())) as test_client:
+    with TestClient(serving_app(url, Settings())) as test_client:
         yield test_client
 
 
@@ -74,7 +74,7 @@ def _both(
     """The same call served by the express lane, then by the framework's handler."""
     fast = _shape(call())
     with monkeypatch.context() as patch:
-        patch.setattr(express, "_HANDLERS", {})
+        patch.setattr(express, "OPERATIONS", {})
         slow = _shape(call())
     return fast, slow
 
@@ -97,8 +97,8 @@ def test_reads_and_replays_are_identical(
 
     monkeypatch.setattr(
         express,
-        "_HANDLERS",
-        {name: (body, counting(name, fn)) for name, (body, fn) in express._HANDLERS.items()},
+        "OPERATIONS",
+        {name: counting(name, fn) for name, fn in express.OPERATIONS.items()},
     )
     auth = _login(client, login)
     body = {"transKey": "EXPRESS1", "amount": 1200, "code": codes[0]}

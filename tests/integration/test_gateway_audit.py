@@ -135,8 +135,34 @@ def test_payment_is_not_created_without_its_audit_event(h: Harness) -> None:
     assert h.table("sandbox_charges") == []
 
 
+class Elsewhere:
+    """The sandbox as a provider outside our database: asked in a hop of its own."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "pay_within":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_an_in_database_charge_is_undone_with_its_unrecorded_completion(h: Harness) -> None:
+    # The sandbox's books are in our database: the charge, the payment and its audit trail
+    # commit together or not at all.
+    till = h.till()
+    fail_audit(h, "payment.completed")
+    with pytest.raises(sa.exc.IntegrityError):
+        till.request(1000, trans_key="ORDER1")
+    assert h.table("payments") == []
+    assert h.table("sandbox_charges") == []
+    heal_audit(h)
+    assert till.request(1000, trans_key="ORDER1").status is S.COMPLETED
+
+
 def test_completion_is_not_recorded_without_its_audit_event(h: Harness) -> None:
     till = h.till()
+    h.gateway.connectors["sandbox"] = Elsewhere(h.gateway.connectors["sandbox"])  # type: ignore[assignment]
     fail_audit(h, "payment.completed")
     with pytest.raises(sa.exc.IntegrityError):
         till.request(1000, trans_key="ORDER1")

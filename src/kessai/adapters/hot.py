@@ -15,12 +15,15 @@ import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from kessai.adapters.schema import UTCDateTime
 
 _Processor = Callable[[Any], Any] | None
 
@@ -31,9 +34,37 @@ class _Compiled:
     names: tuple[str, ...]
     # Values of columns an INSERT or UPDATE was not given but that have a scalar default.
     defaults: Mapping[str, Any]
-    binds: tuple[_Processor, ...]
+    # (position, conversion) of each parameter that needs one.
+    converts: tuple[tuple[int, Callable[[Any], Any]], ...]
     row: Callable[..., Any] | None
     results: tuple[_Processor, ...]
+
+
+# The last timestamp written and its text: a unit writes the same "now" many times over.
+_last_written: tuple[datetime | None, str | None] = (None, None)
+
+
+def _utc_text(value: datetime | None) -> str | None:
+    """A timestamp as SQLAlchemy's SQLite dialect stores it: UTC, naive, to the microsecond."""
+    global _last_written  # noqa: PLW0603 - a one-entry cache; replacing the tuple is atomic
+    if value is None:
+        return None
+    last, text = _last_written
+    if value is last:
+        return text
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+    # The text of an aware UTC timestamp without its "+00:00".
+    text = value.isoformat(" ", "microseconds")[:-6]
+    _last_written = (value, text)
+    return text
+
+
+def _utc_datetime(value: str) -> datetime:
+    """A stored timestamp read back, aware and in UTC."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 class Hot:
@@ -41,8 +72,8 @@ class Hot:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        # SQLite compilations by the sorted names of the parameters given (an INSERT or UPDATE
-        # sets exactly the columns it is given).
+        # SQLite compilations by the names of the parameters given, in their order (an INSERT
+        # or UPDATE sets exactly the columns it is given).
         self._sqlite: dict[tuple[str, ...], _Compiled] = {}
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
@@ -50,9 +81,12 @@ class Hot:
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
         assert isinstance(compiled, SQLCompiler)
         names = tuple(compiled.positiontup or ())
-        # The dialect's own variant of each type (SQLite keeps timestamps as text) does the work.
+        # The dialect's own variant of each type (SQLite keeps timestamps as text) does the work,
+        # except for timestamps, written by one C call in exactly the text SQLAlchemy writes.
         binds = tuple(
-            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            _utc_text
+            if isinstance(compiled.binds[name].type, UTCDateTime)
+            else compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in names
         )
         defaults: dict[str, Any] = {}
@@ -72,14 +106,22 @@ class Hot:
             defaults[name] = bind.value
         row: Callable[..., Any] | None = None
         results: tuple[_Processor, ...] = ()
-        selected = getattr(self.statement, "selected_columns", None)
-        if selected is not None:
-            columns = list(selected)
+        # What a SELECT selects, or what an INSERT/UPDATE … RETURNING returns.
+        columns = list(
+            getattr(self.statement, "selected_columns", None)
+            or getattr(self.statement, "exported_columns", None)
+            or ()
+        )
+        if columns:
             row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc,no-redef]
             results = tuple(
-                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+                _utc_datetime
+                if isinstance(c.type, UTCDateTime)
+                else c.type.dialect_impl(dialect).result_processor(dialect, None)
+                for c in columns
             )
-        entry = _Compiled(str(compiled), names, defaults, binds, row, results)
+        converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
+        entry = _Compiled(str(compiled), names, defaults, converts, row, results)
         self._sqlite[keys] = entry
         return entry
 
@@ -88,14 +130,14 @@ class Hot:
         params = params or {}
         if conn.dialect.name != "sqlite":
             return HotResult(conn.execute(self.statement, dict(params)), None)
-        keys = tuple(sorted(params))
+        # Callers give their parameters in a fixed order, so the order itself is the key.
+        keys = tuple(params)
         compiled = self._sqlite.get(keys) or self._compile(conn, keys)
         if compiled.defaults:
             params = {**compiled.defaults, **params}
-        values = [
-            params[name] if proc is None else proc(params[name])
-            for name, proc in zip(compiled.names, compiled.binds, strict=True)
-        ]
+        values = [params[name] for name in compiled.names]
+        for index, convert in compiled.converts:
+            values[index] = convert(values[index])
         driver: Any = conn.connection.driver_connection
         try:
             cursor = driver.execute(compiled.sql, values)

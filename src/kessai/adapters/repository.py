@@ -6,13 +6,14 @@ are written by the same unit, so they commit together or not at all.
 
 from __future__ import annotations
 
-import json
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from kessai.adapters import schema as t
 from kessai.adapters.hot import Hot
@@ -26,7 +27,7 @@ from kessai.domain.model import (
     RefundStatus,
 )
 
-_code_keys: dict[str, str] = {}
+_code_keys: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 CODE_KEY_NAME: Final = "code_hmac_key"
 
 
@@ -35,15 +36,16 @@ def code_key(conn: Connection) -> str:
 
     Cached per database: it never changes once created, so every instance may keep it.
     """
-    url = str(conn.engine.url)
-    key = _code_keys.get(url)
+    # Keyed by the engine object: turning its URL into text on every call cost more than this.
+    engine = conn.engine
+    key = _code_keys.get(engine)
     if key is None:
         value = conn.execute(
             sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME)
         ).scalar_one_or_none()
         if value is None:
             raise InternalError("the database is not migrated: run `kessai migrate`")
-        key = _code_keys[url] = str(value)
+        key = _code_keys[engine] = str(value)
     return key
 
 
@@ -291,6 +293,10 @@ def update_refund(conn: Connection, refund: Refund) -> None:
     )
 
 
+# Audit details as compact JSON with sorted keys (the same text for the same facts).
+_detail_json: Final = msgspec.json.Encoder(order="sorted").encode
+
+
 def audit(
     conn: Connection,
     *,
@@ -317,7 +323,7 @@ def audit(
             payment_id=payment_pk,
             from_status=from_status,
             to_status=to_status,
-            detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None,
+            detail=_detail_json(detail).decode() if detail else None,
             request_id=request_id,
         ),
     )

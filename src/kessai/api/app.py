@@ -24,11 +24,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp
 
 from kessai import __version__
 from kessai.adapters.db import Database
 from kessai.api import errors, metrics, sandbox_pages, terminal
-from kessai.api.express import express_middleware
+from kessai.api.express import front
 from kessai.api.wire import Health
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
@@ -135,13 +136,9 @@ def create_app(
         route_handlers=handlers,
         state=State({"gateway": gateway}),
         lifespan=[lifespan],
-        # Innermost last: the express lane serves the hottest operations after routing, the
-        # request id and the metrics.
-        middleware=[
-            errors.request_id_middleware,
-            metrics.metrics_middleware,
-            express_middleware(settings.max_body_bytes),
-        ],
+        # What the express lane in front (``serving_app``) does not serve gets its request id
+        # and its metrics here.
+        middleware=[errors.request_id_middleware, metrics.metrics_middleware],
         exception_handlers={
             KessaiError: errors.handle_kessai_error,
             ValidationException: errors.handle_validation,
@@ -183,12 +180,23 @@ def create_app(
     )
 
 
-def app_from_env() -> Litestar:
+def serving_app(
+    database_url: str,
+    settings: Settings | None = None,
+    *,
+    clock: Clock = system_clock,
+) -> ASGIApp:
+    """What ``kessai serve`` serves: the application behind the express lane (``api/express``)."""
+    settings = settings or Settings.from_env()
+    return front(create_app(database_url, settings, clock=clock), settings.max_body_bytes)
+
+
+def app_from_env() -> ASGIApp:
     """The uvicorn factory used by ``kessai serve``: configuration comes from the environment."""
     url = os.environ.get("KESSAI_DATABASE_URL", "sqlite:///kessai.db")
     level = os.environ.get("KESSAI_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level)
-    app = create_app(url, Settings.from_env())
+    app = serving_app(url, Settings.from_env())
     # Litestar's own logging setup (run while the app is built) resets the root logger to INFO;
     # the level asked for must win.
     logging.getLogger().setLevel(level)

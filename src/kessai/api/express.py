@@ -1,48 +1,66 @@
-"""The express lane: REQUEST, PAYCHECK and STATUS without the framework's per-request machinery.
+"""The express lane: REQUEST, PAYCHECK and STATUS served in front of the framework.
 
-These three operations are most of a terminal's traffic. The framework's generic work for each
-request — building a Request, resolving handler parameters, decoding the body a first time with
-type coercion, building a Response — cost more than the operation itself. This middleware runs
-innermost, after routing, the request id and the metrics, and serves a well-formed call to one
-of the three directly: one strict msgspec decode, the gateway call, one msgspec encode.
+These three operations are most of a terminal's traffic. For each request the framework builds a
+Request, routes it through its middleware stack, resolves the handler's parameters, decodes the
+body with type coercion and builds a Response: together several times the cost of the operation.
+``Front`` is the outermost ASGI layer. It recognises a well-formed call to one of the three by its
+method and path, and serves it itself with one strict msgspec decode, the gateway call and one
+msgspec encode, giving it a request id and counting it in the metrics as the framework's
+middlewares would.
 
-It answers only what it fully understands. A body that is missing, oversized, not JSON or not
-strictly valid goes on to the framework's handler unchanged (its bytes replayed), so every error
-answer stays exactly what the handler gives. Errors the gateway raises propagate to the same
-exception handlers as the handler's would.
+It serves only what it fully understands. Anything else — another route, a missing token, a body
+that is missing, oversized, not JSON or not strictly valid, a transId that is not ten digits —
+goes on to the framework unchanged (the body bytes already read are replayed), so every error
+answer for bad input stays exactly the handler's. Errors the gateway raises are answered in the
+same envelope the framework's exception handlers give; ``tests/integration/test_express.py``
+checks both paths answer byte for byte alike.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qsl
 
 import msgspec
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
+    HTTPScope,
     Receive,
     ReceiveMessage,
     Scope,
     Send,
 )
 
-from kessai.api.errors import request_id_of
+from kessai.api import metrics
 from kessai.api.terminal import bearer_token, gateway_of, payment_out
-from kessai.api.wire import RequestBody
+from kessai.api.wire import ErrorBody, ErrorDetail, RequestBody
+from kessai.domain.errors import KessaiError
 from kessai.service.gateway import Gateway, PaymentView
+
+log = logging.getLogger("kessai.api")
 
 _encoder: Final = msgspec.json.Encoder()
 _request_decoder: Final = msgspec.json.Decoder(RequestBody)
 _JSON_TYPES: Final = frozenset({b"application/json", b"application/json; charset=utf-8"})
+_PAYMENTS: Final = "/v1/payments"
+# "/v1/payments/" and a ten-digit transId.
+_PAYCHECK_LENGTH: Final = len(_PAYMENTS) + 11
 
-_Handler = Callable[[Gateway, Scope, str, bytes], Awaitable[PaymentView | None]]
+# An operation: the gateway call for (gateway, scope, token, body, request id); None declines.
+_Serve = Callable[[Gateway, Scope, str, bytes, str], Awaitable[PaymentView | None]]
 
 
-async def _request(gateway: Gateway, scope: Scope, token: str, body: bytes) -> PaymentView | None:
+async def _request(
+    gateway: Gateway, scope: Scope, token: str, body: bytes, request_id: str
+) -> PaymentView | None:
     try:
         data = _request_decoder.decode(body)
     except Exception:  # any failure is the handler's to explain, in its own words
@@ -53,38 +71,51 @@ async def _request(gateway: Gateway, scope: Scope, token: str, body: bytes) -> P
         amount=data.amount,
         code=data.code,
         service_id=data.service_id,
-        request_id=request_id_of(scope),
+        request_id=request_id,
     )
 
 
 async def _paycheck(
-    gateway: Gateway, scope: Scope, token: str, body: bytes
+    gateway: Gateway, scope: Scope, token: str, body: bytes, request_id: str
 ) -> PaymentView | None:
-    trans_id = scope["path_params"].get("transId")
-    # Anything but ten ASCII digits gets the handler's own validation message.
-    if not (
-        isinstance(trans_id, str)
-        and len(trans_id) == 10
-        and trans_id.isascii()
-        and trans_id.isdigit()
-    ):
-        return None
-    return await gateway.paycheck(token, trans_id, request_id_of(scope))
+    return await gateway.paycheck(token, scope["path"][len(_PAYMENTS) + 1 :], request_id)
 
 
-async def _status(gateway: Gateway, scope: Scope, token: str, body: bytes) -> PaymentView | None:
+async def _status(
+    gateway: Gateway, scope: Scope, token: str, body: bytes, request_id: str
+) -> PaymentView | None:
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     if len(query) != 1 or query[0][0] != "transKey":
         return None
-    return await gateway.status(token, query[0][1], request_id_of(scope))
+    return await gateway.status(token, query[0][1], request_id)
 
 
-_HANDLERS: Final[dict[str, tuple[bool, _Handler]]] = {
-    # operation id -> (has a JSON body, handler)
-    "REQUEST": (True, _request),
-    "PAYCHECK": (False, _paycheck),
-    "STATUS": (False, _status),
+# The operations served here, by name; emptied, everything goes to the framework (tests).
+OPERATIONS: Final[dict[str, _Serve]] = {
+    "REQUEST": _request,
+    "PAYCHECK": _paycheck,
+    "STATUS": _status,
 }
+
+
+def _operation(scope: HTTPScope) -> str | None:
+    """Which of the three operations this request asks for, from its method and path alone."""
+    path = scope["path"]
+    if scope.get("root_path"):
+        return None
+    method = scope["method"]
+    if path == _PAYMENTS:
+        return "REQUEST" if method == "POST" else "STATUS" if method == "GET" else None
+    if (
+        method == "GET"
+        and len(path) == _PAYCHECK_LENGTH
+        and path.startswith(_PAYMENTS)
+        and path[len(_PAYMENTS)] == "/"
+        and path[len(_PAYMENTS) + 1 :].isdigit()
+        and path.isascii()
+    ):
+        return "PAYCHECK"
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -125,63 +156,106 @@ def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
     return replay
 
 
-def express_middleware(max_body_bytes: int) -> Callable[[ASGIApp], ASGIApp]:
-    """The middleware factory, for a body limit the same as the framework's."""
+def _error(request_id: str, exc: KessaiError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The envelope of a domain error, as the framework's exception handler writes it."""
+    detail = ErrorDetail(exc.code, exc.message, exc.field, exc.retryable, request_id)
+    extra = []
+    if exc.retry_after_seconds:
+        extra.append((b"retry-after", str(exc.retry_after_seconds).encode()))
+    return exc.http_status, _encoder.encode(ErrorBody(detail)), extra
 
-    def middleware(app: ASGIApp) -> ASGIApp:
-        async def express(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP:
-                await app(scope, receive, send)
+
+def _unexpected(request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A bug: a generic message; the log has the traceback and the request id."""
+    log.exception("unexpected error (request %s)", request_id)
+    message = f"internal error; quote request id {request_id}"
+    detail = ErrorDetail("INTERNAL_ERROR", message, None, True, request_id)
+    return 500, _encoder.encode(ErrorBody(detail)), []
+
+
+class Front:
+    """The outermost ASGI layer: serves the express operations, hands the rest to ``app``."""
+
+    def __init__(self, app: Litestar, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        """The gateway the framework's app was built with."""
+        if self._gateway is None:
+            self._gateway = gateway_of(self.app.state)
+        return self._gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope."""
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        name = _operation(scope)
+        serve = OPERATIONS.get(name) if name is not None else None
+        token = bearer_token(_header(scope, b"authorization")) if serve is not None else None
+        if serve is None or token is None or name is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        body = b""
+        if name == "REQUEST":
+            length = _header(scope, b"content-length")
+            content_type = (_header(scope, b"content-type") or b"").lower()
+            if (
+                content_type not in _JSON_TYPES
+                or length is None
+                or not length.isdigit()
+                or int(length) > self.max_body_bytes
+            ):
+                await self.app(scope, receive, send)
                 return
-            handler: Any = scope.get("route_handler")
-            entry = _HANDLERS.get(getattr(handler, "operation_id", None) or "")
-            token = bearer_token(_header(scope, b"authorization"))
-            if entry is None or token is None:
-                await app(scope, receive, send)
+            messages, complete = await _read_body(receive, self.max_body_bytes)
+            if complete is None:
+                await self.app(scope, _replaying(messages, receive), send)
                 return
-            has_body, serve = entry
-            body = b""
-            if has_body:
-                length = _header(scope, b"content-length")
-                content_type = (_header(scope, b"content-type") or b"").lower()
-                if (
-                    content_type not in _JSON_TYPES
-                    or length is None
-                    or not length.isdigit()
-                    or int(length) > max_body_bytes
-                ):
-                    await app(scope, receive, send)
-                    return
-                messages, complete = await _read_body(receive, max_body_bytes)
-                if complete is None:
-                    await app(scope, _replaying(messages, receive), send)
-                    return
-                body = complete
-                receive = _replaying(messages, receive)
-            view = await serve(gateway_of(scope["app"].state), scope, token, body)
+            body = complete
+            receive = _replaying(messages, receive)
+        request_id = secrets.token_hex(10)
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            view = await serve(self.gateway, scope, token, body, request_id)
+        except KessaiError as exc:
+            status, payload, extra = _error(request_id, exc)
+        except Exception:  # a bug: answered like the framework's last-resort handler
+            status, payload, extra = _unexpected(request_id)
+        else:
             if view is None:
-                await app(scope, receive, send)
+                await self.app(scope, receive, send)
                 return
-            payload = _encoder.encode(payment_out(view))
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ]
+            status, payload = 200, _encoder.encode(payment_out(view))
             if view.replayed:
-                headers.append((b"idempotent-replayed", b"true"))
-            start: HTTPResponseStartEvent = {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": headers,
-            }
-            done: HTTPResponseBodyEvent = {
-                "type": "http.response.body",
-                "body": payload,
-                "more_body": False,
-            }
+                extra.append((b"idempotent-replayed", b"true"))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id.encode()),
+            *extra,
+        ]
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": headers,
+        }
+        done: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": payload,
+            "more_body": False,
+        }
+        try:
             await send(start)
             await send(done)
+        finally:
+            metrics.observe(name, status, time.perf_counter() - started)
 
-        return express
 
-    return middleware
+def front(app: Litestar, max_body_bytes: int) -> ASGIApp:
+    """Put the express lane in front of ``app``."""
+    return Front(app, max_body_bytes)

@@ -31,6 +31,24 @@ LATENCY = Histogram(
 )
 
 
+# Label children by (operation, status) and by operation: looking them up by label values on
+# every request cost more than counting.
+_counted: dict[tuple[str, int], Any] = {}
+_timed: dict[str, Any] = {}
+
+
+def observe(operation: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency."""
+    counter = _counted.get((operation, status))
+    if counter is None:
+        counter = _counted[operation, status] = REQUESTS.labels(operation, str(status))
+    histogram = _timed.get(operation)
+    if histogram is None:
+        histogram = _timed[operation] = LATENCY.labels(operation)
+    counter.inc()
+    histogram.observe(seconds)
+
+
 def _operation(scope: Scope) -> str:
     handler: Any = scope.get("route_handler")
     name = getattr(handler, "operation_id", None)
@@ -55,9 +73,7 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, capture)
         finally:
-            operation = _operation(scope)
-            REQUESTS.labels(operation, str(status[0])).inc()
-            LATENCY.labels(operation).observe(time.perf_counter() - started)
+            observe(_operation(scope), status[0], time.perf_counter() - started)
 
     return middleware
 

@@ -203,6 +203,10 @@ def _check_scanned_text(code: object) -> None:
         raise _invalid_code("code must be a non-empty string")
     if len(code) > MAX_CODE_LENGTH:
         raise _invalid_code(f"code is longer than {MAX_CODE_LENGTH} characters")
+    if code.isascii() and code.isprintable() and " " not in code:
+        # Printable ASCII without a space holds no control or whitespace character: the usual
+        # case, checked in C instead of character by character.
+        return
     for position, char in enumerate(code):
         if char.isspace() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
             raise _invalid_code(

@@ -157,17 +157,36 @@ class Payment:
         pending_reason: PendingReason | None = None,
         failure_code: str | None = None,
         failure_message: str | None = None,
+        qr_data: str | None = None,
     ) -> Payment:
-        """Return this payment in ``status``; forbidden transitions are programmer errors."""
+        """Return this payment in ``status``; forbidden transitions are programmer errors.
+
+        ``qr_data`` replaces the QR code's payload when given.
+        """
         check_transition(self.status, status)
-        return replace(
-            self,
+        # Built field by field rather than with dataclasses.replace, which inspects the fields
+        # on every call: this runs on every payment's every change.
+        return Payment(
+            trans_id=self.trans_id,
+            trans_key=self.trans_key,
+            merchant_id=self.merchant_id,
+            terminal_id=self.terminal_id,
+            kind=self.kind,
+            service_id=self.service_id,
+            amount=self.amount,
             status=status,
+            created_at=self.created_at,
+            updated_at=now,
+            version=self.version + 1,
             pending_reason=pending_reason if status is S.PENDING else None,
             failure_code=failure_code,
             failure_message=failure_message,
-            updated_at=now,
-            version=self.version + 1,
+            refunded_amount=self.refunded_amount,
+            voucher_no=self.voucher_no,
+            code_masked=self.code_masked,
+            qr_data=self.qr_data if qr_data is None else qr_data,
+            qr_expires_at=self.qr_expires_at,
+            refunds=self.refunds,
         )
 
     def with_refund_settled(self, refund: Refund, now: datetime) -> Payment:

@@ -3,7 +3,9 @@
 Each operation is one to three units of work (one database hop each) around at most one provider
 call, and never holds a transaction open while a provider is asked. A payment is written as
 PENDING (outcome unknown) *before* its provider is called, so a crash between the two leaves a
-payment that PAYCHECK/STATUS resolve, never a charge the books do not know.
+payment that PAYCHECK/STATUS resolve, never a charge the books do not know. A provider whose books
+are in our own database (the sandbox) is asked inside the unit that writes the payment instead:
+the charge and the payment then commit together or not at all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import httpx
 import sqlalchemy as sa
@@ -30,6 +32,7 @@ from kessai.connectors import routing
 from kessai.connectors.base import (
     Connector,
     Flow,
+    InDatabase,
     Notification,
     NotificationRejected,
     PayRequest,
@@ -106,6 +109,17 @@ class PaymentView:
     replayed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    """What the first unit of REQUEST or GET-QR-CODE found or wrote."""
+
+    stored: repo.StoredPayment
+    ctx: TerminalContext
+    replayed: bool
+    # The payment as recorded after an in-database provider answered within the same unit.
+    settled: Payment | None = None
+
+
 class Gateway:
     """The terminal API's operations over one database and a set of connectors."""
 
@@ -125,6 +139,8 @@ class Gateway:
         self.settings = settings
         self.clock = clock
         self.catalog = load_catalog()
+        # Per connector name: the connector last seen, and itself if its books are in our database.
+        self._local: dict[str, tuple[Connector | None, InDatabase | None]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -330,31 +346,57 @@ class Gateway:
                 field="serviceId",
             )
 
+    def _in_database(self, name: str) -> InDatabase | None:
+        """The connector ``name`` when its books are in our own database (the sandbox)."""
+        connector = self.connectors.get(name)
+        known = self._local.get(name)
+        if known is not None and known[0] is connector:
+            return known[1]
+        # The class itself must offer it: a wrapper that forwards unknown attributes to a
+        # sandbox inside (as fault-injecting test doubles do) is asked the ordinary way.
+        offers = callable(getattr(type(connector), "pay_within", None))
+        local = cast(InDatabase, connector) if offers else None
+        if local is not None and not local.in_database(self.db):
+            local = None
+        self._local[name] = (connector, local)
+        return local
+
     def _new_payment_unit(
         self,
+        trans_key: str,
         ctx_fn: Callable[[Connection], TerminalContext],
         build: Callable[[TerminalContext, str], Payment],
         fingerprint: str,
         route: Callable[[Connection, int], str],
         request_id: str,
-    ) -> Callable[[Connection], tuple[repo.StoredPayment, TerminalContext, bool]]:
-        """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment."""
+        within: Callable[[Connection, InDatabase, repo.StoredPayment, TerminalContext], Any]
+        | None = None,
+    ) -> Callable[[Connection], _Hop]:
+        """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment.
 
-        def unit(conn: Connection) -> tuple[repo.StoredPayment, TerminalContext, bool]:
+        With ``within``, a provider whose books are in our database is asked in the same unit
+        (its answer recorded there too), so the payment and the charge commit together.
+        """
+        runs = 0
+
+        def unit(conn: Connection) -> _Hop:
+            nonlocal runs
+            runs += 1
             ctx = ctx_fn(conn)
-            probe = build(ctx, "0000000000")
             request_hash = keyed_hash(repo.code_key(conn), fingerprint)
-            existing = repo.find_payment(conn, ctx.merchant_id, trans_key=probe.trans_key)
+            # No lookup on the first run: a transKey or transId already taken fails the insert
+            # on its unique constraint, and the unit, run again, then finds what is there.
+            existing = (
+                repo.find_payment(conn, ctx.merchant_id, trans_key=trans_key) if runs > 1 else None
+            )
             if existing is not None:
                 if existing.request_hash != request_hash:
                     raise Conflict(
-                        f"transKey {probe.trans_key} was already used with other parameters",
+                        f"transKey {trans_key} was already used with other parameters",
                         code="IDEMPOTENCY_CONFLICT",
                         field="transKey",
                     )
-                return existing, ctx, True
-            # No lookup first: the unique constraint refuses a collision (about one chance in
-            # 10^10 per stored payment), and the retried first hop draws again.
+                return _Hop(existing, ctx, True)
             trans_id = new_trans_id()
             payment = build(ctx, trans_id)
             provider = route(conn, ctx.merchant_id)
@@ -377,13 +419,24 @@ class Gateway:
                 request_id=request_id,
             )
             stored = repo.StoredPayment(pk, payment, provider, None, None, request_hash)
-            return stored, ctx, False
+            local = self._in_database(provider) if within is not None else None
+            if within is None or local is None:
+                return _Hop(stored, ctx, False)
+            result = within(conn, local, stored, ctx)
+            settled = _apply_result(
+                conn,
+                stored,
+                result,
+                payment.created_at,
+                f"provider:{provider}",
+                request_id,
+                self.settings,
+            )
+            return _Hop(stored, ctx, False, settled)
 
         return unit
 
-    async def _first_hop(
-        self, unit: Callable[[Connection], tuple[repo.StoredPayment, TerminalContext, bool]]
-    ) -> tuple[repo.StoredPayment, TerminalContext, bool]:
+    async def _first_hop(self, unit: Callable[[Connection], _Hop]) -> _Hop:
         # A racing duplicate with the same transKey that committed first makes this unit fail on
         # the unique constraint; run again, it then finds that payment and replays it.
         return await self._retrying(unit)
@@ -423,14 +476,33 @@ class Gateway:
                 updated_at=now,
             )
 
+        def ask(stored: repo.StoredPayment, ctx: TerminalContext) -> PayRequest:
+            return PayRequest(
+                ref=stored.payment.trans_id,
+                service_id=service.service_id,
+                amount=amount,
+                code=code,
+                merchant_name=ctx.merchant_name,
+            )
+
+        def pay_within(
+            conn: Connection, local: InDatabase, stored: repo.StoredPayment, ctx: TerminalContext
+        ) -> ProviderResult:
+            return local.pay_within(conn, ask(stored, ctx), now)
+
         unit = self._new_payment_unit(
+            trans_key,
             lambda conn: sessions.authenticate(conn, digest, now, self.settings),
             build,
             fingerprint,
             route,
             request_id,
+            within=pay_within,
         )
-        stored, ctx, replayed = await self._first_hop(unit)
+        hop = await self._first_hop(unit)
+        stored, ctx, replayed = hop.stored, hop.ctx, hop.replayed
+        if hop.settled is not None:
+            return self._view(hop.settled)
         if replayed:
             if stored.payment.kind is not PaymentKind.CUSTOMER_CODE:
                 raise Conflict(
@@ -440,13 +512,7 @@ class Gateway:
                 )
             return self._view(await self._refresh(stored, request_id), replayed=True)
         connector = self._connector(stored.provider)
-        pay = PayRequest(
-            ref=stored.payment.trans_id,
-            service_id=service.service_id,
-            amount=amount,
-            code=code,
-            merchant_name=ctx.merchant_name,
-        )
+        pay = ask(stored, ctx)
         result = await self._call(lambda: connector.pay(pay), "pay", connector)
         payment = await self._apply(
             stored.pk, ctx.merchant_id, result, f"provider:{stored.provider}", request_id
@@ -670,13 +736,15 @@ class Gateway:
             )
 
         unit = self._new_payment_unit(
+            trans_key,
             lambda conn: sessions.authenticate(conn, digest, now, self.settings),
             build,
             fingerprint,
             route,
             request_id,
         )
-        stored, ctx, replayed = await self._first_hop(unit)
+        hop = await self._first_hop(unit)
+        stored, ctx, replayed = hop.stored, hop.ctx, hop.replayed
         if replayed:
             if stored.payment.kind is not PaymentKind.MERCHANT_QR:
                 raise Conflict(
@@ -1127,7 +1195,7 @@ def _apply_result(
                     .values(provider_ref=extra["provider_ref"])
                 )
             return payment
-        after = replace(payment.moved_to(S.PENDING, now, pending_reason=reason), qr_data=qr_data)
+        after = payment.moved_to(S.PENDING, now, pending_reason=reason, qr_data=qr_data)
     else:
         target = _OUTCOME_TO_STATUS[outcome]
         failure_code = result.failure_code if result is not None else None
@@ -1136,10 +1204,11 @@ def _apply_result(
             failure_code = "DECLINED"
         if target is S.EXPIRED:
             failure_code, failure_message = "QR_EXPIRED", "the QR code expired before it was paid"
-        after = replace(
-            payment.moved_to(
-                target, now, failure_code=failure_code, failure_message=failure_message
-            ),
+        after = payment.moved_to(
+            target,
+            now,
+            failure_code=failure_code,
+            failure_message=failure_message,
             qr_data=qr_data,
         )
     repo.save_payment(conn, stored.pk, payment, after, **extra)

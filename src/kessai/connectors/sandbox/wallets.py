@@ -140,9 +140,11 @@ _CODE = Hot(
     sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest"))
 )
 _SPEND_CODE = Hot(
-    t.sandbox_codes.update().where(
+    t.sandbox_codes.update()
+    .where(
         t.sandbox_codes.c.code_hash == sa.bindparam("digest"), t.sandbox_codes.c.used_at.is_(None)
     )
+    .returning(t.sandbox_codes.c.outcome)
 )
 _INSERT_CHARGE = Hot(t.sandbox_charges.insert())
 
@@ -235,6 +237,50 @@ class SandboxWallets:
         self.clock = clock
         self.reveal_after = timedelta(seconds=reveal_after_seconds)
 
+    def in_database(self, database: object) -> bool:
+        """Whether the sandbox's books are in ``database`` (they are in the gateway's own)."""
+        return database is self.db
+
+    def pay_within(self, conn: Connection, request: PayRequest, now: datetime) -> ProviderResult:
+        """Charge a customer code inside the caller's unit of work (``request.ref`` is new)."""
+        digest = keyed_hash(code_key(conn), request.code)
+        # Spending the code is one conditional update, so two payments racing with one code
+        # cannot both use it; its outcome comes back with it.
+        spent = _SPEND_CODE.run(conn, {"digest": digest, "used_at": now}).first()
+        if spent is not None:
+            outcome = str(spent.outcome)
+        elif _CODE.run(conn, {"digest": digest}).first() is None:
+            outcome = "unknown-code"
+        else:
+            outcome = "code-reused"
+        status, visible_at = {
+            "success": (SUCCEEDED, None),
+            "password": (WAITING, None),
+            "timeout-success": (SUCCEEDED, now + self.reveal_after),
+            "timeout-failure": (FAILED, now + self.reveal_after),
+        }.get(outcome, (FAILED, None))
+        row = {
+            "ref": request.ref,
+            "service_id": request.service_id,
+            "kind": "CUSTOMER_CODE",
+            "amount": request.amount,
+            "status": status,
+            "outcome": outcome,
+            "merchant_name": request.merchant_name,
+            "visible_at": visible_at,
+            "refunded_amount": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        _INSERT_CHARGE.run(conn, row)
+        if visible_at is not None:
+            # The wallet did the work but its answer never reached us.
+            return ProviderResult(ProviderOutcome.UNKNOWN, provider_ref=request.ref)
+        if status == WAITING:
+            return ProviderResult(ProviderOutcome.WAITING_FOR_CUSTOMER, provider_ref=request.ref)
+        # Paid or refused on the spot: answer from what was just written.
+        return _settled_result(status, outcome, request.ref)
+
     async def pay(self, request: PayRequest) -> ProviderResult:
         """Charge a customer code according to the outcome it was issued with."""
         now = self.clock()
@@ -243,44 +289,7 @@ class SandboxWallets:
             existing = _charge(conn, request.ref)
             if existing is not None:  # the gateway retried: answer what we did the first time
                 return _result_of(existing, now)
-            digest = keyed_hash(code_key(conn), request.code)
-            code_row = _CODE.run(conn, {"digest": digest}).first()
-            if code_row is None:
-                outcome = "unknown-code"
-            else:
-                # Spending the code is one conditional update, so two payments racing with one
-                # code cannot both use it.
-                spent = _SPEND_CODE.run(conn, {"digest": digest, "used_at": now})
-                outcome = str(code_row.outcome) if spent.rowcount == 1 else "code-reused"
-            status, visible_at = {
-                "success": (SUCCEEDED, None),
-                "password": (WAITING, None),
-                "timeout-success": (SUCCEEDED, now + self.reveal_after),
-                "timeout-failure": (FAILED, now + self.reveal_after),
-            }.get(outcome, (FAILED, None))
-            row = {
-                "ref": request.ref,
-                "service_id": request.service_id,
-                "kind": "CUSTOMER_CODE",
-                "amount": request.amount,
-                "status": status,
-                "outcome": outcome,
-                "merchant_name": request.merchant_name,
-                "visible_at": visible_at,
-                "refunded_amount": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            _INSERT_CHARGE.run(conn, row)
-            if visible_at is not None:
-                # The wallet did the work but its answer never reached us.
-                return ProviderResult(ProviderOutcome.UNKNOWN, provider_ref=request.ref)
-            if status in (SUCCEEDED, FAILED):
-                # Paid or refused on the spot: answer from what was just written.
-                return _settled_result(status, outcome, request.ref)
-            created = _charge(conn, request.ref)
-            assert created is not None
-            return _result_of(created, now)
+            return self.pay_within(conn, request, now)
 
         try:
             return await self.db.run(unit)
