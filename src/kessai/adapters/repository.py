@@ -189,8 +189,13 @@ def insert_payment(
     *,
     provider: str,
     request_hash: str,
+    **extra: Any,
 ) -> int:
-    """Insert a new payment; answers its primary key."""
+    """Insert a new payment; answers its primary key.
+
+    ``extra`` sets the provider bookkeeping of a payment written after its provider answered
+    (``provider_checked_at``, ``provider_ref``).
+    """
     result = _INSERT_PAYMENT.run(
         conn,
         dict(
@@ -203,6 +208,8 @@ def insert_payment(
             amount=payment.amount,
             status=payment.status.value,
             pending_reason=payment.pending_reason.value if payment.pending_reason else None,
+            failure_code=payment.failure_code,
+            failure_message=payment.failure_message,
             refunded_amount=0,
             voucher_no=payment.voucher_no,
             code_masked=payment.code_masked,
@@ -213,6 +220,7 @@ def insert_payment(
             version=payment.version,
             created_at=payment.created_at,
             updated_at=payment.updated_at,
+            **extra,
         ),
     )
     return result.inserted_pk

@@ -369,7 +369,7 @@ class Gateway:
         fingerprint: str,
         route: Callable[[Connection, int], str],
         request_id: str,
-        within: Callable[[Connection, InDatabase, repo.StoredPayment, TerminalContext], Any]
+        within: Callable[[Connection, InDatabase, Payment, TerminalContext], ProviderResult]
         | None = None,
     ) -> Callable[[Connection], _Hop]:
         """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment.
@@ -400,7 +400,22 @@ class Gateway:
             trans_id = new_trans_id()
             payment = build(ctx, trans_id)
             provider = route(conn, ctx.merchant_id)
-            pk = repo.insert_payment(conn, payment, provider=provider, request_hash=request_hash)
+            local = self._in_database(provider) if within is not None else None
+            now = payment.created_at
+            move: _Move | None = None
+            final = payment
+            if within is not None and local is not None:
+                # Asked before the payment row is written, so that the row is written once, in
+                # its final state; the charge and the row commit together all the same.
+                move = _decide(payment, within(conn, local, payment, ctx), now, self.settings)
+                final = move.after or payment
+            pk = repo.insert_payment(
+                conn,
+                final,
+                provider=provider,
+                request_hash=request_hash,
+                **(move.extra if move is not None else {}),
+            )
             repo.audit(
                 conn,
                 at=payment.created_at,
@@ -418,21 +433,15 @@ class Gateway:
                 },
                 request_id=request_id,
             )
-            stored = repo.StoredPayment(pk, payment, provider, None, None, request_hash)
-            local = self._in_database(provider) if within is not None else None
-            if within is None or local is None:
+            if move is None:
+                stored = repo.StoredPayment(pk, payment, provider, None, None, request_hash)
                 return _Hop(stored, ctx, False)
-            result = within(conn, local, stored, ctx)
-            settled = _apply_result(
-                conn,
-                stored,
-                result,
-                payment.created_at,
-                f"provider:{provider}",
-                request_id,
-                self.settings,
-            )
-            return _Hop(stored, ctx, False, settled)
+            if move.after is not None:
+                actor = f"provider:{provider}"
+                _record_move(conn, pk, payment, move.after, now, actor, request_id)
+            ref = move.extra.get("provider_ref")
+            stored = repo.StoredPayment(pk, final, provider, ref, now, request_hash)
+            return _Hop(stored, ctx, False, final)
 
         return unit
 
@@ -476,9 +485,9 @@ class Gateway:
                 updated_at=now,
             )
 
-        def ask(stored: repo.StoredPayment, ctx: TerminalContext) -> PayRequest:
+        def ask(payment: Payment, ctx: TerminalContext) -> PayRequest:
             return PayRequest(
-                ref=stored.payment.trans_id,
+                ref=payment.trans_id,
                 service_id=service.service_id,
                 amount=amount,
                 code=code,
@@ -486,9 +495,9 @@ class Gateway:
             )
 
         def pay_within(
-            conn: Connection, local: InDatabase, stored: repo.StoredPayment, ctx: TerminalContext
+            conn: Connection, local: InDatabase, payment: Payment, ctx: TerminalContext
         ) -> ProviderResult:
-            return local.pay_within(conn, ask(stored, ctx), now)
+            return local.pay_within(conn, ask(payment, ctx), now)
 
         unit = self._new_payment_unit(
             trans_key,
@@ -512,7 +521,7 @@ class Gateway:
                 )
             return self._view(await self._refresh(stored, request_id), replayed=True)
         connector = self._connector(stored.provider)
-        pay = ask(stored, ctx)
+        pay = ask(stored.payment, ctx)
         result = await self._call(lambda: connector.pay(pay), "pay", connector)
         payment = await self._apply(
             stored.pk, ctx.merchant_id, result, f"provider:{stored.provider}", request_id
@@ -1107,20 +1116,28 @@ _OUTCOME_TO_STATUS: Final[dict[ProviderOutcome, PaymentStatus]] = {
 }
 
 
-def _apply_result(
-    conn: Connection,
-    stored: repo.StoredPayment,
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """What a provider's answer does to a payment, decided before anything is written."""
+
+    # The payment's next state; None when it stays as it is.
+    after: Payment | None
+    # Provider bookkeeping written with it (when it was asked, its reference).
+    extra: dict[str, Any]
+    # For a payment already final: the status the provider claims, when it contradicts ours.
+    disagrees: PaymentStatus | None = None
+
+
+def _decide(
+    payment: Payment,
     result: ProviderResult | None,
     now: datetime,
-    actor: str,
-    request_id: str,
     settings: Settings,
     *,
     expiring: bool = False,
     giving_up: bool = False,
-) -> Payment:
-    """Move a payment by a provider's answer; unknown answers leave it PENDING."""
-    payment = stored.payment
+) -> _Move:
+    """How a provider's answer moves a payment; unknown answers leave it PENDING."""
     outcome = result.outcome if result is not None else ProviderOutcome.UNKNOWN
     extra: dict[str, Any] = {"provider_checked_at": now}
     if result is not None and result.provider_ref:
@@ -1133,18 +1150,8 @@ def _apply_result(
         ):
             # The provider says paid (or reversed what we booked as paid), our books say
             # otherwise: keep the fact for reconciliation.
-            repo.audit(
-                conn,
-                at=now,
-                actor=actor,
-                action="provider.disagrees",
-                merchant_id=payment.merchant_id,
-                payment_pk=stored.pk,
-                from_status=payment.status.value,
-                to_status=target.value,
-                request_id=request_id,
-            )
-        return payment
+            return _Move(None, extra, disagrees=target)
+        return _Move(None, extra)
     if (
         outcome is ProviderOutcome.NOT_FOUND
         and payment.kind is PaymentKind.MERCHANT_QR
@@ -1187,41 +1194,47 @@ def _apply_result(
             else payment.pending_reason
         )
         if reason is payment.pending_reason and qr_data == payment.qr_data:
-            repo.touch_provider_check(conn, stored.pk, now)
-            if "provider_ref" in extra:
-                conn.execute(
-                    t.payments.update()
-                    .where(t.payments.c.id == stored.pk)
-                    .values(provider_ref=extra["provider_ref"])
-                )
-            return payment
-        after = payment.moved_to(S.PENDING, now, pending_reason=reason, qr_data=qr_data)
-    else:
-        target = _OUTCOME_TO_STATUS[outcome]
-        failure_code = result.failure_code if result is not None else None
-        failure_message = result.failure_message if result is not None else None
-        if target is S.FAILED and failure_code is None:
-            failure_code = "DECLINED"
-        if target is S.EXPIRED:
-            failure_code, failure_message = "QR_EXPIRED", "the QR code expired before it was paid"
-        after = payment.moved_to(
-            target,
-            now,
-            failure_code=failure_code,
-            failure_message=failure_message,
-            qr_data=qr_data,
+            return _Move(None, extra)
+        return _Move(
+            payment.moved_to(S.PENDING, now, pending_reason=reason, qr_data=qr_data), extra
         )
-    repo.save_payment(conn, stored.pk, payment, after, **extra)
-    events.record(conn, stored.pk, after, now)
+    target = _OUTCOME_TO_STATUS[outcome]
+    failure_code = result.failure_code if result is not None else None
+    failure_message = result.failure_message if result is not None else None
+    if target is S.FAILED and failure_code is None:
+        failure_code = "DECLINED"
+    if target is S.EXPIRED:
+        failure_code, failure_message = "QR_EXPIRED", "the QR code expired before it was paid"
+    after = payment.moved_to(
+        target,
+        now,
+        failure_code=failure_code,
+        failure_message=failure_message,
+        qr_data=qr_data,
+    )
+    return _Move(after, extra)
+
+
+def _record_move(
+    conn: Connection,
+    pk: int,
+    before: Payment,
+    after: Payment,
+    now: datetime,
+    actor: str,
+    request_id: str,
+) -> None:
+    """The webhook event and the audit entry of a payment's new state (in its unit)."""
+    events.record(conn, pk, after, now)
     repo.audit(
         conn,
         at=now,
         actor=actor,
         action=_ACTIONS.get(after.status, "payment.updated"),
-        merchant_id=payment.merchant_id,
-        terminal_id=payment.terminal_id,
-        payment_pk=stored.pk,
-        from_status=payment.status.value,
+        merchant_id=before.merchant_id,
+        terminal_id=before.terminal_id,
+        payment_pk=pk,
+        from_status=before.status.value,
         to_status=after.status.value,
         detail={
             "reason": after.pending_reason.value if after.pending_reason else None,
@@ -1229,7 +1242,49 @@ def _apply_result(
         },
         request_id=request_id,
     )
-    return after
+
+
+def _apply_result(
+    conn: Connection,
+    stored: repo.StoredPayment,
+    result: ProviderResult | None,
+    now: datetime,
+    actor: str,
+    request_id: str,
+    settings: Settings,
+    *,
+    expiring: bool = False,
+    giving_up: bool = False,
+) -> Payment:
+    """Move a payment by a provider's answer, in one unit with its audit entry."""
+    payment = stored.payment
+    move = _decide(payment, result, now, settings, expiring=expiring, giving_up=giving_up)
+    if move.disagrees is not None:
+        repo.audit(
+            conn,
+            at=now,
+            actor=actor,
+            action="provider.disagrees",
+            merchant_id=payment.merchant_id,
+            payment_pk=stored.pk,
+            from_status=payment.status.value,
+            to_status=move.disagrees.value,
+            request_id=request_id,
+        )
+        return payment
+    if move.after is None:
+        if payment.status is S.PENDING:
+            repo.touch_provider_check(conn, stored.pk, now)
+            if "provider_ref" in move.extra:
+                conn.execute(
+                    t.payments.update()
+                    .where(t.payments.c.id == stored.pk)
+                    .values(provider_ref=move.extra["provider_ref"])
+                )
+        return payment
+    repo.save_payment(conn, stored.pk, payment, move.after, **move.extra)
+    _record_move(conn, stored.pk, payment, move.after, now, actor, request_id)
+    return move.after
 
 
 _ACTIONS: Final = {
