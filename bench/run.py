@@ -1,6 +1,6 @@
 """The performance bench: starts everything on 127.0.0.1, measures, prints one table.
 
-    scripts/bench                 # full run (about ten minutes); writes BENCHMARKS.md
+    scripts/bench                 # full run (about fifteen minutes); writes BENCHMARKS.md
     scripts/bench --quick         # a second or two per row, tiny counts; prints the table only
     .venv/bin/python bench/run.py --help
 
@@ -107,7 +107,7 @@ def parse_plan(argv: Sequence[str]) -> tuple[Plan, Path | None, Path | None, Pat
         "--memory-payments", type=int, help="payments before the last RSS reading (1,000,000)"
     )
     parser.add_argument(
-        "--memory-seconds", type=float, help="time budget for those payments (default 120)"
+        "--memory-seconds", type=float, help="time budget for those payments (default 480)"
     )
     parser.add_argument("--growth-small", type=int, help="payments stored, first (10,000)")
     parser.add_argument("--growth-large", type=int, help="payments stored, second (1,000,000)")
@@ -141,7 +141,7 @@ def parse_plan(argv: Sequence[str]) -> tuple[Plan, Path | None, Path | None, Pat
         drain_seconds=10.0 if quick else 15.0,
         open_connections=32 if quick else 128,
         memory_payments=int(pick(args.memory_payments, 1_000_000, 300)),
-        memory_seconds=float(pick(args.memory_seconds, 120, 2)),
+        memory_seconds=float(pick(args.memory_seconds, 480, 2)),
         growth_small=int(pick(args.growth_small, 10_000, 200)),
         growth_large=int(pick(args.growth_large, 1_000_000, 2_000)),
         growth_seconds=float(pick(args.growth_seconds, 16, 1)),
