@@ -1,25 +1,79 @@
-"""`kessai serve` hands uvicorn settings that keep its workers alive on a busy machine."""
+"""`kessai serve` hands its workers settings that keep them alive on a busy machine.
+
+One worker runs under `uvicorn.run`; several run under `kessai.cli.supervise`, which gives each its
+own listening socket.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import typer
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
-from kessai.cli import main
+from kessai.cli import main, supervise
 
 
-def test_workers_have_time_to_start_before_the_supervisor_gives_up(
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # _serve writes these into the environment: monkeypatch puts the old values back afterwards.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "KESSAI_DATABASE_URL", "KESSAI_PUBLIC_URL"):
+        monkeypatch.setenv(name, "unused")
+
+
+def _refuse(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("not the server runner for this number of workers")
+
+
+def test_several_workers_run_under_the_supervisor_with_time_to_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A spawned worker answers the supervisor's ping only after importing the command's modules,
     # which can take several seconds when the cores are busy; uvicorn's own default is 5 s.
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
-    # _serve writes these into the environment: monkeypatch puts the old values back afterwards.
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "KESSAI_DATABASE_URL", "KESSAI_PUBLIC_URL"):
-        monkeypatch.setenv(name, "unused")
+    seen: list[uvicorn.Config] = []
+
+    def record(config: uvicorn.Config) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(supervise, "SUPPORTED", True)
+    monkeypatch.setattr(supervise, "serve", record)
+    monkeypatch.setattr(uvicorn, "run", _refuse)
     main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 2, None)
-    assert seen["workers"] == 2
-    assert seen["timeout_worker_healthcheck"] >= 30
+    (config,) = seen
+    assert config.workers == 2
+    assert config.timeout_worker_healthcheck >= 30
+    assert config.timeout_worker_healthcheck == main.WORKER_HEALTHCHECK_SECONDS
+    assert (config.app, config.factory) == ("kessai.api.app:app_from_env", True)
+    assert (config.host, config.port) == ("127.0.0.1", 8000)
+    assert config.access_log is False
+    assert config.server_header is False
+    assert config.log_level == "info"
+    assert config.backlog == 2048  # uvicorn's default, for each worker's socket
+
+
+def test_one_worker_runs_under_uvicorn_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def record(app: str, **kwargs: Any) -> None:
+        seen.update(kwargs, app=app)
+
+    monkeypatch.setattr(supervise, "serve", _refuse)
+    monkeypatch.setattr(uvicorn, "run", record)
+    main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 1, None)
+    assert seen["app"] == "kessai.api.app:app_from_env"
+    assert seen["workers"] == 1
+    assert seen["factory"] is True
+    assert seen["access_log"] is False
+    assert seen["server_header"] is False
+
+
+def test_a_supervisor_that_gives_up_makes_serve_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker that cannot start (or a port in use) must not look like a clean exit.
+    monkeypatch.setattr(supervise, "SUPPORTED", True)
+    monkeypatch.setattr(supervise, "serve", lambda config: STARTUP_FAILURE)
+    with pytest.raises(typer.Exit) as raised:
+        main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 3, None)
+    assert raised.value.exit_code == STARTUP_FAILURE

@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 # How long a `kessai serve` worker may leave its supervisor's health check unanswered.
 WORKER_HEALTHCHECK_SECONDS = 60
+# The ASGI app `kessai serve` runs, as uvicorn imports it in every worker.
+SERVED_APP = "kessai.api.app:app_from_env"
 
 app = typer.Typer(
     help="Kessai, the QR-code payment gateway.", no_args_is_help=True, add_completion=False
@@ -190,26 +192,35 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
     # (provisioning, sandbox codes) would otherwise pay.
     import uvicorn  # noqa: PLC0415
 
+    from kessai.cli import supervise  # noqa: PLC0415 - it imports uvicorn too
+
     os.environ["KESSAI_DATABASE_URL"] = database
     os.environ["KESSAI_PUBLIC_URL"] = public_url or f"http://{host}:{port}"
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Several processes: metrics are summed over all of them at every scrape.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kessai-metrics-")
-    uvicorn.run(
-        "kessai.api.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,
-        log_level="info",
-        server_header=False,
-        # uvicorn kills a worker that leaves its supervisor's ping unanswered this long. A spawned
+    settings: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "access_log": False,
+        "log_level": "info",
+        "server_header": False,
+        # A worker that leaves its supervisor's ping unanswered this long is killed. A spawned
         # worker can answer only once its interpreter has started and imported the `kessai`
         # command's modules, which on a busy machine takes longer than uvicorn's default 5 s:
         # with the default, new workers are killed while starting, again and again.
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-    )
+        "timeout_worker_healthcheck": WORKER_HEALTHCHECK_SECONDS,
+    }
+    if workers == 1 or not supervise.SUPPORTED:
+        uvicorn.run(SERVED_APP, **settings)
+        return
+    # Several workers: each gets a listening socket of its own, so that the kernel spreads new
+    # connections over them evenly (see `supervise`).
+    status = supervise.serve(uvicorn.Config(SERVED_APP, **settings))
+    if status != 0:
+        raise typer.Exit(status)
 
 
 # -- admin --------------------------------------------------------------------------------------
