@@ -20,6 +20,7 @@ from kessai.api.app import serving_app
 from kessai.config import Settings
 from kessai.connectors.sandbox import wallets
 from kessai.service import admin
+from kessai.service.gateway import Gateway
 
 # Headers that differ between any two answers, whoever serves them.
 _VOLATILE = {"x-request-id", "date"}
@@ -167,3 +168,32 @@ def test_a_failed_request_stores_nothing(
     assert bad.status_code == 400
     missing = client.get("/v1/payments?transKey=E3", headers=auth)
     assert missing.status_code == 404
+
+
+def test_a_bug_is_answered_as_the_framework_answers_it(
+    client: TestClient[Any],
+    setup: tuple[str, dict[str, Any], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, login, _ = setup
+    auth = _login(client, login)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Gateway, "paycheck", broken)
+    answers = []
+    for served_here in (True, False):
+        with monkeypatch.context() as patch:
+            if not served_here:
+                patch.setattr(express, "OPERATIONS", {})
+            answer = client.get("/v1/payments/1234567890", headers=auth)
+        rid = answer.headers["x-request-id"]
+        error = answer.json()["error"]
+        assert error["requestId"] == rid and rid in error["message"]
+        answers.append(_shape(answer))
+    fast, slow = answers
+    fast[2]["error"]["message"] = slow[2]["error"]["message"] = "internal error"
+    assert fast == slow
+    assert fast[0] == 500 and fast[2]["error"]["code"] == "INTERNAL_ERROR"
+    assert fast[2]["error"]["retryable"] is True

@@ -72,27 +72,38 @@ def envelope(
     retry_after_seconds: int | None = None,
 ) -> Response[ErrorBody]:
     """The error answer every failure ends as."""
-    headers = {"X-Request-Id": request_id}
+    detail = ErrorDetail(code, message, field, retryable, request_id)
+    return _answer(detail, status, retry_after_seconds)
+
+
+def _answer(
+    detail: ErrorDetail, status: int, retry_after_seconds: int | None = None
+) -> Response[ErrorBody]:
+    headers = {"X-Request-Id": detail.request_id}
     if retry_after_seconds:
         headers["Retry-After"] = str(retry_after_seconds)
-    return Response(
-        ErrorBody(ErrorDetail(code, message, field, retryable, request_id)),
-        status_code=status,
-        headers=headers,
-    )
+    return Response(ErrorBody(detail), status_code=status, headers=headers)
+
+
+def domain_error(request_id: str, exc: KessaiError) -> ErrorDetail:
+    """What the envelope says of a domain error: its own code, message and field."""
+    return ErrorDetail(exc.code, exc.message, exc.field, exc.retryable, request_id)
+
+
+def internal_error(request_id: str) -> ErrorDetail:
+    """What the envelope says of a bug: nothing but the request id to quote.
+
+    Call it while handling the exception: the traceback goes to the log with the request id.
+    """
+    log.exception("unexpected error (request %s)", request_id)
+    message = f"internal error; quote request id {request_id}"
+    return ErrorDetail("INTERNAL_ERROR", message, None, True, request_id)
 
 
 def handle_kessai_error(request: Request[Any, Any, Any], exc: KessaiError) -> Response[ErrorBody]:
     """A domain error: its own code, status and field."""
-    return envelope(
-        request_id_of(request.scope),
-        exc.http_status,
-        exc.code,
-        exc.message,
-        exc.field,
-        exc.retryable,
-        exc.retry_after_seconds,
-    )
+    detail = domain_error(request_id_of(request.scope), exc)
+    return _answer(detail, exc.http_status, exc.retry_after_seconds)
 
 
 def handle_validation(
@@ -182,7 +193,4 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         log.warning("request %s: undecodable body (%s)", rid, type(exc).__name__)
         message = "the body is not valid JSON (not UTF-8, or nested too deeply)"
         return envelope(rid, 400, "MALFORMED_JSON", message)
-    log.exception("unexpected error (request %s)", rid)
-    return envelope(
-        rid, 500, "INTERNAL_ERROR", f"internal error; quote request id {rid}", retryable=True
-    )
+    return _answer(internal_error(rid), 500)

@@ -18,7 +18,6 @@ checks both paths answer byte for byte alike.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -40,12 +39,11 @@ from litestar.types import (
 )
 
 from kessai.api import metrics
+from kessai.api.errors import domain_error, internal_error
 from kessai.api.terminal import bearer_token, gateway_of, payment_out
-from kessai.api.wire import ErrorBody, ErrorDetail, RequestBody
+from kessai.api.wire import ErrorBody, RequestBody
 from kessai.domain.errors import KessaiError
 from kessai.service.gateway import Gateway, PaymentView
-
-log = logging.getLogger("kessai.api")
 
 _encoder: Final = msgspec.json.Encoder()
 _request_decoder: Final = msgspec.json.Decoder(RequestBody)
@@ -157,20 +155,11 @@ def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
 
 
 def _error(request_id: str, exc: KessaiError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """The envelope of a domain error, as the framework's exception handler writes it."""
-    detail = ErrorDetail(exc.code, exc.message, exc.field, exc.retryable, request_id)
+    """A domain error's status, envelope and headers, as the framework's exception handler gives."""
     extra = []
     if exc.retry_after_seconds:
         extra.append((b"retry-after", str(exc.retry_after_seconds).encode()))
-    return exc.http_status, _encoder.encode(ErrorBody(detail)), extra
-
-
-def _unexpected(request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """A bug: a generic message; the log has the traceback and the request id."""
-    log.exception("unexpected error (request %s)", request_id)
-    message = f"internal error; quote request id {request_id}"
-    detail = ErrorDetail("INTERNAL_ERROR", message, None, True, request_id)
-    return 500, _encoder.encode(ErrorBody(detail)), []
+    return exc.http_status, _encoder.encode(ErrorBody(domain_error(request_id, exc))), extra
 
 
 class Front:
@@ -196,7 +185,7 @@ class Front:
         name = _operation(scope)
         serve = OPERATIONS.get(name) if name is not None else None
         token = bearer_token(_header(scope, b"authorization")) if serve is not None else None
-        if serve is None or token is None or name is None:
+        if name is None or serve is None or token is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -225,7 +214,7 @@ class Front:
         except KessaiError as exc:
             status, payload, extra = _error(request_id, exc)
         except Exception:  # a bug: answered like the framework's last-resort handler
-            status, payload, extra = _unexpected(request_id)
+            status, payload = 500, _encoder.encode(ErrorBody(internal_error(request_id)))
         else:
             if view is None:
                 await self.app(scope, receive, send)
