@@ -287,7 +287,7 @@ async def phone_code(state: State, request: AnyRequest) -> Response[str]:
         barcode_uri="data:image/svg+xml;base64," + base64.b64encode(barcode_svg.encode()).decode(),
         # A full QR code: segno.make would pick a Micro QR for short codes, which few
         # POS scanners read.
-        qr_uri=segno.make_qr(code, error="m").svg_data_uri(scale=5, border=4),
+        qr_uri=segno.make_qr(code, error="m").svg_data_uri(scale=6, border=4),
         refresh_seconds=PHONE_CODE_REFRESH_SECONDS,
     )
 
