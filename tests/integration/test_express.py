@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
 from kessai.api import express
-from kessai.api.app import serving_app
+from kessai.api.app import app_from_env, freeze_startup_objects, serving_app
 from kessai.config import Settings
 from kessai.connectors.sandbox import wallets
 from kessai.service import admin
@@ -197,3 +199,65 @@ def test_a_bug_is_answered_as_the_framework_answers_it(
     assert fast == slow
     assert fast[0] == 500 and fast[2]["error"]["code"] == "INTERNAL_ERROR"
     assert fast[2]["error"]["retryable"] is True
+
+
+@pytest.fixture
+def thawed() -> Iterator[None]:
+    """Whatever a test freezes is handed back to the collector afterwards."""
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.usefixtures("thawed")
+def test_a_serving_process_leaves_startups_objects_out_of_later_collections(
+    setup: tuple[str, dict[str, Any], list[str]],
+) -> None:
+    url, login, codes = setup
+    app = serving_app(url, Settings(), freeze_at_startup=True)
+    assert gc.get_freeze_count() == 0
+    with TestClient(app) as served:
+        # The app's modules, routes and gateway, at least: tens of thousands of objects.
+        assert gc.get_freeze_count() > 10_000
+        # Objects made after startup are still collected: a cycle made now is freed.
+        watcher = weakref.ref(_Cyclic([]))
+        gc.collect()
+        assert watcher() is None
+        headers = _login(served, login)
+        paid = served.post(
+            "/v1/payments",
+            json={"transKey": "FROZEN1", "amount": 100, "code": codes[0]},
+            headers=headers,
+        )
+        assert paid.status_code == 200, paid.text
+        assert paid.json()["status"] == "COMPLETED"
+
+
+@pytest.mark.usefixtures("thawed")
+def test_tests_and_embedded_apps_freeze_nothing(
+    setup: tuple[str, dict[str, Any], list[str]],
+) -> None:
+    url, _, _ = setup
+    with TestClient(serving_app(url, Settings())) as served:
+        assert served.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() == 0
+
+
+def test_kessai_serve_builds_a_freezing_app(
+    setup: tuple[str, dict[str, Any], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _, _ = setup
+    monkeypatch.setenv("KESSAI_DATABASE_URL", url)
+    served = app_from_env()
+    assert isinstance(served, express.Front)
+    assert freeze_startup_objects in served.app.on_startup
+
+
+class _Cyclic:
+    """An object in a reference cycle, which only the cyclic collector can free."""
+
+    def __init__(self, ring: list[Any]) -> None:
+        self.ring = ring
+        ring.append(self)

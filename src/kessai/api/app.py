@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -180,15 +181,36 @@ def create_app(
     )
 
 
+def freeze_startup_objects() -> None:
+    """Keep what startup built out of the cyclic garbage collector's later passes.
+
+    A serving worker starts with about 140,000 long-lived objects (modules, the framework's
+    routes and schemas, compiled statements). Each full collection used to walk all of them:
+    about 100 ms with the GIL held, during which the worker answers nothing and, when it holds
+    the database's write lock, the other workers wait too. Frozen, a full pass walks only what
+    was made since (1-2 ms). Garbage is collected first, so nothing dead is kept.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serving_app(
     database_url: str,
     settings: Settings | None = None,
     *,
     clock: Clock = system_clock,
+    freeze_at_startup: bool = False,
 ) -> ASGIApp:
-    """What ``kessai serve`` serves: the application behind the express lane (``api/express``)."""
+    """What ``kessai serve`` serves: the application behind the express lane (``api/express``).
+
+    With ``freeze_at_startup`` (a serving process, not a test), startup's objects are left out of
+    later garbage collections (``freeze_startup_objects``).
+    """
     settings = settings or Settings.from_env()
-    return front(create_app(database_url, settings, clock=clock), settings.max_body_bytes)
+    app = create_app(database_url, settings, clock=clock)
+    if freeze_at_startup:
+        app.on_startup.append(freeze_startup_objects)
+    return front(app, settings.max_body_bytes)
 
 
 def app_from_env() -> ASGIApp:
@@ -196,7 +218,7 @@ def app_from_env() -> ASGIApp:
     url = os.environ.get("KESSAI_DATABASE_URL", "sqlite:///kessai.db")
     level = os.environ.get("KESSAI_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level)
-    app = serving_app(url, Settings.from_env())
+    app = serving_app(url, Settings.from_env(), freeze_at_startup=True)
     # Litestar's own logging setup (run while the app is built) resets the root logger to INFO;
     # the level asked for must win.
     logging.getLogger().setLevel(level)
