@@ -6,10 +6,14 @@ processes inherit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+# The environment variable naming stuck_once_app's marker file.
+STUCK_MARKER = "SUPERVISE_STUCK_MARKER"
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -27,6 +31,25 @@ async def pid_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def stuck_once_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """``pid_app`` whose first worker never finishes its startup (its event loop stays free).
+
+    The first worker to start creates the file named by ``STUCK_MARKER`` and waits forever, as
+    one whose startup waits on a lock never granted would; later workers start normally.
+    """
+    if scope["type"] == "lifespan":
+        marker = os.environ[STUCK_MARKER]
+        try:
+            with open(marker, "x"):
+                pass
+        except FileExistsError:
+            await _lifespan(receive, send, fail=False)
+            return
+        await asyncio.sleep(3600)
+        return
+    await pid_app(scope, receive, send)
 
 
 async def broken_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:

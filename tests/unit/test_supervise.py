@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import supervise_stubs
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
@@ -152,7 +154,12 @@ class Running:
 
 @contextlib.contextmanager
 def supervised(
-    app: str, workers: int, *, healthcheck: float = 60.0, stop_timeout: float = 30.0
+    app: str,
+    workers: int,
+    *,
+    healthcheck: float = 60.0,
+    stop_timeout: float = 30.0,
+    startup_timeout: float = 120.0,
 ) -> Iterator[Running]:
     """Run a supervisor of ``workers`` workers of ``supervise_stubs:<app>`` on a free port."""
     config = uvicorn.Config(
@@ -169,7 +176,13 @@ def supervised(
     logger = logging.getLogger("uvicorn.error")
     logger.addHandler(log)
     sockets = listening_sockets("127.0.0.1", 0, workers, 128)
-    supervisor = Supervisor(config, sockets, ping_interval=0.2, stop_timeout=stop_timeout)
+    supervisor = Supervisor(
+        config,
+        sockets,
+        ping_interval=0.2,
+        stop_timeout=stop_timeout,
+        startup_timeout=startup_timeout,
+    )
     running = Running(supervisor, sockets[0].getsockname()[1], log, threading.Thread())
     running.thread = threading.Thread(target=lambda: running.status.append(supervisor.run()))
     running.thread.start()
@@ -228,6 +241,24 @@ def test_a_worker_whose_event_loop_is_stuck_is_killed_and_replaced_on_its_socket
         assert _gone({stuck})
         assert f"Child process [{stuck}] left the health check unanswered" in running.text()
         assert f"Child process [{stuck}] died" in running.text()
+        assert running.supervisor.pids() == [replacement]
+    assert running.wait_finished() == 0
+
+
+def test_a_worker_stuck_in_its_startup_is_killed_and_replaced_on_its_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its ping thread keeps answering "starting", so only the startup deadline catches it.
+    monkeypatch.setenv(supervise_stubs.STUCK_MARKER, str(tmp_path / "first-worker-started"))
+    with supervised("stuck_once_app", 1, healthcheck=3, startup_timeout=3) as running:
+        # Queued on the socket while the first worker is stuck; its replacement answers it.
+        replacement = running.pid_answering()
+        (killed,) = re.findall(
+            r"Child process \[(\d+)\] was not serving \d+ s after", running.text()
+        )
+        assert int(killed) != replacement
+        assert _gone({int(killed)})
+        assert f"Child process [{killed}] died" in running.text()
         assert running.supervisor.pids() == [replacement]
     assert running.wait_finished() == 0
 

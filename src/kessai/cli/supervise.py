@@ -45,6 +45,11 @@ PING_INTERVAL_SECONDS = 1.0
 # longest provider call (30 s), so that a payment in flight gets its answer recorded.
 STOP_TIMEOUT_SECONDS = 35.0
 
+# How long a worker's startup may last before it is killed and replaced: far above a normal
+# start on a busy machine (imports, opening the database; about 10 s at worst), so that only a
+# startup stuck for good is cut short.
+STARTUP_TIMEOUT_SECONDS = 120.0
+
 _SPAWN = multiprocessing.get_context("spawn")
 _PING = b"?"
 _STARTING = b"0"
@@ -175,6 +180,8 @@ class Supervisor:
 
     ``config.timeout_worker_healthcheck`` bounds how long a worker may leave a ping unanswered,
     counted from its start too: a worker still starting is never killed within that time.
+    ``startup_timeout`` bounds its startup: a worker not serving that long after its start is
+    killed and replaced, even though its ping thread still answers.
     """
 
     def __init__(
@@ -184,12 +191,14 @@ class Supervisor:
         *,
         ping_interval: float = PING_INTERVAL_SECONDS,
         stop_timeout: float = STOP_TIMEOUT_SECONDS,
+        startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
     ) -> None:
         self.config = config
         self.sockets = sockets
         self.healthcheck_seconds = float(config.timeout_worker_healthcheck)
         self.ping_interval = ping_interval
         self.stop_timeout = stop_timeout
+        self.startup_timeout = max(startup_timeout, self.healthcheck_seconds)
         self.exit_code = 0
         self._slots: list[_Worker] = []
         self._incoming: dict[int, _Worker] = {}  # replacements starting after a restart request
@@ -381,6 +390,17 @@ class Supervisor:
             self._slots[slot] = waiting if waiting is not None else self._spawn(slot)
 
     def _kill_unresponsive(self, now: float) -> None:
+        for worker in self._slots:
+            # Its ping thread answers "starting" for as long as its startup lasts: a startup
+            # stuck for good (a lock never granted, a hung connection) would strand its socket.
+            late = now - worker.born_at > self.startup_timeout
+            if late and not worker.killed and not worker.serving:
+                logger.error(
+                    "Child process [%d] was not serving %d s after it started; killing it",
+                    worker.pid,
+                    int(now - worker.born_at),
+                )
+                self._kill(worker)
         for worker in self._watched():
             if worker.killed or worker.ping_sent_at is None:
                 continue
