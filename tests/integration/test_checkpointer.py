@@ -1,0 +1,87 @@
+"""SQLite's WAL is copied back into the database file by a thread of its own, not by commits."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import db as dbmod
+from kessai.adapters.db import Database
+from kessai.adapters.migrate import upgrade
+
+ROWS = 300
+
+
+def _checkpointers() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "kessai-checkpoint")
+
+
+def _rows_in_the_file_alone(database_file: Path, copy: Path) -> int | None:
+    """The probe rows a copy of the database file holds without its WAL (None: not there yet)."""
+    shutil.copyfile(database_file, copy)
+    try:
+        # immutable: the copy is read as it is, with no WAL and no shared-memory file beside it.
+        with contextlib.closing(sqlite3.connect(f"file:{copy}?immutable=1", uri=True)) as alone:
+            return int(alone.execute("SELECT count(*) FROM probe").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return None  # the table is not checkpointed yet, or the copy caught a page mid-write
+    finally:
+        copy.unlink()
+
+
+def test_committed_writes_reach_the_database_file_without_a_committing_checkpoint(
+    tmp_path: Path,
+) -> None:
+    database_file = tmp_path / "kessai.db"
+    db = Database(f"sqlite:///{database_file}")
+    try:
+        upgrade(db)
+        backstop = db.run_sync(
+            lambda conn: conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar(), write=False
+        )
+        # Far above what this test writes: a commit never checkpoints here.
+        assert backstop == dbmod.WAL_BACKSTOP_PAGES
+        db.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE probe (n INTEGER)"))
+
+        def add(n: int) -> None:
+            def unit(conn: Connection) -> None:
+                conn.exec_driver_sql(f"INSERT INTO probe VALUES ({n})")
+
+            db.run_sync(unit)
+
+        for n in range(ROWS):
+            add(n)
+        # Only a checkpoint puts them in the file itself: until then they live in the WAL.
+        deadline = time.monotonic() + 10
+        found = _rows_in_the_file_alone(database_file, tmp_path / "copy.db")
+        while found != ROWS and time.monotonic() < deadline:
+            time.sleep(0.05)
+            found = _rows_in_the_file_alone(database_file, tmp_path / "copy.db")
+        assert found == ROWS
+    finally:
+        db.close()
+
+
+def test_the_checkpointer_stops_with_its_database(tmp_path: Path) -> None:
+    before = _checkpointers()
+    db = Database(f"sqlite:///{tmp_path / 'kessai.db'}")
+    upgrade(db)
+    assert _checkpointers() == before + 1
+    db.close()
+    assert _checkpointers() == before
+
+
+def test_a_database_in_memory_has_no_checkpointer() -> None:
+    before = _checkpointers()
+    db = Database("sqlite://")
+    try:
+        db.run_sync(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+        assert _checkpointers() == before
+    finally:
+        db.close()
