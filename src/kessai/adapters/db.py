@@ -378,7 +378,6 @@ class _Checkpointer:
         self._wanted = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="kessai-checkpoint", daemon=True)
-        self.done = 0  # checkpoints that ran (tests read it)
 
     def start(self) -> None:
         """Start the thread."""
@@ -418,7 +417,6 @@ class _Checkpointer:
             # FULL: the checkpoint fsyncs the WAL before copying and the database file after.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        self.done += 1
 
 
 @contextlib.contextmanager
