@@ -1,12 +1,23 @@
-"""Hot-path statements: written once with SQLAlchemy, run on SQLite straight through the driver.
+"""Hot-path statements: written once with SQLAlchemy, run straight through the database driver.
 
-A ``Hot`` statement is an ordinary SQLAlchemy Core statement with bind parameters. On PostgreSQL it
-runs through ``Connection.execute`` as any statement would. On SQLite, SQLAlchemy compiles it once
-(per set of parameter names) and the compiled SQL then runs on the ``sqlite3`` connection of the
-unit's own transaction, with the same type conversions SQLAlchemy would apply (UTC timestamps,
-booleans). That skips SQLAlchemy's per-call execution machinery, which cost several times more
-than SQLite itself on a REQUEST, while every statement keeps a single definition for both
+A ``Hot`` statement is an ordinary SQLAlchemy Core statement with bind parameters. SQLAlchemy
+compiles it once per database (and per set of parameter names), and the compiled SQL then runs on
+the DBAPI connection of the unit's own transaction, with the same type conversions SQLAlchemy would
+apply (UTC timestamps, booleans, scalar column defaults). That skips SQLAlchemy's per-call
+execution machinery, which cost several times more than SQLite itself on a REQUEST, and about as
+much again as asyncpg on PostgreSQL, while every statement keeps a single definition for both
 databases.
+
+- SQLite: the ``sqlite3`` connection; timestamps are written and read as SQLAlchemy's SQLite
+  dialect stores them (UTC text), by one C call each way.
+- PostgreSQL: a cursor of SQLAlchemy's asyncpg DBAPI adapter, the very one ``Connection.execute``
+  would use: it starts the unit's transaction on first use, keeps asyncpg's prepared statements,
+  and translates asyncpg's errors. An INSERT returns its new primary key (``RETURNING``), as
+  SQLAlchemy compiles it.
+
+Driver errors are raised as SQLAlchemy's (``IntegrityError`` for a duplicate key, and so on), and a
+PostgreSQL connection found dead is invalidated as SQLAlchemy would do it, so callers and
+``Database`` handle one kind of error.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ class _Compiled:
     converts: tuple[tuple[int, Callable[[Any], Any]], ...]
     row: Callable[..., Any] | None
     results: tuple[_Processor, ...]
+    # PostgreSQL: the INSERT returns its new primary key (SQLite has ``lastrowid``).
+    returns_pk: bool = False
 
 
 # The last timestamp written and its text: a unit writes the same "now" many times over.
@@ -68,24 +81,25 @@ def _utc_datetime(value: str) -> datetime:
 
 
 class Hot:
-    """A prebuilt statement that runs on SQLite without SQLAlchemy's execution overhead."""
+    """A prebuilt statement that runs without SQLAlchemy's per-call execution overhead."""
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        # SQLite compilations by the names of the parameters given, in their order (an INSERT
-        # or UPDATE sets exactly the columns it is given).
-        self._sqlite: dict[tuple[str, ...], _Compiled] = {}
+        # Compilations by database and by the names of the parameters given, in their order (an
+        # INSERT or UPDATE sets exactly the columns it is given).
+        self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
         dialect = conn.dialect
+        sqlite = dialect.name == "sqlite"
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
         assert isinstance(compiled, SQLCompiler)
         names = tuple(compiled.positiontup or ())
-        # The dialect's own variant of each type (SQLite keeps timestamps as text) does the work,
-        # except for timestamps, written by one C call in exactly the text SQLAlchemy writes.
+        # Each type's own conversion for this database does the work, except for timestamps on
+        # SQLite, written by one C call in exactly the text SQLAlchemy writes.
         binds = tuple(
             _utc_text
-            if isinstance(compiled.binds[name].type, UTCDateTime)
+            if sqlite and isinstance(compiled.binds[name].type, UTCDateTime)
             else compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in names
         )
@@ -116,28 +130,31 @@ class Hot:
             row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc,no-redef]
             results = tuple(
                 _utc_datetime
-                if isinstance(c.type, UTCDateTime)
+                if sqlite and isinstance(c.type, UTCDateTime)
                 else c.type.dialect_impl(dialect).result_processor(dialect, None)
                 for c in columns
             )
         converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
-        entry = _Compiled(str(compiled), names, defaults, converts, row, results)
-        self._sqlite[keys] = entry
+        # An INSERT on PostgreSQL is compiled with ``RETURNING`` its primary key.
+        returns_pk = not sqlite and bool(getattr(compiled, "implicit_returning", None))
+        entry = _Compiled(str(compiled), names, defaults, converts, row, results, returns_pk)
+        self._compiled[dialect.name, keys] = entry
         return entry
 
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> HotResult:
         """Execute with ``params`` inside the unit's transaction."""
         params = params or {}
-        if conn.dialect.name != "sqlite":
-            return HotResult(conn.execute(self.statement, dict(params)), None)
+        dialect = conn.dialect
         # Callers give their parameters in a fixed order, so the order itself is the key.
         keys = tuple(params)
-        compiled = self._sqlite.get(keys) or self._compile(conn, keys)
+        compiled = self._compiled.get((dialect.name, keys)) or self._compile(conn, keys)
         if compiled.defaults:
             params = {**compiled.defaults, **params}
         values = [params[name] for name in compiled.names]
         for index, convert in compiled.converts:
             values[index] = convert(values[index])
+        if dialect.name != "sqlite":
+            return HotResult(_run_on_dbapi(conn, compiled.sql, values), compiled)
         driver: Any = conn.connection.driver_connection
         try:
             cursor = driver.execute(compiled.sql, values)
@@ -145,9 +162,33 @@ class Hot:
             # Callers catch SQLAlchemy's exceptions (a duplicate key, a busy database), as for
             # every other statement.
             raise sa.exc.DBAPIError.instance(
-                compiled.sql, values, exc, sqlite3.Error, dialect=conn.dialect
+                compiled.sql, values, exc, sqlite3.Error, dialect=dialect
             ) from exc
         return HotResult(cursor, compiled)
+
+
+def _run_on_dbapi(conn: Connection, sql: str, values: list[Any]) -> Any:
+    """Execute on a DBAPI cursor of the unit's connection (PostgreSQL through asyncpg)."""
+    dialect = conn.dialect
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, values)
+    except dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy's own execution does: a connection found dead is invalidated, so that
+        # the pool never hands it out again and ``Database`` may run the unit anew.
+        gone = dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if gone:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            sql,
+            values,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from exc
+    return cursor
 
 
 class HotResult:
@@ -155,13 +196,13 @@ class HotResult:
 
     __slots__ = ("_compiled", "_cursor")
 
-    def __init__(self, cursor: Any, compiled: _Compiled | None) -> None:
+    def __init__(self, cursor: Any, compiled: _Compiled) -> None:
         self._cursor = cursor
         self._compiled = compiled
 
     def _convert(self, raw: Sequence[Any]) -> Any:
         compiled = self._compiled
-        assert compiled is not None and compiled.row is not None
+        assert compiled.row is not None
         return compiled.row(
             *(
                 value if proc is None or value is None else proc(value)
@@ -171,15 +212,11 @@ class HotResult:
 
     def first(self) -> Any:
         """The first row, or None."""
-        if self._compiled is None:
-            return self._cursor.first()
         raw = self._cursor.fetchone()
         return None if raw is None else self._convert(raw)
 
     def one(self) -> Any:
         """Exactly one row."""
-        if self._compiled is None:
-            return self._cursor.one()
         rows = self._cursor.fetchall()
         if len(rows) != 1:
             raise sa.exc.NoResultFound if not rows else sa.exc.MultipleResultsFound
@@ -187,8 +224,6 @@ class HotResult:
 
     def all(self) -> list[Any]:
         """Every row."""
-        if self._compiled is None:
-            return list(self._cursor.all())
         return [self._convert(raw) for raw in self._cursor.fetchall()]
 
     def scalar_one(self) -> Any:
@@ -203,8 +238,6 @@ class HotResult:
     @property
     def inserted_pk(self) -> int:
         """The primary key of the row an INSERT created."""
-        if self._compiled is None:
-            pk = self._cursor.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
+        if self._compiled.returns_pk:
+            return int(self._cursor.fetchone()[0])
         return int(self._cursor.lastrowid)

@@ -1,0 +1,135 @@
+"""Hot statements on PostgreSQL: through asyncpg's DBAPI cursor, inside the unit's transaction.
+
+The same statements as on SQLite (``tests/integration/test_hot.py``) must read back exactly what
+SQLAlchemy's own execution reads, write only within the unit's transaction, raise SQLAlchemy's
+errors, and leave a connection found dead to be replaced, with the unit run anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import schema as t
+from kessai.adapters.db import Database
+from kessai.adapters.hot import Hot
+from kessai.adapters.migrate import upgrade
+
+from .support import create_database
+
+AT = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+_INSERT = Hot(t.integrations.insert())
+_BY_ID = Hot(sa.select(t.integrations).where(t.integrations.c.id == sa.bindparam("pk")))
+_BY_OS = Hot(sa.select(t.integrations.c.id).where(t.integrations.c.os == sa.bindparam("os")))
+_RENAME = Hot(t.integrations.update().where(t.integrations.c.id == sa.bindparam("b_id")))
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[tuple[Database, str]]:
+    """A migrated PostgreSQL database of its own, and its URL."""
+    url = create_database(postgres_url)
+    database = Database(url)
+    upgrade(database)
+    yield database, url
+    database.close()
+
+
+def _integration(db: Database, os_value: str = "HOT001", name: str = "Hot POS") -> int:
+    row = {"os": os_value, "name": name, "created_at": AT}
+    return db.run_sync(lambda conn: _INSERT.run(conn, row).inserted_pk)
+
+
+def _exists(db: Database, os_value: str) -> bool:
+    return db.run_sync(lambda conn: _BY_OS.run(conn, {"os": os_value}).first() is not None)
+
+
+def test_a_row_reads_back_as_sqlalchemy_reads_it(pg: tuple[Database, str]) -> None:
+    db, _ = pg
+    pk = _integration(db)
+    hot = db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one())
+    core = db.run_sync(
+        lambda conn: conn.execute(sa.select(t.integrations).where(t.integrations.c.id == pk)).one()
+    )
+    assert tuple(hot) == tuple(core)
+    assert hot.id == pk  # the INSERT's RETURNING gave the key the row has
+    assert hot.created_at == AT and hot.created_at.tzinfo is not None
+    assert hot.enabled is True  # a column left out took its scalar default
+
+
+def test_updates_count_rows_and_missing_rows_are_reported(pg: tuple[Database, str]) -> None:
+    db, _ = pg
+    pk = _integration(db)
+    assert db.run_sync(lambda conn: _RENAME.run(conn, {"b_id": pk, "name": "New"}).rowcount) == 1
+    assert db.run_sync(lambda conn: _RENAME.run(conn, {"b_id": pk + 9, "name": "X"}).rowcount) == 0
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk + 9}).first()) is None
+    with pytest.raises(sa.exc.NoResultFound):
+        db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk + 9}).one())
+    named = Hot(
+        sa.select(t.integrations.c.name).where(
+            t.integrations.c.name == "New", t.integrations.c.id == sa.bindparam("pk")
+        )
+    )
+    assert db.run_sync(lambda conn: named.run(conn, {"pk": pk}).scalar_one()) == "New"
+
+
+def test_a_duplicate_key_is_sqlalchemys_integrity_error_and_undoes_the_unit(
+    pg: tuple[Database, str],
+) -> None:
+    db, _ = pg
+    _integration(db, "HOT001")
+
+    def twice(conn: Connection) -> None:
+        _INSERT.run(conn, {"os": "HOT002", "name": "First", "created_at": AT})
+        _INSERT.run(conn, {"os": "HOT001", "name": "Twin", "created_at": AT})
+
+    with pytest.raises(sa.exc.IntegrityError):
+        db.run_sync(twice)
+    # The first INSERT ran in the unit's transaction, not on its own: it is gone with the unit.
+    assert not _exists(db, "HOT002")
+
+
+def test_a_unit_that_raises_after_a_hot_write_leaves_nothing(pg: tuple[Database, str]) -> None:
+    db, _ = pg
+
+    def written_then_refused(conn: Connection) -> None:
+        _INSERT.run(conn, {"os": "HOT003", "name": "Gone", "created_at": AT})
+        raise ValueError("refused after writing")
+
+    with pytest.raises(ValueError, match="refused"):
+        db.run_sync(written_then_refused)
+    assert not _exists(db, "HOT003")
+
+
+def test_a_connection_the_server_dropped_is_replaced_and_the_unit_run_anew(
+    pg: tuple[Database, str],
+) -> None:
+    db, url = pg
+    _integration(db, "HOT004")  # the pool now holds one connection
+
+    async def terminate_the_others() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        return len(rows)
+
+    assert asyncio.run(terminate_the_others()) >= 1
+    attempts = 0
+
+    def read(conn: Connection) -> int:
+        nonlocal attempts
+        attempts += 1
+        return int(_BY_OS.run(conn, {"os": "HOT004"}).scalar_one())
+
+    assert db.run_sync(read) > 0
+    assert attempts == 2  # the dead connection failed before COMMIT; a fresh one answered
