@@ -82,13 +82,25 @@ _DUE_EVENTS = {
 }
 
 
-def record(conn: Connection, payment_pk: int, payment: Payment, now: datetime) -> None:
-    """Write the event for ``payment``'s new state, if its merchant listens and it is one."""
+def record(
+    conn: Connection,
+    payment_pk: int,
+    payment: Payment,
+    now: datetime,
+    *,
+    listening: bool | None = None,
+) -> None:
+    """Write the event for ``payment``'s new state, if its merchant listens and it is one.
+
+    ``listening``: whether the merchant has an enabled endpoint, when the unit has already read
+    it (in the same transaction); None to look it up here.
+    """
     event_type = TYPES.get(payment.status)
     if event_type is None:
         return
-    listening = _LISTENING.run(conn, {"merchant_id": payment.merchant_id}).first()
     if listening is None:
+        listening = _LISTENING.run(conn, {"merchant_id": payment.merchant_id}).first() is not None
+    if not listening:
         return
     service = load_catalog().get(payment.service_id)
     event_id = "evt_" + secrets.token_hex(12)

@@ -416,8 +416,7 @@ class Gateway:
                 request_hash=request_hash,
                 **(move.extra if move is not None else {}),
             )
-            repo.audit(
-                conn,
+            created = repo.audit_entry(
                 at=payment.created_at,
                 actor=ctx.actor,
                 action="payment.created",
@@ -433,12 +432,25 @@ class Gateway:
                 },
                 request_id=request_id,
             )
+            if move is None or move.after is None:
+                repo.append_audit(conn, created)
+            else:
+                # Settled within the unit: both entries in one statement, creation first.
+                actor = f"provider:{provider}"
+                _record_move(
+                    conn,
+                    pk,
+                    payment,
+                    move.after,
+                    now,
+                    actor,
+                    request_id,
+                    listening=ctx.listening,
+                    created=created,
+                )
             if move is None:
                 stored = repo.StoredPayment(pk, payment, provider, None, None, request_hash)
                 return _Hop(stored, ctx, False)
-            if move.after is not None:
-                actor = f"provider:{provider}"
-                _record_move(conn, pk, payment, move.after, now, actor, request_id)
             ref = move.extra.get("provider_ref")
             stored = repo.StoredPayment(pk, final, provider, ref, now, request_hash)
             return _Hop(stored, ctx, False, final)
@@ -501,7 +513,7 @@ class Gateway:
 
         unit = self._new_payment_unit(
             trans_key,
-            lambda conn: sessions.authenticate(conn, digest, now, self.settings),
+            lambda conn: sessions.authenticate(conn, digest, now, self.settings, listening=True),
             build,
             fingerprint,
             route,
@@ -746,7 +758,7 @@ class Gateway:
 
         unit = self._new_payment_unit(
             trans_key,
-            lambda conn: sessions.authenticate(conn, digest, now, self.settings),
+            lambda conn: sessions.authenticate(conn, digest, now, self.settings, listening=True),
             build,
             fingerprint,
             route,
@@ -1223,11 +1235,18 @@ def _record_move(
     now: datetime,
     actor: str,
     request_id: str,
+    *,
+    listening: bool | None = None,
+    created: Mapping[str, Any] | None = None,
 ) -> None:
-    """The webhook event and the audit entry of a payment's new state (in its unit)."""
-    events.record(conn, pk, after, now)
-    repo.audit(
-        conn,
+    """The webhook event and the audit entry of a payment's new state (in its unit).
+
+    ``listening``: whether the merchant listens for webhooks, when the unit already knows.
+    ``created``: the audit entry of the payment's creation in this same unit, written in one
+    statement with the move's, ahead of it.
+    """
+    events.record(conn, pk, after, now, listening=listening)
+    moved = repo.audit_entry(
         at=now,
         actor=actor,
         action=_ACTIONS.get(after.status, "payment.updated"),
@@ -1242,6 +1261,10 @@ def _record_move(
         },
         request_id=request_id,
     )
+    if created is None:
+        repo.append_audit(conn, moved)
+    else:
+        repo.append_audit(conn, created, moved)
 
 
 def _apply_result(

@@ -29,6 +29,9 @@ class TerminalContext:
     merchant_id: int
     merchant_name: str
     session_id: int
+    # Whether the merchant has an enabled webhook endpoint, when the lookup asked (units that
+    # create payments); None when it did not, and the outbox then asks itself.
+    listening: bool | None = None
 
     @property
     def actor(self) -> str:
@@ -217,7 +220,7 @@ def wrong_credentials() -> Unauthenticated:
 
 
 # Every operation but LOGIN runs this lookup: built once, so only its execution costs.
-_SESSION_OF_TOKEN = Hot(
+_SESSION_QUERY = (
     sa.select(
         t.sessions.c.id,
         t.sessions.c.ended_at,
@@ -234,15 +237,37 @@ _SESSION_OF_TOKEN = Hot(
     .join(t.merchants, t.merchants.c.id == t.terminals.c.merchant_id)
     .where(t.sessions.c.token_hash == sa.bindparam("digest"))
 )
+_SESSION_OF_TOKEN = Hot(_SESSION_QUERY)
+# Units that create a payment also learn here whether its merchant listens for webhooks (the
+# endpoint's unique index answers), which spares the outbox a lookup of its own.
+_SESSION_AND_LISTENING = Hot(
+    _SESSION_QUERY.add_columns(
+        sa.exists()
+        .where(
+            t.webhook_endpoints.c.merchant_id == t.merchants.c.id,
+            t.webhook_endpoints.c.enabled.is_(True),
+        )
+        .label("listening")
+    )
+)
 _TOUCH_SESSION = Hot(t.sessions.update().where(t.sessions.c.id == sa.bindparam("b_id")))
 _TOUCH_TERMINAL = Hot(t.terminals.update().where(t.terminals.c.id == sa.bindparam("b_id")))
 
 
 def authenticate(
-    conn: Connection, token_digest: str, now: datetime, settings: Settings
+    conn: Connection,
+    token_digest: str,
+    now: datetime,
+    settings: Settings,
+    *,
+    listening: bool = False,
 ) -> TerminalContext:
-    """Resolve a bearer token to its terminal, inside the operation's own unit of work."""
-    row = _SESSION_OF_TOKEN.run(conn, {"digest": token_digest}).first()
+    """Resolve a bearer token to its terminal, inside the operation's own unit of work.
+
+    With ``listening``, the context also says whether the merchant listens for webhooks.
+    """
+    lookup = _SESSION_AND_LISTENING if listening else _SESSION_OF_TOKEN
+    row = lookup.run(conn, {"digest": token_digest}).first()
     if row is None:
         raise Unauthenticated("the session token is not valid; LOGIN again")
     if row.ended_at is not None:
@@ -264,6 +289,7 @@ def authenticate(
         merchant_id=row.merchant_id,
         merchant_name=row.merchant_name,
         session_id=row.id,
+        listening=bool(row.listening) if listening else None,
     )
 
 
