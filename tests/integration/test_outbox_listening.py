@@ -1,4 +1,4 @@
-"""A payment settled inside its own unit reaches the webhook outbox exactly when its merchant listens.
+"""A payment settled in its own unit reaches the webhook outbox exactly when its merchant listens.
 
 The unit that creates the payment learns from its session lookup whether the merchant has an
 enabled endpoint, instead of asking the outbox's own lookup; both must decide alike, and nothing
