@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import db as dbmod
@@ -83,5 +84,68 @@ def test_a_database_in_memory_has_no_checkpointer() -> None:
     try:
         db.run_sync(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
         assert _checkpointers() == before
+    finally:
+        db.close()
+
+
+def _write_until_in_the_file(db: Database, database_file: Path, copy: Path) -> int | None:
+    """Commit a page-sized row at a time until the file alone holds some; how many it holds."""
+    db.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE probe (n INTEGER, pad BLOB)"))
+    found = None
+    for n in range(ROWS):
+        db.run_sync(
+            lambda conn, n=n: conn.exec_driver_sql(
+                f"INSERT INTO probe VALUES ({n}, zeroblob(4000))"
+            )
+        )
+        found = _rows_in_the_file_alone(database_file, copy)
+        if found:
+            break
+    return found
+
+
+def test_a_commit_checkpoints_once_the_checkpointer_has_fallen_far_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpointer that never gets anything done, and a backstop low enough to reach.
+    monkeypatch.setattr(dbmod._Checkpointer, "_checkpoint", lambda self: None)
+    monkeypatch.setattr(dbmod, "WAL_BACKSTOP_PAGES", 20)
+    database_file = tmp_path / "kessai.db"
+    db = Database(f"sqlite:///{database_file}")
+    try:
+        upgrade(db)
+        found = _write_until_in_the_file(db, database_file, tmp_path / "copy.db")
+        # Each row fills a page: the commit that took the WAL past 20 pages copied it back.
+        assert found is not None and 0 < found < 30
+    finally:
+        db.close()
+
+
+def test_a_checkpoint_that_fails_is_tried_again_after_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = dbmod._Checkpointer._checkpoint
+    failures: list[str] = []
+
+    def busy_once(self: dbmod._Checkpointer) -> None:
+        if not failures:
+            failures.append("busy")
+            # What SQLite raises while another process's checkpoint holds the WAL.
+            raise sqlite3.OperationalError("database is locked")
+        real(self)
+
+    monkeypatch.setattr(dbmod._Checkpointer, "_checkpoint", busy_once)
+    database_file = tmp_path / "kessai.db"
+    db = Database(f"sqlite:///{database_file}")
+    try:
+        upgrade(db)  # its writes wake the checkpointer, whose first attempt fails
+        deadline = time.monotonic() + 10
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert failures == ["busy"]
+        # The thread lives on: the next writes are checkpointed into the file.
+        assert _checkpointers() >= 1
+        found = _write_until_in_the_file(db, database_file, tmp_path / "copy.db")
+        assert found
     finally:
         db.close()

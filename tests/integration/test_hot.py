@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.adapters.hot import Hot
@@ -26,9 +27,7 @@ def test_a_row_reads_back_as_sqlalchemy_reads_it(db: Database) -> None:
     pk = _integration(db)
     hot = db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one(), write=False)
     core = db.run_sync(
-        lambda conn: conn.execute(
-            sa.select(t.integrations).where(t.integrations.c.id == pk)
-        ).one(),
+        lambda conn: conn.execute(sa.select(t.integrations).where(t.integrations.c.id == pk)).one(),
         write=False,
     )
     assert tuple(hot) == tuple(core)
@@ -66,3 +65,33 @@ def test_literals_written_into_a_statement_are_bound(db: Database) -> None:
         )
     )
     assert db.run_sync(lambda conn: named.run(conn, {"pk": pk}).scalar_one()) == pk
+
+
+def test_one_refuses_a_second_row(db: Database) -> None:
+    _integration(db, name="Twin POS", os_value="HOT001")
+    _integration(db, name="Twin POS", os_value="HOT002")
+    by_name = Hot(sa.select(t.integrations.c.id).where(t.integrations.c.name == sa.bindparam("n")))
+    with pytest.raises(sa.exc.MultipleResultsFound):
+        db.run_sync(lambda conn: by_name.run(conn, {"n": "Twin POS"}).one(), write=False)
+
+
+@pytest.mark.parametrize(
+    "count", [1, 2, repo.AUDIT_ROWS_PER_STATEMENT, 2 * repo.AUDIT_ROWS_PER_STATEMENT + 3]
+)
+def test_audit_entries_appended_together_keep_their_order(db: Database, count: int) -> None:
+    entries = [
+        repo.audit_entry(at=AT, actor="test", action=f"test.{i}", detail={"i": i})
+        for i in range(count)
+    ]
+    db.run_sync(lambda conn: repo.append_audit(conn, *entries))
+    rows = db.run_sync(
+        lambda conn: conn.execute(
+            sa.select(t.audit_events.c.action, t.audit_events.c.detail, t.audit_events.c.at)
+            .where(t.audit_events.c.actor == "test")
+            .order_by(t.audit_events.c.id)
+        ).all(),
+        write=False,
+    )
+    assert [row.action for row in rows] == [f"test.{i}" for i in range(count)]
+    assert [row.detail for row in rows] == [f'{{"i":{i}}}' for i in range(count)]
+    assert {row.at for row in rows} == {AT}

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.adapters.hot import Hot
@@ -133,3 +134,45 @@ def test_a_connection_the_server_dropped_is_replaced_and_the_unit_run_anew(
 
     assert db.run_sync(read) > 0
     assert attempts == 2  # the dead connection failed before COMMIT; a fresh one answered
+
+
+def test_one_refuses_a_second_row(pg: tuple[Database, str]) -> None:
+    db, _ = pg
+    _integration(db, "HOT001", name="Twin POS")
+    _integration(db, "HOT002", name="Twin POS")
+    by_name = Hot(sa.select(t.integrations.c.id).where(t.integrations.c.name == sa.bindparam("n")))
+    with pytest.raises(sa.exc.MultipleResultsFound):
+        db.run_sync(lambda conn: by_name.run(conn, {"n": "Twin POS"}).one())
+
+
+def test_audit_entries_appended_together_keep_their_order(pg: tuple[Database, str]) -> None:
+    db, _ = pg
+    count = repo.AUDIT_ROWS_PER_STATEMENT + 3  # two statements: a full one and a short one
+    entries = [repo.audit_entry(at=AT, actor="test", action=f"test.{i}") for i in range(count)]
+    db.run_sync(lambda conn: repo.append_audit(conn, *entries))
+    actions = db.run_sync(
+        lambda conn: (
+            conn.execute(
+                sa.select(t.audit_events.c.action)
+                .where(t.audit_events.c.actor == "test")
+                .order_by(t.audit_events.c.id)
+            )
+            .scalars()
+            .all()
+        )
+    )
+    assert actions == [f"test.{i}" for i in range(count)]
+
+
+def test_a_column_whose_conversion_needs_the_drivers_type_code_is_refused(
+    pg: tuple[Database, str],
+) -> None:
+    db, _ = pg
+    pk = _integration(db)
+    priced = Hot(
+        sa.select(sa.cast(t.integrations.c.id, sa.Numeric(10, 2)).label("price")).where(
+            t.integrations.c.id == sa.bindparam("pk")
+        )
+    )
+    with pytest.raises(TypeError, match="price"):
+        db.run_sync(lambda conn: priced.run(conn, {"pk": pk}).first())

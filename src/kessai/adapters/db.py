@@ -89,7 +89,15 @@ class Database:
                 connect_args={"check_same_thread": False, "isolation_level": None},
                 poolclass=sa.pool.StaticPool,
             )
-            event.listen(self._sqlite, "connect", _configure_sqlite)
+            # A file database gets its checkpoints from a thread of its own (``_Checkpointer``);
+            # a committing connection checkpoints only as a backstop, should that thread fall
+            # far behind. A database in memory has no WAL to checkpoint.
+            backstop = WAL_BACKSTOP_PAGES if _lock_path(self.url) else None
+
+            def configure(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+                _configure_sqlite(dbapi_connection, backstop)
+
+            event.listen(self._sqlite, "connect", configure)
             event.listen(self._sqlite, "begin", _begin_sqlite)
             # SQLite has one writer at a time; one thread per process avoids lock ping-pong
             # inside the process while the event loop keeps serving other requests.
@@ -331,10 +339,6 @@ class _SqliteWriter:
         lone = len(group) == 1
         if self._conn is None or self._conn.invalidated or self._conn.closed:
             self._conn = self._engine.connect()
-            if self._checkpointer is not None:
-                # Checkpoints come from the checkpointer; committing ones are only its backstop.
-                raw: Any = self._conn.connection.driver_connection
-                raw.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
         # A read that had to upgrade to a write is run again as a writer (BEGIN IMMEDIATE).
         conn = self._conn.execution_options(kessai_write=write)
         # Savepoints go straight to the driver: they are bookkeeping, not the unit's SQL.
@@ -456,8 +460,10 @@ class _LoopThread:
         self.loop.close()
 
 
-def _configure_sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+def _configure_sqlite(dbapi_connection: sqlite3.Connection, backstop_pages: int | None) -> None:
     cursor = dbapi_connection.cursor()
+    if backstop_pages is not None:
+        cursor.execute(f"PRAGMA wal_autocheckpoint={backstop_pages}")
     # WAL lets readers proceed during a write; FULL makes every commit durable before we answer.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")

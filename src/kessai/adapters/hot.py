@@ -131,7 +131,7 @@ class Hot:
             results = tuple(
                 _utc_datetime
                 if sqlite and isinstance(c.type, UTCDateTime)
-                else c.type.dialect_impl(dialect).result_processor(dialect, None)
+                else _result_processor(c, dialect)
                 for c in columns
             )
         converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
@@ -189,6 +189,24 @@ def _run_on_dbapi(conn: Connection, sql: str, values: list[Any]) -> Any:
             dialect=dialect,
         ) from exc
     return cursor
+
+
+def _result_processor(column: Any, dialect: sa.Dialect) -> _Processor:
+    """The conversion SQLAlchemy applies to a column read back, decided before any execution.
+
+    SQLAlchemy hands a type's processor the driver's type code from the cursor; a ``Hot``
+    statement chooses it at compile time, without one. That is exact for the types the schema
+    reads (text, integers, booleans, timestamps, JSON), whose conversion never depends on the
+    code. A type whose does (``Numeric`` and ``Float`` on asyncpg) is refused here, on the
+    statement's first run, rather than read with a wrong conversion.
+    """
+    try:
+        return column.type.dialect_impl(dialect).result_processor(dialect, None)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, sa.exc.InvalidRequestError) as exc:
+        raise TypeError(
+            f"a Hot statement cannot read {column.key} ({column.type}) on {dialect.name}: its "
+            "conversion depends on the driver's type code; read it with Connection.execute"
+        ) from exc
 
 
 class HotResult:

@@ -6,6 +6,7 @@ are written by the same unit, so they commit together or not at all.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,16 +92,29 @@ _INSERT_REFUND = Hot(t.refunds.insert())
 _UPDATE_REFUND = Hot(t.refunds.update().where(t.refunds.c.refund_id == _P("b_refund_id")))
 _INSERT_AUDIT = Hot(t.audit_events.insert())
 _AUDIT_COLUMNS: Final = tuple(c.name for c in t.audit_events.c if c.name != "id")
-# Two entries in one statement (a payment created and settled in the same unit): one round trip
-# and one statement fewer on the REQUEST path. Values are bound per entry: ``at_0``, ``at_1``, …
-_INSERT_AUDIT_PAIR = Hot(
-    t.audit_events.insert().values(
-        [
-            {name: _P(f"{name}_{i}", type_=t.audit_events.c[name].type) for name in _AUDIT_COLUMNS}
-            for i in (0, 1)
-        ]
+# Entries appended together go in one multi-row INSERT: a payment created and settled in the same
+# unit writes both of its entries with one statement. Values are bound per entry (``at_0``,
+# ``at_1``, …). A statement holds at most this many rows, so SQLite's limit on bound parameters
+# and the number of compiled forms (one per row count) both stay small.
+AUDIT_ROWS_PER_STATEMENT: Final = 16
+
+
+@functools.cache
+def _insert_audit_rows(count: int) -> Hot:
+    """The INSERT of ``count`` audit entries at once, built on first use for each count."""
+    return Hot(
+        t.audit_events.insert().values(
+            [
+                {
+                    name: _P(f"{name}_{i}", type_=t.audit_events.c[name].type)
+                    for name in _AUDIT_COLUMNS
+                }
+                for i in range(count)
+            ]
+        )
     )
-)
+
+
 _MAY_HAVE_REFUNDS: Final = frozenset(
     {
         PaymentStatus.COMPLETED.value,
@@ -350,20 +364,21 @@ def audit_entry(**fields: Unpack[AuditFields]) -> dict[str, Any]:
 
 
 def append_audit(conn: Connection, *entries: Mapping[str, Any]) -> None:
-    """Append entries to the audit trail in their order (the table refuses updates and deletes)."""
-    if len(entries) == 2:
-        first, second = entries
-        _INSERT_AUDIT_PAIR.run(
-            conn,
-            {
-                **{f"{name}_0": first[name] for name in _AUDIT_COLUMNS},
-                **{f"{name}_1": second[name] for name in _AUDIT_COLUMNS},
-            },
-        )
-        return
-    for entry in entries:
+    """Append entries to the audit trail in their order (the table refuses updates and deletes).
+
+    The entries come from ``audit_entry``. Several are written by one statement per
+    ``AUDIT_ROWS_PER_STATEMENT``, whose rows take their ids in the order given.
+    """
+    if len(entries) == 1:
         # ``audit_entry`` gives the columns in the table's order, which keys the compiled form.
-        _INSERT_AUDIT.run(conn, entry)
+        _INSERT_AUDIT.run(conn, entries[0])
+        return
+    for start in range(0, len(entries), AUDIT_ROWS_PER_STATEMENT):
+        chunk = entries[start : start + AUDIT_ROWS_PER_STATEMENT]
+        values = {
+            f"{name}_{i}": entry[name] for i, entry in enumerate(chunk) for name in _AUDIT_COLUMNS
+        }
+        _insert_audit_rows(len(chunk)).run(conn, values)
 
 
 def audit(conn: Connection, **fields: Unpack[AuditFields]) -> None:

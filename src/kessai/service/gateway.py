@@ -1261,10 +1261,7 @@ def _record_move(
         },
         request_id=request_id,
     )
-    if created is None:
-        repo.append_audit(conn, moved)
-    else:
-        repo.append_audit(conn, created, moved)
+    repo.append_audit(conn, *(entry for entry in (created, moved) if entry is not None))
 
 
 def _apply_result(
