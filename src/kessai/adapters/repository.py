@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Required, TypedDict, Unpack
+from typing import Any, Final, Protocol, Required, TypedDict, Unpack
 
 import msgspec
 import sqlalchemy as sa
@@ -49,6 +49,26 @@ def code_key(conn: Connection) -> str:
             raise InternalError("the database is not migrated: run `kessai migrate`")
         key = _code_keys[engine] = str(value)
     return key
+
+
+class ProviderSettingsRow(Protocol):
+    """A merchant's account with a provider (a ``provider_settings`` row), as routing reads it."""
+
+    id: int
+    merchant_id: int
+    service_id: str
+    provider: str
+    version: int
+    api_key: str | None
+    provider_merchant_id: str | None
+    base_url: str | None
+    options: str | None
+    secret_ciphertext: str | None
+    secret_key_id: str | None
+
+
+# The columns ``ProviderSettingsRow`` names: what a query must select for routing.
+PROVIDER_SETTINGS_ROW_FIELDS: Final = tuple(ProviderSettingsRow.__annotations__)
 
 
 @dataclass(frozen=True, slots=True)

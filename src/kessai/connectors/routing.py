@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.adapters.hot import Hot
+from kessai.adapters.repository import ProviderSettingsRow
 from kessai.clock import system_clock
 from kessai.connectors.alipayplus import AlipayPlusClient, AlipayPlusConnector
 from kessai.connectors.alipayplus import connector as alipayplus_connector
@@ -211,10 +212,24 @@ def route(
 ) -> str:
     """The connector name a new payment of this merchant and service records (in its unit).
 
+    Reads the merchant's active account for the service, then decides as ``choose`` does.
+    """
+    row = _ACTIVE_SETTING.run(conn, {"merchant_id": merchant_id, "service_id": service_id}).first()
+    return choose(row, service_id, flow, connectors)
+
+
+def choose(
+    row: ProviderSettingsRow | None,
+    service_id: str,
+    flow: Flow,
+    connectors: Mapping[str, Connector],
+) -> str:
+    """The connector name for a payment, given the merchant's active account for the service.
+
+    ``row`` is that account (None: the merchant has none, and the sandbox serves the service).
     Raises ``FlowNotSupported`` when the configured provider lacks ``flow``, and
     ``AccountUnusable`` when its account cannot be used; either way no payment is written.
     """
-    row = _ACTIVE_SETTING.run(conn, {"merchant_id": merchant_id, "service_id": service_id}).first()
     kind = SANDBOX if row is None else str(row.provider)
     connector = connectors.get(kind)
     if connector is None:
@@ -279,7 +294,7 @@ class ProviderAccounts:
 
     # -- accounts ------------------------------------------------------------------------------
 
-    def prepare(self, row: sa.Row[Any]) -> Connector:
+    def prepare(self, row: ProviderSettingsRow) -> Connector:
         """The connector of a settings row, built (and cached) unless the cache is current."""
         now = monotonic_time.monotonic()
         entry = self._cache.get(int(row.id))
@@ -298,7 +313,7 @@ class ProviderAccounts:
         self._cache[account.id] = _Entry(connector, account.version, now)
         return connector
 
-    def _account(self, row: sa.Row[Any]) -> Account:
+    def _account(self, row: ProviderSettingsRow) -> Account:
         secret = ""
         if row.secret_ciphertext:
             if self.box is None:

@@ -166,15 +166,22 @@ class Gateway:
             )
         return connector.for_account(account) if account else connector
 
-    def _route(self, service: Service, flow: Flow) -> Callable[[Connection, int], str]:
+    def _route(self, service: Service, flow: Flow) -> Callable[[Connection, TerminalContext], str]:
         """How the first unit of work picks the connector for the merchant.
 
         The merchant's account for ``service``, the sandbox by default
-        (``kessai.connectors.routing``); a flow the provider lacks is refused in that unit.
+        (``kessai.connectors.routing``); a flow the provider lacks is refused in that unit. The
+        account comes with the session when the lookup asked for this service, and is read
+        otherwise.
         """
-        return lambda conn, merchant_id: routing.route(
-            conn, merchant_id, service.service_id, flow, self.connectors
-        )
+        service_id = service.service_id
+
+        def route(conn: Connection, ctx: TerminalContext) -> str:
+            if ctx.account_for == service_id:
+                return routing.choose(ctx.account, service_id, flow, self.connectors)
+            return routing.route(conn, ctx.merchant_id, service_id, flow, self.connectors)
+
+        return route
 
     def check_lease(self, calls_in_a_row: int = 1) -> timedelta:
         """How long a claim to ask a provider about a payment keeps others from doing the same.
@@ -367,7 +374,7 @@ class Gateway:
         ctx_fn: Callable[[Connection], TerminalContext],
         build: Callable[[TerminalContext, str], Payment],
         fingerprint: str,
-        route: Callable[[Connection, int], str],
+        route: Callable[[Connection, TerminalContext], str],
         request_id: str,
         within: Callable[[Connection, InDatabase, Payment, TerminalContext], ProviderResult]
         | None = None,
@@ -399,7 +406,7 @@ class Gateway:
                 return _Hop(existing, ctx, True)
             trans_id = new_trans_id()
             payment = build(ctx, trans_id)
-            provider = route(conn, ctx.merchant_id)
+            provider = route(conn, ctx)
             local = self._in_database(provider) if within is not None else None
             now = payment.created_at
             move: _Move | None = None
@@ -513,7 +520,9 @@ class Gateway:
 
         unit = self._new_payment_unit(
             trans_key,
-            lambda conn: sessions.authenticate(conn, digest, now, self.settings, listening=True),
+            lambda conn: sessions.authenticate(
+                conn, digest, now, self.settings, for_service=service.service_id
+            ),
             build,
             fingerprint,
             route,
@@ -758,7 +767,9 @@ class Gateway:
 
         unit = self._new_payment_unit(
             trans_key,
-            lambda conn: sessions.authenticate(conn, digest, now, self.settings, listening=True),
+            lambda conn: sessions.authenticate(
+                conn, digest, now, self.settings, for_service=service.service_id
+            ),
             build,
             fingerprint,
             route,
@@ -1157,8 +1168,10 @@ def _decide(
     if payment.status is not S.PENDING:
         target = _OUTCOME_TO_STATUS.get(outcome)
         reversed_after_paid = target is S.CANCELED and payment.status is S.COMPLETED
-        if target is not None and target is not payment.status and (
-            target is S.COMPLETED or reversed_after_paid
+        if (
+            target is not None
+            and target is not payment.status
+            and (target is S.COMPLETED or reversed_after_paid)
         ):
             # The provider says paid (or reversed what we booked as paid), our books say
             # otherwise: keep the fact for reconciliation.

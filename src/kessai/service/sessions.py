@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.adapters.hot import Hot
-from kessai.adapters.repository import audit
+from kessai.adapters.repository import PROVIDER_SETTINGS_ROW_FIELDS, ProviderSettingsRow, audit
 from kessai.config import Settings
 from kessai.domain.errors import Conflict, Forbidden, RateLimited, Unauthenticated
 
@@ -29,9 +31,13 @@ class TerminalContext:
     merchant_id: int
     merchant_name: str
     session_id: int
-    # Whether the merchant has an enabled webhook endpoint, when the lookup asked (units that
-    # create payments); None when it did not, and the outbox then asks itself.
+    # What a unit that creates a payment reads with the session (``authenticate(for_service=)``):
+    # whether the merchant has an enabled webhook endpoint (None: not asked, and the outbox then
+    # asks itself), and the merchant's active provider account for ``account_for``, the serviceId
+    # asked about (None: the merchant has none there, and the sandbox serves it).
     listening: bool | None = None
+    account: ProviderSettingsRow | None = None
+    account_for: str | None = None
 
     @property
     def actor(self) -> str:
@@ -238,16 +244,29 @@ _SESSION_QUERY = (
     .where(t.sessions.c.token_hash == sa.bindparam("digest"))
 )
 _SESSION_OF_TOKEN = Hot(_SESSION_QUERY)
-# Units that create a payment also learn here whether its merchant listens for webhooks (the
-# endpoint's unique index answers), which spares the outbox a lookup of its own.
-_SESSION_AND_LISTENING = Hot(
+# A unit that creates a payment reads, in the same statement, all else it needs before writing:
+# whether the merchant listens for webhooks (the endpoint's unique index answers) and the
+# merchant's active account for the payment's service (at most one, by a partial unique index),
+# which routing then needs no read of its own for.
+_SESSION_FOR_PAYMENT = Hot(
     _SESSION_QUERY.add_columns(
         sa.exists()
         .where(
             t.webhook_endpoints.c.merchant_id == t.merchants.c.id,
             t.webhook_endpoints.c.enabled.is_(True),
         )
-        .label("listening")
+        .label("listening"),
+        *(
+            t.provider_settings.c[name].label(f"account_{name}")
+            for name in PROVIDER_SETTINGS_ROW_FIELDS
+        ),
+    ).outerjoin(
+        t.provider_settings,
+        sa.and_(
+            t.provider_settings.c.merchant_id == t.merchants.c.id,
+            t.provider_settings.c.service_id == sa.bindparam("service_id"),
+            t.provider_settings.c.active.is_(True),
+        ),
     )
 )
 _TOUCH_SESSION = Hot(t.sessions.update().where(t.sessions.c.id == sa.bindparam("b_id")))
@@ -260,14 +279,19 @@ def authenticate(
     now: datetime,
     settings: Settings,
     *,
-    listening: bool = False,
+    for_service: str | None = None,
 ) -> TerminalContext:
     """Resolve a bearer token to its terminal, inside the operation's own unit of work.
 
-    With ``listening``, the context also says whether the merchant listens for webhooks.
+    With ``for_service`` (a unit about to create a payment of that serviceId), the same statement
+    also reads whether the merchant listens for webhooks and its active provider account for the
+    service, and the context carries both.
     """
-    lookup = _SESSION_AND_LISTENING if listening else _SESSION_OF_TOKEN
-    row = lookup.run(conn, {"digest": token_digest}).first()
+    if for_service is None:
+        row = _SESSION_OF_TOKEN.run(conn, {"digest": token_digest}).first()
+    else:
+        params = {"digest": token_digest, "service_id": for_service}
+        row = _SESSION_FOR_PAYMENT.run(conn, params).first()
     if row is None:
         raise Unauthenticated("the session token is not valid; LOGIN again")
     if row.ended_at is not None:
@@ -289,7 +313,18 @@ def authenticate(
         merchant_id=row.merchant_id,
         merchant_name=row.merchant_name,
         session_id=row.id,
-        listening=bool(row.listening) if listening else None,
+        listening=None if for_service is None else bool(row.listening),
+        account=None if for_service is None else _account(row),
+        account_for=for_service,
+    )
+
+
+def _account(row: Any) -> ProviderSettingsRow | None:
+    """The provider account read along with a session, if the merchant has one there."""
+    if row.account_id is None:
+        return None
+    return SimpleNamespace(
+        **{name: getattr(row, f"account_{name}") for name in PROVIDER_SETTINGS_ROW_FIELDS}
     )
 
 
