@@ -2,103 +2,168 @@
 
 Routing from what the session lookup read must decide exactly as routing from its own read of
 ``provider_settings``: the right merchant, the right service, only the active account, and
-nothing remembered from one unit to the next.
+nothing remembered from one unit to the next. The lookup itself is checked on SQLite, and on
+PostgreSQL when ``KESSAI_TEST_POSTGRES_URL`` names a server (``scripts/test`` starts one).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import Connection
 
+from kessai.adapters.db import Database
+from kessai.adapters.migrate import upgrade
+from kessai.config import Settings
 from kessai.connectors import routing
-from kessai.connectors.base import Flow, FlowNotSupported
+from kessai.connectors.base import Connector, Flow, FlowNotSupported
 from kessai.connectors.secrets import SecretBox, generate_key
 from kessai.security import token_hash
-from kessai.service import sessions
+from kessai.service import admin, sessions
 
 if TYPE_CHECKING:
-    from conftest import Harness, Till
+    from conftest import Harness
 
 BOX = SecretBox([generate_key()])
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+POSTGRES = os.environ.get("KESSAI_TEST_POSTGRES_URL")
 
 
-def _set(h: Harness, merchant_id: int, service_id: str, provider: str) -> None:
-    given = (
-        routing.AccountInput(provider, "K", "S", "MERCHANT_1", "http://127.0.0.1:9")
-        if provider != "sandbox"
-        else routing.AccountInput("sandbox")
-    )
-    h.db.run_sync(
-        lambda conn: routing.set_provider(
+class _Offers:
+    """A stand-in sandbox: routing only asks which flows a connector offers."""
+
+    flows = frozenset(Flow)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database of each kind (PostgreSQL only when a server is named)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kessai.db'}"
+    elif POSTGRES is None:
+        pytest.skip("needs KESSAI_TEST_POSTGRES_URL")
+    else:
+        name = f"routing_{uuid.uuid4().hex[:12]}"
+
+        async def create() -> None:
+            conn = await asyncpg.connect(POSTGRES)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    db = Database(url)
+    upgrade(db)
+    yield db
+    db.close()
+
+
+def _logged_in(db: Database, name: str) -> tuple[int, str]:
+    """A merchant with one terminal holding a live session: its id and the token's digest."""
+    digest = token_hash(f"token-{uuid.uuid4().hex}")
+
+    def unit(conn: Connection) -> int:
+        merchant_id = admin.create_merchant(conn, name, NOW)
+        os_value = admin.create_integration(conn, "Test POS", NOW)
+        issued = admin.create_terminal(conn, merchant_id, NOW)
+        terminal_id = sessions.read_login_subject(conn, os_value, issued.mid).terminal_id
+        assert terminal_id is not None
+        outcome = sessions.finish_login(
             conn,
-            merchant_id=merchant_id,
-            service_id=service_id,
-            given=given,
-            box=BOX,
-            now=h.clock(),
+            terminal_id=terminal_id,
+            password_ok=True,
+            device_key="AA:BB:CC:DD:EE:01",
+            os_value=os_value,
+            token_digest=digest,
+            now=NOW,
+            settings=Settings(),
+            request_id="login",
+        )
+        assert outcome.error is None
+        return merchant_id
+
+    return db.run_sync(unit), digest
+
+
+def _set(db: Database, merchant_id: int, service_id: str, provider: str) -> None:
+    given = (
+        routing.AccountInput("sandbox")
+        if provider == "sandbox"
+        else routing.AccountInput(provider, "K", "S", "MERCHANT_1", "http://127.0.0.1:9")
+    )
+    db.run_sync(
+        lambda conn: routing.set_provider(
+            conn, merchant_id=merchant_id, service_id=service_id, given=given, box=BOX, now=NOW
         )
     )
 
 
-def _both_ways(h: Harness, till: Till, service_id: str, flow: Flow) -> tuple[str, str]:
+def _both_ways(
+    db: Database, connectors: dict[str, Connector], digest: str, service_id: str, flow: Flow
+) -> tuple[str, str]:
     """The route from the session lookup's read, and the route from routing's own read."""
-    connectors = routing.build_connectors(
-        h.db, httpx.AsyncClient(), BOX, h.gateway.connectors[routing.SANDBOX]
-    )
-    digest = token_hash(till.token)
 
     def unit(conn: Connection) -> tuple[str, str]:
-        now = h.clock()
-        ctx = sessions.authenticate(conn, digest, now, h.settings, for_service=service_id)
+        ctx = sessions.authenticate(conn, digest, NOW, Settings(), for_service=service_id)
         assert ctx.account_for == service_id
         folded = routing.choose(ctx.account, service_id, flow, connectors)
         own = routing.route(conn, ctx.merchant_id, service_id, flow, connectors)
         return folded, own
 
-    return h.db.run_sync(unit, write=False)
+    return db.run_sync(unit, write=False)
 
 
-def test_the_account_read_with_the_session_routes_as_routing_itself_would(h: Harness) -> None:
-    mine = h.till(h.provision("Routed Shop"))
-    other = h.till(h.provision("Other Shop"))
-    assert _both_ways(h, mine, "01", Flow.CREATE_QR) == ("sandbox", "sandbox")
+def test_the_account_read_with_the_session_routes_as_routing_itself_would(
+    any_db: Database,
+) -> None:
+    db = any_db
+    mine, my_digest = _logged_in(db, "Routed Shop")
+    _, other_digest = _logged_in(db, "Other Shop")
+    sandbox: Connector = _Offers()  # type: ignore[assignment]
+    connectors = routing.build_connectors(db, httpx.AsyncClient(), BOX, sandbox)
+    sandboxed = ("sandbox", "sandbox")
+    assert _both_ways(db, connectors, my_digest, "01", Flow.CREATE_QR) == sandboxed
 
-    _set(h, mine.shop.merchant_id, "01", "paypay")
-    folded, own = _both_ways(h, mine, "01", Flow.CREATE_QR)
+    _set(db, mine, "01", "paypay")
+    folded, own = _both_ways(db, connectors, my_digest, "01", Flow.CREATE_QR)
     assert folded == own and folded.startswith("paypay:")
     # Another service of the same merchant, and the same service of another merchant: sandbox.
-    assert _both_ways(h, mine, "02", Flow.CREATE_QR) == ("sandbox", "sandbox")
-    assert _both_ways(h, other, "01", Flow.CREATE_QR) == ("sandbox", "sandbox")
+    assert _both_ways(db, connectors, my_digest, "02", Flow.CREATE_QR) == sandboxed
+    assert _both_ways(db, connectors, other_digest, "01", Flow.CREATE_QR) == sandboxed
     # A flow the provider lacks is refused from the session's read too.
     with pytest.raises(FlowNotSupported):
-        _both_ways(h, mine, "01", Flow.PAY)
+        _both_ways(db, connectors, my_digest, "01", Flow.PAY)
 
     # Switched back to the sandbox, the account stays but is inactive: the next unit sees it.
-    _set(h, mine.shop.merchant_id, "01", "sandbox")
-    assert _both_ways(h, mine, "01", Flow.CREATE_QR) == ("sandbox", "sandbox")
+    _set(db, mine, "01", "sandbox")
+    assert _both_ways(db, connectors, my_digest, "01", Flow.CREATE_QR) == sandboxed
 
-
-def test_other_operations_do_not_read_the_account(h: Harness) -> None:
-    till = h.till()
-    _set(h, till.shop.merchant_id, "01", "paypay")
-    digest = token_hash(till.token)
-    ctx = h.db.run_sync(
-        lambda conn: sessions.authenticate(conn, digest, h.clock(), h.settings), write=False
+    # Operations other than creating a payment read neither the account nor the endpoint.
+    ctx = db.run_sync(
+        lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings()), write=False
     )
     assert (ctx.account, ctx.account_for, ctx.listening) == (None, None, None)
 
 
 def test_a_payment_is_routed_by_the_account_read_with_its_session(h: Harness) -> None:
     till = h.till()
-    _set(h, till.shop.merchant_id, "01", "paypay")
+    _set(h.db, till.shop.merchant_id, "01", "paypay")
     # PayPay offers no customer-code REQUEST through this gateway; the refusal proves the unit
     # routed by the account (the sandbox would have charged), and no payment is written.
     code = h.codes("01")[0]
     with pytest.raises(FlowNotSupported):
         till.request(code=code)
     assert h.table("payments") == []
-    _set(h, till.shop.merchant_id, "01", "sandbox")
+    _set(h.db, till.shop.merchant_id, "01", "sandbox")
     assert till.request(code=code).status == "COMPLETED"
