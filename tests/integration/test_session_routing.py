@@ -138,6 +138,12 @@ def test_the_account_read_with_the_session_routes_as_routing_itself_would(
     _set(db, mine, "01", "paypay")
     folded, own = _both_ways(db, connectors, my_digest, "01", Flow.CREATE_QR)
     assert folded == own and folded.startswith("paypay:")
+    routed = db.run_sync(
+        lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings(), for_service="01"),
+        write=False,
+    )
+    assert routed.account is not None and routed.account.secret_ciphertext
+    assert "secret" not in repr(routed)  # the sealed secret stays out of logs and tracebacks
     # Another service of the same merchant, and the same service of another merchant: sandbox.
     assert _both_ways(db, connectors, my_digest, "02", Flow.CREATE_QR) == sandboxed
     assert _both_ways(db, connectors, other_digest, "01", Flow.CREATE_QR) == sandboxed

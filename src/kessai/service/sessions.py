@@ -7,7 +7,7 @@ the same key replaces the old session (its token stops working). The partial uni
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -36,7 +36,8 @@ class TerminalContext:
     # asks itself), and the merchant's active provider account for ``account_for``, the serviceId
     # asked about (None: the merchant has none there, and the sandbox serves it).
     listening: bool | None = None
-    account: ProviderSettingsRow | None = None
+    # Not in the repr: the row carries the account's sealed secret.
+    account: ProviderSettingsRow | None = field(default=None, repr=False)
     account_for: str | None = None
 
     @property
