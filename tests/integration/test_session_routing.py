@@ -8,7 +8,6 @@ PostgreSQL when ``KESSAI_TEST_POSTGRES_URL`` names a server (``scripts/test`` st
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import Connection
@@ -29,6 +27,7 @@ from kessai.connectors.base import Connector, Flow, FlowNotSupported
 from kessai.connectors.secrets import SecretBox, generate_key
 from kessai.security import token_hash
 from kessai.service import admin, sessions
+from scale.support import create_database
 
 if TYPE_CHECKING:
     from conftest import Harness
@@ -52,17 +51,7 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]
     elif POSTGRES is None:
         pytest.skip("needs KESSAI_TEST_POSTGRES_URL")
     else:
-        name = f"routing_{uuid.uuid4().hex[:12]}"
-
-        async def create() -> None:
-            conn = await asyncpg.connect(POSTGRES)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
-        url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+        url = create_database(POSTGRES)
     db = Database(url)
     upgrade(db)
     yield db

@@ -110,13 +110,16 @@ _SAVE_PAYMENT = Hot(
 _TOUCH_CHECK = Hot(t.payments.update().where(t.payments.c.id == _P("b_pk")))
 _INSERT_REFUND = Hot(t.refunds.insert())
 _UPDATE_REFUND = Hot(t.refunds.update().where(t.refunds.c.refund_id == _P("b_refund_id")))
-_INSERT_AUDIT = Hot(t.audit_events.insert())
 _AUDIT_COLUMNS: Final = tuple(c.name for c in t.audit_events.c if c.name != "id")
 # Entries appended together go in one multi-row INSERT: a payment created and settled in the same
-# unit writes both of its entries with one statement. Values are bound per entry (``at_0``,
-# ``at_1``, …). A statement holds at most this many rows, so SQLite's limit on bound parameters
-# and the number of compiled forms (one per row count) both stay small.
+# unit writes both of its entries with one statement. A statement holds at most this many rows,
+# so SQLite's limit on bound parameters and the number of compiled forms (one per row count) both
+# stay small.
 AUDIT_ROWS_PER_STATEMENT: Final = 16
+# The parameter names of each row of such an INSERT: ``at_0``, ``merchant_id_0``, …, ``at_1``, …
+_AUDIT_PARAMS: Final = tuple(
+    tuple(f"{name}_{i}" for name in _AUDIT_COLUMNS) for i in range(AUDIT_ROWS_PER_STATEMENT)
+)
 
 
 @functools.cache
@@ -126,8 +129,8 @@ def _insert_audit_rows(count: int) -> Hot:
         t.audit_events.insert().values(
             [
                 {
-                    name: _P(f"{name}_{i}", type_=t.audit_events.c[name].type)
-                    for name in _AUDIT_COLUMNS
+                    name: _P(param, type_=t.audit_events.c[name].type)
+                    for name, param in zip(_AUDIT_COLUMNS, _AUDIT_PARAMS[i], strict=True)
                 }
                 for i in range(count)
             ]
@@ -389,15 +392,11 @@ def append_audit(conn: Connection, *entries: Mapping[str, Any]) -> None:
     The entries come from ``audit_entry``. Several are written by one statement per
     ``AUDIT_ROWS_PER_STATEMENT``, whose rows take their ids in the order given.
     """
-    if len(entries) == 1:
-        # ``audit_entry`` gives the columns in the table's order, which keys the compiled form.
-        _INSERT_AUDIT.run(conn, entries[0])
-        return
     for start in range(0, len(entries), AUDIT_ROWS_PER_STATEMENT):
         chunk = entries[start : start + AUDIT_ROWS_PER_STATEMENT]
-        values = {
-            f"{name}_{i}": entry[name] for i, entry in enumerate(chunk) for name in _AUDIT_COLUMNS
-        }
+        values: dict[str, Any] = {}
+        for params, entry in zip(_AUDIT_PARAMS, chunk, strict=False):
+            values.update(zip(params, (entry[name] for name in _AUDIT_COLUMNS), strict=True))
         _insert_audit_rows(len(chunk)).run(conn, values)
 
 

@@ -166,23 +166,6 @@ class Gateway:
             )
         return connector.for_account(account) if account else connector
 
-    def _route(self, service: Service, flow: Flow) -> Callable[[Connection, TerminalContext], str]:
-        """How the first unit of work picks the connector for the merchant.
-
-        The merchant's account for ``service``, the sandbox by default
-        (``kessai.connectors.routing``); a flow the provider lacks is refused in that unit. The
-        account comes with the session when the lookup asked for this service, and is read
-        otherwise.
-        """
-        service_id = service.service_id
-
-        def route(conn: Connection, ctx: TerminalContext) -> str:
-            if ctx.account_for == service_id:
-                return routing.choose(ctx.account, service_id, flow, self.connectors)
-            return routing.route(conn, ctx.merchant_id, service_id, flow, self.connectors)
-
-        return route
-
     def check_lease(self, calls_in_a_row: int = 1) -> timedelta:
         """How long a claim to ask a provider about a payment keeps others from doing the same.
 
@@ -371,25 +354,33 @@ class Gateway:
     def _new_payment_unit(
         self,
         trans_key: str,
-        ctx_fn: Callable[[Connection], TerminalContext],
+        digest: str,
+        now: datetime,
+        service: Service,
+        flow: Flow,
         build: Callable[[TerminalContext, str], Payment],
         fingerprint: str,
-        route: Callable[[Connection, TerminalContext], str],
         request_id: str,
         within: Callable[[Connection, InDatabase, Payment, TerminalContext], ProviderResult]
         | None = None,
     ) -> Callable[[Connection], _Hop]:
         """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment.
 
-        With ``within``, a provider whose books are in our database is asked in the same unit
-        (its answer recorded there too), so the payment and the charge commit together.
+        The session lookup also reads the merchant's account for ``service``, from which the
+        connector is chosen (``kessai.connectors.routing``, the sandbox by default); a ``flow``
+        the provider lacks is refused in this unit, before any payment exists. With ``within``,
+        a provider whose books are in our database is asked in the same unit (its answer
+        recorded there too), so the payment and the charge commit together. ``build`` makes the
+        payment with ``now`` as its creation time.
         """
         runs = 0
 
         def unit(conn: Connection) -> _Hop:
             nonlocal runs
             runs += 1
-            ctx = ctx_fn(conn)
+            ctx = sessions.authenticate(
+                conn, digest, now, self.settings, for_service=service.service_id
+            )
             request_hash = keyed_hash(repo.code_key(conn), fingerprint)
             # No lookup on the first run: a transKey or transId already taken fails the insert
             # on its unique constraint, and the unit, run again, then finds what is there.
@@ -406,9 +397,8 @@ class Gateway:
                 return _Hop(existing, ctx, True)
             trans_id = new_trans_id()
             payment = build(ctx, trans_id)
-            provider = route(conn, ctx)
+            provider = routing.choose(ctx.account, service.service_id, flow, self.connectors)
             local = self._in_database(provider) if within is not None else None
-            now = payment.created_at
             move: _Move | None = None
             final = payment
             if within is not None and local is not None:
@@ -485,7 +475,6 @@ class Gateway:
         service, _ = self._service_for_code(code, service_id)
         now = self.clock()
         digest = token_hash(token)
-        route = self._route(service, Flow.PAY)
         fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
 
         def build(ctx: TerminalContext, trans_id: str) -> Payment:
@@ -520,12 +509,12 @@ class Gateway:
 
         unit = self._new_payment_unit(
             trans_key,
-            lambda conn: sessions.authenticate(
-                conn, digest, now, self.settings, for_service=service.service_id
-            ),
+            digest,
+            now,
+            service,
+            Flow.PAY,
             build,
             fingerprint,
-            route,
             request_id,
             within=pay_within,
         )
@@ -745,7 +734,6 @@ class Gateway:
             )
         now = self.clock()
         digest = token_hash(token)
-        route = self._route(service, Flow.CREATE_QR)
         fingerprint = f"MERCHANT_QR|{amount}|{service.service_id}"
         expires_at = now + timedelta(seconds=ttl)
 
@@ -767,12 +755,12 @@ class Gateway:
 
         unit = self._new_payment_unit(
             trans_key,
-            lambda conn: sessions.authenticate(
-                conn, digest, now, self.settings, for_service=service.service_id
-            ),
+            digest,
+            now,
+            service,
+            Flow.CREATE_QR,
             build,
             fingerprint,
-            route,
             request_id,
         )
         hop = await self._first_hop(unit)
