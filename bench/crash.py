@@ -36,8 +36,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--merchants", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    parser.add_argument("--uptime", type=float, nargs=2, default=(0.2, 2.0),
-                        metavar=("MIN", "MAX"), help="seconds served before a kill")
+    parser.add_argument(
+        "--uptime",
+        type=float,
+        nargs=2,
+        default=(0.2, 2.0),
+        metavar=("MIN", "MAX"),
+        help="seconds served before a kill",
+    )
     parser.add_argument("--database", default="sqlite")
     parser.add_argument("--workdir", default=None, help="keep the database and logs here")
     args = parser.parse_args()
@@ -49,12 +55,21 @@ def main() -> None:
         database_url, kind = f"sqlite:///{workdir / 'k.db'}", "sqlite"
     else:
         database_url, kind = create_database(args.database), "postgresql"
-    config = CrashConfig(seed=seed, kills=args.kills, clients=args.clients,
-                         merchants=args.merchants, http_workers=args.workers,
-                         uptime=(args.uptime[0], args.uptime[1]), database=kind,
-                         log=lambda line: print(line, flush=True))
-    print(f"seed {seed}; {args.kills} kills; {args.clients} terminals; {args.workers} uvicorn "
-          f"worker(s); database {database_url}; logs in {workdir}", flush=True)
+    config = CrashConfig(
+        seed=seed,
+        kills=args.kills,
+        clients=args.clients,
+        merchants=args.merchants,
+        http_workers=args.workers,
+        uptime=(args.uptime[0], args.uptime[1]),
+        database=kind,
+        log=lambda line: print(line, flush=True),
+    )
+    print(
+        f"seed {seed}; {args.kills} kills; {args.clients} terminals; {args.workers} uvicorn "
+        f"worker(s); database {database_url}; logs in {workdir}",
+        flush=True,
+    )
     report = run_crash(config, workdir, database_url)
     print(report.summary())
     broken = report.violations or report.anomalies or report.client_failures

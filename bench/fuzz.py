@@ -56,10 +56,14 @@ def main() -> int:
     print(f"database: {'postgresql' if args.postgres else 'sqlite'}   seed: {seed}")
     print(report.table())
     print()
-    print(f"generated requests: {report.total} (asked for {args.requests}); other requests "
-          f"(sweeps, LOGINs for LOGOUT cases): {report.helper_requests}")
-    print(f"fuzzing: {report.elapsed:.1f} s ({report.total / max(report.elapsed, 1e-9):.0f} "
-          f"requests/s); setup: {ready - started:.1f} s")
+    print(
+        f"generated requests: {report.total} (asked for {args.requests}); other requests "
+        f"(sweeps, LOGINs for LOGOUT cases): {report.helper_requests}"
+    )
+    print(
+        f"fuzzing: {report.elapsed:.1f} s ({report.total / max(report.elapsed, 1e-9):.0f} "
+        f"requests/s); setup: {ready - started:.1f} s"
+    )
     print(f"server alive at the end: {alive}; tracebacks in its log: {tracebacks}")
     print(f"failures: {len(report.failures)}")
     if report.failures:
@@ -67,7 +71,7 @@ def main() -> int:
         print(report.describe_failures())
     if tracebacks:
         first = log.index("Traceback")
-        print(f"\nthe first traceback in the server's log:\n{log[first:first + 3000]}")
+        print(f"\nthe first traceback in the server's log:\n{log[first : first + 3000]}")
     ok = not report.failures and report.total >= args.requests and alive and not tracebacks
     return 0 if ok else 1
 

@@ -317,9 +317,7 @@ class Latency:
         return " / ".join(ms(q, bound) for q in (self.p50, self.p99, self.p999))
 
 
-def describe_open_loop(
-    result: openloop.OpenLoopResult, seconds: float, accepted: str = ""
-) -> str:
+def describe_open_loop(result: openloop.OpenLoopResult, seconds: float, accepted: str = "") -> str:
     """Counts behind an open-loop row (``accepted`` names what the accepted answers were)."""
     statuses = ", ".join(f"{code}: {n:,}" for code, n in sorted(result.statuses.items()))
     text = (
@@ -346,9 +344,7 @@ def payment_body(tag: str, i: int, code: str) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def payment_lines(
-    codes: Sequence[str], tokens: dict[str, str], tag: str
-) -> Iterator[str]:
+def payment_lines(codes: Sequence[str], tokens: dict[str, str], tag: str) -> Iterator[str]:
     """replay.lua lines for REQUESTs, spread over every logged-in terminal."""
     mids = sorted(tokens)
     for i, code in enumerate(codes):
@@ -591,8 +587,9 @@ def _request_row(
         value=per_second(rate),
         number=rate,
         target=target,
-        verdict="" if met is None or ceiling is None else f"{verdict(met)} "
-        f"({rate / ceiling.rate:.2f} × ceiling)",
+        verdict=""
+        if met is None or ceiling is None
+        else f"{verdict(met)} ({rate / ceiling.rate:.2f} × ceiling)",
         note=note,
     )
     return rate
@@ -641,9 +638,7 @@ def part_sqlite(plan: Plan, report: Report, work: Path, ceiling: Ceiling | None)
     folder.mkdir()
     base = folder / "base.db"
     log("sqlite: provisioning")
-    fleet = harness.provision(
-        f"sqlite:///{base}", plan.merchants, plan.terminals_per_merchant
-    )
+    fleet = harness.provision(f"sqlite:///{base}", plan.merchants, plan.terminals_per_merchant)
     main = folder / "main.db"
     harness.copy_sqlite(base, main)
     url = f"sqlite:///{main}"

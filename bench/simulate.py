@@ -38,15 +38,32 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=100_000, help="simulation steps")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None)
-    seeds.add_argument("--replay", type=int, default=None, metavar="SEED",
-                       help="run SEED again; with the same --ops and flags, the same trace")
-    parser.add_argument("--quiesce-every", type=int, default=2_500,
-                        help="steps between quiescent points (books compared)")
+    seeds.add_argument(
+        "--replay",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="run SEED again; with the same --ops and flags, the same trace",
+    )
+    parser.add_argument(
+        "--quiesce-every",
+        type=int,
+        default=2_500,
+        help="steps between quiescent points (books compared)",
+    )
     parser.add_argument("--trace", type=Path, default=None, help="write the whole trace here")
-    parser.add_argument("--reversing-cancel", action="store_true",
-                        help="the wallet's cancel reverses paid payments too")
-    parser.add_argument("--late-max", type=float, default=None, metavar="SECONDS",
-                        help="how late a delayed request may reach the wallet (default 20)")
+    parser.add_argument(
+        "--reversing-cancel",
+        action="store_true",
+        help="the wallet's cancel reverses paid payments too",
+    )
+    parser.add_argument(
+        "--late-max",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how late a delayed request may reach the wallet (default 20)",
+    )
     args = parser.parse_args()
 
     seed = args.replay if args.replay is not None else args.seed
@@ -74,8 +91,11 @@ def main() -> None:
 
 
 def _progress(steps: int, seconds: float) -> None:
-    print(f"  {steps:>9,} steps  {seconds:7.1f} s  {steps / seconds:7.0f} ops/s",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {steps:>9,} steps  {seconds:7.1f} s  {steps / seconds:7.0f} ops/s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _replay_command(seed: int, args: argparse.Namespace) -> str:

@@ -40,8 +40,9 @@ def server(
     database_url = None
     if request.param == "postgresql":
         database_url = create_database(request.getfixturevalue("postgres_url"))
-    running = start_server(tmp_path_factory.mktemp(f"kessai-{request.param}"), FAST_SETTINGS,
-                           database_url)
+    running = start_server(
+        tmp_path_factory.mktemp(f"kessai-{request.param}"), FAST_SETTINGS, database_url
+    )
     try:
         yield running
     finally:

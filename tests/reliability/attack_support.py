@@ -57,9 +57,7 @@ def fresh_address() -> str:
 
 def client_at(base_url: str, address: str) -> httpx.Client:
     """An HTTP client that the gateway sees as coming from ``address`` (through the proxy)."""
-    return httpx.Client(
-        base_url=base_url, timeout=60.0, headers={"X-Forwarded-For": address}
-    )
+    return httpx.Client(base_url=base_url, timeout=60.0, headers={"X-Forwarded-For": address})
 
 
 @dataclass
@@ -207,9 +205,7 @@ def burst(calls: Sequence[Call]) -> list[httpx.Response]:
             return list(
                 await asyncio.gather(
                     *(
-                        client.request(
-                            c.method, c.url, json=c.json, headers=dict(c.headers or {})
-                        )
+                        client.request(c.method, c.url, json=c.json, headers=dict(c.headers or {}))
                         for c in calls
                     )
                 )

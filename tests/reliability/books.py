@@ -24,8 +24,7 @@ UNPAID_FINAL: Final = frozenset({"FAILED", "EXPIRED", "CANCELED"})
 # Where a status may go next in what one terminal observes, answer after answer (the books'
 # final state counting as the last observation). Anything else means a committed change was lost.
 _LATER: Final[Mapping[str, frozenset[str]]] = {
-    "PENDING": frozenset({"PENDING", "COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
-    | UNPAID_FINAL,
+    "PENDING": frozenset({"PENDING", "COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"}) | UNPAID_FINAL,
     "COMPLETED": PAID,
     "PARTIALLY_REFUNDED": frozenset({"PARTIALLY_REFUNDED", "REFUNDED"}),
     "REFUNDED": frozenset({"REFUNDED"}),
@@ -158,9 +157,17 @@ _QUERIES: Final = {
 def _books(rows: Mapping[str, Iterable[Sequence[Any]]]) -> Books:
     return Books(
         payments=tuple(
-            BookPayment(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4]), str(r[5]),
-                        None if r[6] is None else str(r[6]), int(r[7]),
-                        None if r[8] is None else str(r[8]))
+            BookPayment(
+                str(r[0]),
+                str(r[1]),
+                int(r[2]),
+                str(r[3]),
+                int(r[4]),
+                str(r[5]),
+                None if r[6] is None else str(r[6]),
+                int(r[7]),
+                None if r[8] is None else str(r[8]),
+            )
             for r in rows["payments"]
         ),
         refunds=tuple(
@@ -205,8 +212,9 @@ async def _read_postgres(url: str) -> Books:
     try:
         # REPEATABLE READ: all four queries see the same committed state.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = {name: [tuple(r) for r in await conn.fetch(sql)]
-                    for name, sql in _QUERIES.items()}
+            rows = {
+                name: [tuple(r) for r in await conn.fetch(sql)] for name, sql in _QUERIES.items()
+            }
     finally:
         await conn.close()
     return _books(rows)
@@ -341,20 +349,38 @@ def _check_answers(books: Books, seen: Sequence[SeenPayment]) -> list[Violation]
         book = payments.get(trans_id)
         told = answers[0]
         if book is None:
-            found.append(Violation(ANSWERED_KEPT, f"transId {trans_id} (transKey "
-                                   f"{told.trans_key}) was answered but is not in the books"))
+            found.append(
+                Violation(
+                    ANSWERED_KEPT,
+                    f"transId {trans_id} (transKey "
+                    f"{told.trans_key}) was answered but is not in the books",
+                )
+            )
             continue
         if (book.trans_key, book.amount) != (told.trans_key, told.amount):
-            found.append(Violation(ANSWERED_KEPT, f"transId {trans_id} was answered as "
-                                   f"{told.trans_key}/{told.amount} yen, the books say "
-                                   f"{book.trans_key}/{book.amount} yen"))
+            found.append(
+                Violation(
+                    ANSWERED_KEPT,
+                    f"transId {trans_id} was answered as "
+                    f"{told.trans_key}/{told.amount} yen, the books say "
+                    f"{book.trans_key}/{book.amount} yen",
+                )
+            )
         if any(a.status in PAID for a in answers) and book.status not in PAID:
-            found.append(Violation(TOLD_PAID, f"transId {trans_id} was answered paid, the books "
-                                   f"say {book.status}"))
+            found.append(
+                Violation(
+                    TOLD_PAID, f"transId {trans_id} was answered paid, the books say {book.status}"
+                )
+            )
         unpaid = {a.status for a in answers if a.status in UNPAID_FINAL}
         if unpaid and book.status not in unpaid:
-            found.append(Violation(TOLD_FINAL, f"transId {trans_id} was answered "
-                                   f"{sorted(unpaid)}, the books say {book.status}"))
+            found.append(
+                Violation(
+                    TOLD_FINAL,
+                    f"transId {trans_id} was answered "
+                    f"{sorted(unpaid)}, the books say {book.status}",
+                )
+            )
         found += _check_order(trans_id, answers, book, book_refunds)
     return found
 
@@ -368,28 +394,49 @@ def _check_order(
     """Each answer, then the books, must be reachable from the answer before it."""
     found: list[Violation] = []
     states: list[tuple[str, str, int, dict[str, str]]] = [
-        (f"answer #{a.seq} ({a.op})", a.status, a.refunded_amount,
-         {r.refund_id: r.status for r in a.refunds})
+        (
+            f"answer #{a.seq} ({a.op})",
+            a.status,
+            a.refunded_amount,
+            {r.refund_id: r.status for r in a.refunds},
+        )
         for a in answers
     ]
     final_refunds = {rid: r.status for rid, r in book_refunds.items() if r.trans_id == trans_id}
     states.append(("the books", book.status, book.refunded_amount, final_refunds))
-    for (was_name, was, was_refunded, was_refunds), (now_name, now, now_refunded, now_refunds) in (
-        itertools.pairwise(states)
-    ):
+    for (was_name, was, was_refunded, was_refunds), (
+        now_name,
+        now,
+        now_refunded,
+        now_refunds,
+    ) in itertools.pairwise(states):
         if now not in _LATER.get(was, frozenset()):
-            found.append(Violation(NEVER_BACK, f"transId {trans_id}: {was_name} said {was}, "
-                                   f"then {now_name} said {now}"))
+            found.append(
+                Violation(
+                    NEVER_BACK,
+                    f"transId {trans_id}: {was_name} said {was}, then {now_name} said {now}",
+                )
+            )
         if now_refunded < was_refunded:
-            found.append(Violation(NEVER_BACK, f"transId {trans_id}: {was_name} said "
-                                   f"{was_refunded} yen refunded, then {now_name} said "
-                                   f"{now_refunded}"))
+            found.append(
+                Violation(
+                    NEVER_BACK,
+                    f"transId {trans_id}: {was_name} said "
+                    f"{was_refunded} yen refunded, then {now_name} said "
+                    f"{now_refunded}",
+                )
+            )
         for refund_id, status in was_refunds.items():
             later = now_refunds.get(refund_id)
             if later is None or later not in _REFUND_LATER[status]:
-                found.append(Violation(NEVER_BACK, f"transId {trans_id}: refund {refund_id} was "
-                                       f"{status} in {was_name}, then {later or 'absent'} in "
-                                       f"{now_name}"))
+                found.append(
+                    Violation(
+                        NEVER_BACK,
+                        f"transId {trans_id}: refund {refund_id} was "
+                        f"{status} in {was_name}, then {later or 'absent'} in "
+                        f"{now_name}",
+                    )
+                )
     return found
 
 
@@ -401,15 +448,19 @@ def _check_doubles(books: Books, seen: Sequence[SeenPayment]) -> list[Violation]
         per_key[(payment.merchant_id, payment.trans_key)].append(payment.trans_id)
     for (merchant, key), ids in per_key.items():
         if len(ids) > 1:
-            found.append(Violation(ONE_PER_KEY, f"merchant {merchant} transKey {key} has "
-                                   f"payments {ids}"))
+            found.append(
+                Violation(ONE_PER_KEY, f"merchant {merchant} transKey {key} has payments {ids}")
+            )
     answered: dict[str, set[str]] = defaultdict(set)
     for answer in seen:
         answered[answer.trans_key].add(answer.trans_id)
     for key, trans_ids in answered.items():
         if len(trans_ids) > 1:
-            found.append(Violation(ONE_PER_KEY, f"transKey {key} was answered with transIds "
-                                   f"{sorted(trans_ids)}"))
+            found.append(
+                Violation(
+                    ONE_PER_KEY, f"transKey {key} was answered with transIds {sorted(trans_ids)}"
+                )
+            )
     charges: dict[str, int] = defaultdict(int)
     for charge in books.charges:
         charges[charge.ref] += 1
@@ -421,8 +472,9 @@ def _check_doubles(books: Books, seen: Sequence[SeenPayment]) -> list[Violation]
         keys[(refund.trans_id, refund.refund_key)] += 1
     for (trans_id, key), count in keys.items():
         if count > 1:
-            found.append(Violation(ONE_PER_KEY, f"transId {trans_id} refundKey {key} has "
-                                   f"{count} refunds"))
+            found.append(
+                Violation(ONE_PER_KEY, f"transId {trans_id} refundKey {key} has {count} refunds")
+            )
     return found
 
 
@@ -436,21 +488,37 @@ def _check_refund_limits(books: Books) -> list[Violation]:
         reserved = sum(r.amount for r in mine if r.status == "PENDING")
         where = f"transId {payment.trans_id} ({payment.amount} yen, {payment.status})"
         if succeeded != payment.refunded_amount:
-            found.append(Violation(WITHIN_PAID, f"{where}: refunds succeeded for {succeeded} "
-                                   f"yen, refundedAmount says {payment.refunded_amount}"))
+            found.append(
+                Violation(
+                    WITHIN_PAID,
+                    f"{where}: refunds succeeded for {succeeded} "
+                    f"yen, refundedAmount says {payment.refunded_amount}",
+                )
+            )
         if succeeded + reserved > payment.amount or payment.refunded_amount > payment.amount:
-            found.append(Violation(WITHIN_PAID, f"{where}: {succeeded} yen refunded and "
-                                   f"{reserved} reserved exceed the paid amount"))
+            found.append(
+                Violation(
+                    WITHIN_PAID,
+                    f"{where}: {succeeded} yen refunded and "
+                    f"{reserved} reserved exceed the paid amount",
+                )
+            )
         if (succeeded or reserved) and payment.status not in PAID:
             found.append(Violation(WITHIN_PAID, f"{where}: refunds of a payment never paid"))
         expected = (
-            "REFUNDED" if payment.refunded_amount == payment.amount
-            else "PARTIALLY_REFUNDED" if payment.refunded_amount > 0
+            "REFUNDED"
+            if payment.refunded_amount == payment.amount
+            else "PARTIALLY_REFUNDED"
+            if payment.refunded_amount > 0
             else None
         )
         if payment.status in PAID and expected is not None and payment.status != expected:
-            found.append(Violation(WITHIN_PAID, f"{where}: {payment.refunded_amount} yen "
-                                   f"refunded should make it {expected}"))
+            found.append(
+                Violation(
+                    WITHIN_PAID,
+                    f"{where}: {payment.refunded_amount} yen refunded should make it {expected}",
+                )
+            )
         if payment.status in ("PARTIALLY_REFUNDED", "REFUNDED") and expected is None:
             found.append(Violation(WITHIN_PAID, f"{where}: refunded status without a refund"))
     given_back: dict[str, int] = defaultdict(int)
@@ -459,15 +527,27 @@ def _check_refund_limits(books: Books) -> list[Violation]:
     for charge in books.charges:
         back = given_back.pop(charge.ref, 0)
         if back != charge.refunded_amount or back > charge.amount:
-            found.append(Violation(WITHIN_PAID, f"wallet charge {charge.ref} ({charge.amount} "
-                                   f"yen): refunds of {back} yen, refundedAmount "
-                                   f"{charge.refunded_amount}"))
+            found.append(
+                Violation(
+                    WITHIN_PAID,
+                    f"wallet charge {charge.ref} ({charge.amount} "
+                    f"yen): refunds of {back} yen, refundedAmount "
+                    f"{charge.refunded_amount}",
+                )
+            )
         if back and charge.status != "SUCCEEDED":
-            found.append(Violation(WITHIN_PAID, f"wallet charge {charge.ref} is {charge.status} "
-                                   f"but gave back {back} yen"))
+            found.append(
+                Violation(
+                    WITHIN_PAID,
+                    f"wallet charge {charge.ref} is {charge.status} but gave back {back} yen",
+                )
+            )
     for ref, back in given_back.items():
-        found.append(Violation(WITHIN_PAID, f"the wallet refunded {back} yen of charge {ref}, "
-                               "which it never made"))
+        found.append(
+            Violation(
+                WITHIN_PAID, f"the wallet refunded {back} yen of charge {ref}, which it never made"
+            )
+        )
     return found
 
 
@@ -479,23 +559,38 @@ def _check_answered_refunds(books: Books, seen: Sequence[SeenPayment]) -> list[V
         if answer.asked_refund_key is None:
             continue
         told = next((r for r in answer.refunds if r.refund_key == answer.asked_refund_key), None)
-        where = f"CANCEL #{answer.seq} of transId {answer.trans_id} (refundKey " \
-                f"{answer.asked_refund_key})"
+        where = (
+            f"CANCEL #{answer.seq} of transId {answer.trans_id} (refundKey "
+            f"{answer.asked_refund_key})"
+        )
         if told is None:
             found.append(Violation(REFUNDS_KEPT, f"{where} answered without its refund"))
             continue
         book = by_key.get((answer.trans_id, answer.asked_refund_key))
         if book is None:
-            found.append(Violation(REFUNDS_KEPT, f"{where}: refund {told.refund_id} of "
-                                   f"{told.amount} yen is missing from the books"))
+            found.append(
+                Violation(
+                    REFUNDS_KEPT,
+                    f"{where}: refund {told.refund_id} of "
+                    f"{told.amount} yen is missing from the books",
+                )
+            )
             continue
         if (book.refund_id, book.amount) != (told.refund_id, told.amount):
-            found.append(Violation(REFUNDS_KEPT, f"{where}: answered refund {told.refund_id} of "
-                                   f"{told.amount} yen, the books have {book.refund_id} of "
-                                   f"{book.amount} yen"))
+            found.append(
+                Violation(
+                    REFUNDS_KEPT,
+                    f"{where}: answered refund {told.refund_id} of "
+                    f"{told.amount} yen, the books have {book.refund_id} of "
+                    f"{book.amount} yen",
+                )
+            )
         if book.status not in _REFUND_LATER[told.status]:
-            found.append(Violation(REFUNDS_KEPT, f"{where}: answered {told.status}, the books "
-                                   f"say {book.status}"))
+            found.append(
+                Violation(
+                    REFUNDS_KEPT, f"{where}: answered {told.status}, the books say {book.status}"
+                )
+            )
     return found
 
 
@@ -507,45 +602,84 @@ def _check_ledger(books: Books) -> list[Violation]:
     for made in books.charges:
         payment = payments.get(made.ref)
         if payment is None:
-            found.append(Violation(LEDGER, f"the wallet has charge {made.ref} ({made.status}, "
-                                   f"{made.amount} yen) that the gateway has no payment for"))
+            found.append(
+                Violation(
+                    LEDGER,
+                    f"the wallet has charge {made.ref} ({made.status}, "
+                    f"{made.amount} yen) that the gateway has no payment for",
+                )
+            )
         elif payment.amount != made.amount:
-            found.append(Violation(LEDGER, f"transId {made.ref}: the gateway says "
-                                   f"{payment.amount} yen, the wallet {made.amount}"))
+            found.append(
+                Violation(
+                    LEDGER,
+                    f"transId {made.ref}: the gateway says "
+                    f"{payment.amount} yen, the wallet {made.amount}",
+                )
+            )
     for payment in books.payments:
         charge = charges.get(payment.trans_id)
         charged = charge is not None and charge.status == "SUCCEEDED"
         paid = payment.status in PAID
         if charged != paid:
-            found.append(Violation(LEDGER, f"transId {payment.trans_id}: the gateway says "
-                                   f"{payment.status}, the wallet says "
-                                   f"{charge.status if charge else 'no charge'}"))
-        if charge is not None and charged and paid and (
-            charge.refunded_amount != payment.refunded_amount
+            found.append(
+                Violation(
+                    LEDGER,
+                    f"transId {payment.trans_id}: the gateway says "
+                    f"{payment.status}, the wallet says "
+                    f"{charge.status if charge else 'no charge'}",
+                )
+            )
+        if (
+            charge is not None
+            and charged
+            and paid
+            and (charge.refunded_amount != payment.refunded_amount)
         ):
-            found.append(Violation(LEDGER, f"transId {payment.trans_id}: the gateway refunded "
-                                   f"{payment.refunded_amount} yen, the wallet "
-                                   f"{charge.refunded_amount}"))
+            found.append(
+                Violation(
+                    LEDGER,
+                    f"transId {payment.trans_id}: the gateway refunded "
+                    f"{payment.refunded_amount} yen, the wallet "
+                    f"{charge.refunded_amount}",
+                )
+            )
     gateway_refunds = {r.refund_id: r for r in books.refunds if r.status == "SUCCEEDED"}
     wallet_refunds = {r.refund_ref: r for r in books.wallet_refunds}
     for refund_id in sorted(gateway_refunds.keys() - wallet_refunds.keys()):
         refund = gateway_refunds[refund_id]
-        found.append(Violation(LEDGER, f"refund {refund_id} of {refund.amount} yen (transId "
-                               f"{refund.trans_id}) is SUCCEEDED but the wallet never paid it"))
+        found.append(
+            Violation(
+                LEDGER,
+                f"refund {refund_id} of {refund.amount} yen (transId "
+                f"{refund.trans_id}) is SUCCEEDED but the wallet never paid it",
+            )
+        )
     for refund_id in sorted(wallet_refunds.keys() - gateway_refunds.keys()):
         wallet = wallet_refunds[refund_id]
-        found.append(Violation(LEDGER, f"the wallet refunded {wallet.amount} yen as {refund_id} "
-                               f"(charge {wallet.charge_ref}); the gateway has no such "
-                               "succeeded refund"))
+        found.append(
+            Violation(
+                LEDGER,
+                f"the wallet refunded {wallet.amount} yen as {refund_id} "
+                f"(charge {wallet.charge_ref}); the gateway has no such "
+                "succeeded refund",
+            )
+        )
     for refund_id in sorted(gateway_refunds.keys() & wallet_refunds.keys()):
         ours, theirs = gateway_refunds[refund_id], wallet_refunds[refund_id]
         if (ours.trans_id, ours.amount) != (theirs.charge_ref, theirs.amount):
-            found.append(Violation(LEDGER, f"refund {refund_id}: the gateway says "
-                                   f"{ours.amount} yen of {ours.trans_id}, the wallet "
-                                   f"{theirs.amount} yen of {theirs.charge_ref}"))
+            found.append(
+                Violation(
+                    LEDGER,
+                    f"refund {refund_id}: the gateway says "
+                    f"{ours.amount} yen of {ours.trans_id}, the wallet "
+                    f"{theirs.amount} yen of {theirs.charge_ref}",
+                )
+            )
     totals = ledger_totals(books)
     if (totals["gatewayPaidYen"], totals["gatewayRefundedYen"]) != (
-        totals["walletChargedYen"], totals["walletRefundedYen"]
+        totals["walletChargedYen"],
+        totals["walletRefundedYen"],
     ):
         found.append(Violation(LEDGER, f"totals differ: {totals}"))
     return found
@@ -560,16 +694,29 @@ def _check_settled(books: Books) -> list[Violation]:
             continue
         charge = charges.get(payment.trans_id)
         if payment.pending_reason != "WAITING_FOR_CUSTOMER":
-            found.append(Violation(NOTHING_UNKNOWN, f"transId {payment.trans_id} is still "
-                                   f"PENDING ({payment.pending_reason})"))
+            found.append(
+                Violation(
+                    NOTHING_UNKNOWN,
+                    f"transId {payment.trans_id} is still PENDING ({payment.pending_reason})",
+                )
+            )
         elif charge is None or charge.status != "WAITING":
-            found.append(Violation(NOTHING_UNKNOWN, f"transId {payment.trans_id} waits for the "
-                                   f"customer, the wallet says "
-                                   f"{charge.status if charge else 'no charge'}"))
+            found.append(
+                Violation(
+                    NOTHING_UNKNOWN,
+                    f"transId {payment.trans_id} waits for the "
+                    f"customer, the wallet says "
+                    f"{charge.status if charge else 'no charge'}",
+                )
+            )
     for refund in books.refunds:
         if refund.status == "PENDING":
-            found.append(Violation(NOTHING_UNKNOWN, f"refund {refund.refund_id} of transId "
-                                   f"{refund.trans_id} is still PENDING"))
+            found.append(
+                Violation(
+                    NOTHING_UNKNOWN,
+                    f"refund {refund.refund_id} of transId {refund.trans_id} is still PENDING",
+                )
+            )
     return found
 
 

@@ -127,8 +127,18 @@ class GatewayProcess:
         # Several uvicorn workers share metrics through files; keep them inside the run.
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(workdir / "metrics")
         (workdir / "metrics").mkdir(exist_ok=True)
-        self.command = [KESSAI, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                        "--database", database_url, "--workers", str(config.http_workers)]
+        self.command = [
+            KESSAI,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            database_url,
+            "--workers",
+            str(config.http_workers),
+        ]
         if config.worker_in_serve:
             self.command.append("--worker")
         self.process: subprocess.Popen[bytes] | None = None
@@ -145,8 +155,13 @@ class GatewayProcess:
         with self.log.open("ab") as sink:
             sink.write(f"\n=== start {self.starts} at {time.time():.3f}\n".encode())
             sink.flush()
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=sink,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def start(self, timeout: float = 90.0) -> None:
         """Start and wait until /healthz answers 200."""
@@ -228,8 +243,20 @@ class OpCount:
 
 
 # Operations that change the books (PAYCHECK may too, when it asks the wallet).
-CHANGING: Final = frozenset({"REQUEST", "GET-QR-CODE", "CANCEL", "VOUCHERNO", "PAYCHECK",
-                             "STATUS", "LOGIN", "LOGOUT", "sandbox-decide", "sandbox-scan"})
+CHANGING: Final = frozenset(
+    {
+        "REQUEST",
+        "GET-QR-CODE",
+        "CANCEL",
+        "VOUCHERNO",
+        "PAYCHECK",
+        "STATUS",
+        "LOGIN",
+        "LOGOUT",
+        "sandbox-decide",
+        "sandbox-scan",
+    }
+)
 
 
 class Recorder:
@@ -325,8 +352,9 @@ class Client(threading.Thread):
         self.rng = random.Random(config.seed * 1000 + index)
         self.device_key = new_key("DEV")
         self.token: str | None = None
-        self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(20.0, connect=3.0),
-                                 follow_redirects=False)
+        self.http = httpx.Client(
+            base_url=base_url, timeout=httpx.Timeout(20.0, connect=3.0), follow_redirects=False
+        )
         self.scenarios = 0
         self.failure: BaseException | None = None
 
@@ -348,8 +376,13 @@ class Client(threading.Thread):
             self.recorder.flying(self.index, None)
 
     def send(
-        self, op: str, method: str, path: str, *, on_lost: Callable[[], httpx.Response | None]
-        | None = None, **kwargs: Any
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        on_lost: Callable[[], httpx.Response | None] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         """Send until an answer comes, exactly as first sent (same transKey, same refundKey).
 
@@ -394,8 +427,12 @@ class Client(threading.Thread):
 
     def login(self) -> None:
         """LOGIN (again): the same device key replaces any earlier session."""
-        body = {"mid": self.terminal.mid, "key": self.device_key,
-                "password": self.terminal.password, "os": self.terminal.os}
+        body = {
+            "mid": self.terminal.mid,
+            "key": self.device_key,
+            "password": self.terminal.password,
+            "os": self.terminal.os,
+        }
         self.token = None
         response = self.send("LOGIN", "POST", "/v1/login", json=body)
         if response.status_code != 200:
@@ -443,8 +480,12 @@ class Client(threading.Thread):
     # -- scenarios ----------------------------------------------------------------------------
 
     def issue_code(self, service: str, outcome: str) -> str:
-        response = self.send("sandbox-codes", "POST", "/sandbox/codes",
-                             json={"serviceId": service, "outcome": outcome})
+        response = self.send(
+            "sandbox-codes",
+            "POST",
+            "/sandbox/codes",
+            json={"serviceId": service, "outcome": outcome},
+        )
         if response.status_code != 200:
             raise Unanswered(f"sandbox codes refused: {response.text}")
         return str(response.json()["codes"][0])
@@ -463,8 +504,7 @@ class Client(threading.Thread):
             return found if found.status_code == 200 else None
 
         response = self.send(op, "POST", path, json=body, on_lost=lookup)
-        return self.payment_answer("STATUS" if response.request.method == "GET" else op,
-                                   response)
+        return self.payment_answer("STATUS" if response.request.method == "GET" else op, response)
 
     def pay_with_code(self) -> None:
         rng = self.rng
@@ -473,8 +513,11 @@ class Client(threading.Thread):
         code = self.issue_code(service, outcome)
         if rng.random() < 0.15:
             self.send("IDENTIFY", "POST", "/v1/identify", json={"code": code})
-        body: dict[str, Any] = {"transKey": new_key("P"), "amount": rng.randint(1, 30_000),
-                                "code": code}
+        body: dict[str, Any] = {
+            "transKey": new_key("P"),
+            "amount": rng.randint(1, 30_000),
+            "code": code,
+        }
         if rng.random() < 0.5:
             body["serviceId"] = service
         payment = self.create("REQUEST", "/v1/payments", body)
@@ -488,14 +531,19 @@ class Client(threading.Thread):
 
     def pay_with_qr(self) -> None:
         rng = self.rng
-        body = {"transKey": new_key("Q"), "amount": rng.randint(1, 30_000),
-                "serviceId": rng.choice(SERVICES), "ttlSeconds": rng.randint(2, 6)}
+        body = {
+            "transKey": new_key("Q"),
+            "amount": rng.randint(1, 30_000),
+            "serviceId": rng.choice(SERVICES),
+            "ttlSeconds": rng.randint(2, 6),
+        }
         payment = self.create("GET-QR-CODE", "/v1/qr-codes", body)
         if payment is None:
             return
         decision = rng.choices(("approve", "decline", "expire"), (0.6, 0.15, 0.25))[0]
-        payment = self.until_final(payment, approve=decision == "approve",
-                                   scan=decision != "expire")
+        payment = self.until_final(
+            payment, approve=decision == "approve", scan=decision != "expire"
+        )
         if payment["status"] in PAID:
             self.after_paid(payment)
 
@@ -513,8 +561,11 @@ class Client(threading.Thread):
                     decided = True
                 elif payment["kind"] == "CUSTOMER_CODE":
                     decision = "approve" if approve else "decline"
-                    self.send("sandbox-decide", "POST",
-                              f"/sandbox/charges/{payment['transId']}/{decision}")
+                    self.send(
+                        "sandbox-decide",
+                        "POST",
+                        f"/sandbox/charges/{payment['transId']}/{decision}",
+                    )
                     decided = True
             time.sleep(0.15)
             turn += 1
@@ -524,8 +575,9 @@ class Client(threading.Thread):
     def lookup(self, payment: dict[str, Any], *, by_key: bool = False) -> dict[str, Any]:
         """PAYCHECK, or STATUS by transKey."""
         if by_key:
-            response = self.send("STATUS", "GET", "/v1/payments",
-                                 params={"transKey": payment["transKey"]})
+            response = self.send(
+                "STATUS", "GET", "/v1/payments", params={"transKey": payment["transKey"]}
+            )
             op = "STATUS"
         else:
             response = self.send("PAYCHECK", "GET", f"/v1/payments/{payment['transId']}")
@@ -543,8 +595,12 @@ class Client(threading.Thread):
 
     def voucher(self, payment: dict[str, Any]) -> None:
         slip = f"S-{self.rng.randrange(10**8):08d}"
-        response = self.send("VOUCHERNO", "PUT", f"/v1/payments/{payment['transId']}/voucher",
-                             json={"voucherNo": slip})
+        response = self.send(
+            "VOUCHERNO",
+            "PUT",
+            f"/v1/payments/{payment['transId']}/voucher",
+            json={"voucherNo": slip},
+        )
         answered = self.payment_answer("VOUCHERNO", response)
         if answered is not None and answered.get("voucherNo") != slip:
             self.recorder.anomaly(f"VOUCHERNO {payment['transId']}: answered {answered}")
@@ -584,8 +640,9 @@ class Client(threading.Thread):
             return answered
         if self.rng.random() < 0.1:
             # The same refundKey again, deliberately: the same refund must come back.
-            again = self.payment_answer("CANCEL", self.send("CANCEL", "POST", path, json=body),
-                                        refund_key)
+            again = self.payment_answer(
+                "CANCEL", self.send("CANCEL", "POST", path, json=body), refund_key
+            )
             if again is not None:
                 same = [r for r in again["refunds"] if r["refundKey"] == refund_key]
                 if [r["refundId"] for r in same] != [mine["refundId"]]:
@@ -618,9 +675,13 @@ def worker_process(
     """`kessai worker` in its own process group, killed with it on the way out."""
     log = workdir / "worker.log"
     with log.open("ab") as sink:
-        process = subprocess.Popen([KESSAI, "worker", "--database", database_url],
-                                   env=base_env() | dict(settings), stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [KESSAI, "worker", "--database", database_url],
+            env=base_env() | dict(settings),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
@@ -689,28 +750,35 @@ class CrashReport:
         for op in sorted(self.ops):
             c = self.ops[op]
             errors = ", ".join(f"{k} {v}" for k, v in sorted(c.errors.items()))
-            lines.append(f"{op:16s} {c.attempted:10d} {c.answered:9d} {c.sends:9d} "
-                         f"{c.lost:9d} {c.unanswered:11d}  {errors}")
+            lines.append(
+                f"{op:16s} {c.attempted:10d} {c.answered:9d} {c.sends:9d} "
+                f"{c.lost:9d} {c.unanswered:11d}  {errors}"
+            )
         if self.books is not None:
             books = self.books
             statuses = collections.Counter(p.status for p in books.payments)
             kinds = collections.Counter(p.kind for p in books.payments)
             refunds = collections.Counter(r.status for r in books.refunds)
             lines.append(f"payments {len(books.payments)} ({dict(kinds)}): {dict(statuses)}")
-            failures = collections.Counter(p.failure_code for p in books.payments
-                                           if p.failure_code)
-            lines.append(f"failure codes: {dict(failures)} (NOT_RECEIVED: killed before the "
-                         "wallet was asked; REVERSED: unknown too long, cancelled)")
+            failures = collections.Counter(p.failure_code for p in books.payments if p.failure_code)
+            lines.append(
+                f"failure codes: {dict(failures)} (NOT_RECEIVED: killed before the "
+                "wallet was asked; REVERSED: unknown too long, cancelled)"
+            )
             lines.append(f"refunds {len(books.refunds)}: {dict(refunds)}")
             lines.append(f"settled by the background jobs: {self.worker_actions}")
-            lines.append(f"wallet charges {len(books.charges)}, wallet refunds "
-                         f"{len(books.wallet_refunds)}; money {ledger_totals(books)}")
+            lines.append(
+                f"wallet charges {len(books.charges)}, wallet refunds "
+                f"{len(books.wallet_refunds)}; money {ledger_totals(books)}"
+            )
         cut = ", ".join(f"{k} {v}" for k, v in sorted(self.cut_off.items()))
         lines.append(f"in flight when killed: {cut or 'nothing'}")
         told_paid = {s.trans_id for s in self.seen if s.status in PAID}
         lines.append(f"answers recorded {len(self.seen)}; payments told paid {len(told_paid)}")
-        lines.append(f"anomalies {len(self.anomalies)}; violations {len(self.violations)} "
-                     "(lost or doubled payments/refunds, ledger mismatches)")
+        lines.append(
+            f"anomalies {len(self.anomalies)}; violations {len(self.violations)} "
+            "(lost or doubled payments/refunds, ledger mismatches)"
+        )
         lines += [f"  ANOMALY {a}" for a in self.anomalies[:20]]
         lines += [f"  VIOLATION {v}" for v in self.violations[:40]]
         lines += [f"  CLIENT FAILURE {f}" for f in self.client_failures]
@@ -721,8 +789,10 @@ def _spread(values: list[float]) -> str:
     if not values:
         return "-"
     ordered = sorted(values)
-    return (f"median {ordered[len(ordered) // 2]:.1f} s, max {ordered[-1]:.1f} s "
-            f"({len(ordered)} starts)")
+    return (
+        f"median {ordered[len(ordered) // 2]:.1f} s, max {ordered[-1]:.1f} s "
+        f"({len(ordered)} starts)"
+    )
 
 
 def provision(database_url: str, merchants: int, clients: int) -> list[Terminal]:
@@ -739,8 +809,9 @@ def provision(database_url: str, merchants: int, clients: int) -> list[Terminal]
         batch.close()
 
 
-def strike(gateway: GatewayProcess, recorder: Recorder, rng: random.Random,
-           config: CrashConfig) -> None:
+def strike(
+    gateway: GatewayProcess, recorder: Recorder, rng: random.Random, config: CrashConfig
+) -> None:
     """Wait a random uptime (and maybe for a changing request to be sent), then kill."""
     if rng.random() < config.targeted_kill_rate:
         # A random uptime first: right after a restart the terminals re-send what was cut off,
@@ -764,15 +835,16 @@ def run_crash(config: CrashConfig, workdir: Path, database_url: str) -> CrashRep
     began = time.monotonic()
     log = config.log
     rng = random.Random(config.seed)
-    report = CrashReport(config.seed, config.database, workdir=workdir,
-                         database_url=database_url)
+    report = CrashReport(config.seed, config.database, workdir=workdir, database_url=database_url)
     terminals = provision(database_url, config.merchants, config.clients)
     gateway = GatewayProcess(workdir, database_url, config.settings, config)
     recorder = Recorder()
     off = threading.Event()
     gateway.start()
-    clients = [Client(i, gateway.base_url, terminal, recorder, off, config)
-               for i, terminal in enumerate(terminals)]
+    clients = [
+        Client(i, gateway.base_url, terminal, recorder, off, config)
+        for i, terminal in enumerate(terminals)
+    ]
     load_began = time.monotonic()
     try:
         for client in clients:
@@ -788,8 +860,10 @@ def run_crash(config: CrashConfig, workdir: Path, database_url: str) -> CrashRep
                 report.startup_kills += 1
             gateway.start()
             if report.kills % 10 == 0:
-                log(f"{report.kills} kills, {len(recorder.seen)} answers, "
-                    f"{time.monotonic() - began:.0f} s")
+                log(
+                    f"{report.kills} kills, {len(recorder.seen)} answers, "
+                    f"{time.monotonic() - began:.0f} s"
+                )
             if any(c.failure is not None for c in clients):
                 break
         strike(gateway, recorder, rng, config)
@@ -803,8 +877,9 @@ def run_crash(config: CrashConfig, workdir: Path, database_url: str) -> CrashRep
     report.client_failures = [f"{c.name}: {c.failure!r}" for c in clients if c.failure]
     report.client_failures += [f"{c.name}: still running" for c in clients if c.is_alive()]
     report.scenarios = sum(c.scenarios for c in clients)
-    books, report.settle_seconds = reconcile(workdir, database_url, config.settings,
-                                             config.settle_seconds)
+    books, report.settle_seconds = reconcile(
+        workdir, database_url, config.settings, config.settle_seconds
+    )
     report.books = books
     report.seen = list(recorder.seen)
     report.ops = dict(recorder.ops)

@@ -253,16 +253,22 @@ def prepare_world(base_url: str, database_url: str, *, payments: int = 8) -> Wor
                 payment = answer.json()
                 world.remember(payment, actor.terminal.merchant_id)
                 if index % 3 == 0:
-                    refund = {"passCode": actor.terminal.pass_code, "amount": 1_000,
-                              "refundKey": new_key("RK")}
+                    refund = {
+                        "passCode": actor.terminal.pass_code,
+                        "amount": 1_000,
+                        "refundKey": new_key("RK"),
+                    }
                     answer = http.post(
                         f"/v1/payments/{payment['transId']}/refunds", json=refund, headers=headers
                     )
                     assert answer.status_code == 200, answer.text
                     world.remember(answer.json(), actor.terminal.merchant_id)
             for _ in range(max(2, payments // 3)):
-                body = {"transKey": new_key("FQ"), "amount": 2_500,
-                        "serviceId": rng.choice(QR_SERVICES)}
+                body = {
+                    "transKey": new_key("FQ"),
+                    "amount": 2_500,
+                    "serviceId": rng.choice(QR_SERVICES),
+                }
                 answer = http.post("/v1/qr-codes", json=body, headers=headers)
                 assert answer.status_code == 200, answer.text
                 world.remember(answer.json(), actor.terminal.merchant_id)
@@ -349,8 +355,12 @@ def acceptance_problem(all_valid: bool, status: int, content: bytes) -> str | No
 
 
 def isolation_problem(
-    asked_merchant: int | None, actor_merchant: int, status: int, content: bytes,
-    trans_id: str | None, trans_key: str | None,
+    asked_merchant: int | None,
+    actor_merchant: int,
+    status: int,
+    content: bytes,
+    trans_id: str | None,
+    trans_key: str | None,
 ) -> str | None:
     """A payment of another merchant shown, or an answer about another payment; or None."""
     if not 200 <= status < 300:
@@ -413,8 +423,12 @@ def check_answer(
         if code in ("SESSION_REQUIRED", "SESSION_INVALID"):
             found.append(("live session", f"sent with a live session, answered {code}"))
         problem = isolation_problem(
-            asked.merchant_id, asked.actor.terminal.merchant_id, status, content,
-            asked.trans_id, asked.trans_key,
+            asked.merchant_id,
+            asked.actor.terminal.merchant_id,
+            status,
+            content,
+            asked.trans_id,
+            asked.trans_key,
         )
         if problem:
             found.append(("isolation", problem))
@@ -498,14 +512,18 @@ class FuzzReport:
 
     def table(self) -> str:
         """A plain-text table: per operation, requests, positive/negative, and answers."""
-        lines = [f"{'operation':<26}{'requests':>9}{'positive':>9}{'negative':>9}{'2xx':>6}"
-                 f"{'past-auth':>10}  answers"]
+        lines = [
+            f"{'operation':<26}{'requests':>9}{'positive':>9}{'negative':>9}{'2xx':>6}"
+            f"{'past-auth':>10}  answers"
+        ]
         for name in sorted(self.operations):
             s = self.operations[name]
             ok = sum(n for status, n in s.statuses.items() if 200 <= status < 300)
             answers = ", ".join(f"{code}×{n}" for code, n in s.codes.most_common(6))
-            lines.append(f"{name:<26}{s.sent:>9}{s.positive:>9}{s.negative:>9}{ok:>6}"
-                         f"{s.reached:>10}  {answers}")
+            lines.append(
+                f"{name:<26}{s.sent:>9}{s.positive:>9}{s.negative:>9}{ok:>6}"
+                f"{s.reached:>10}  {answers}"
+            )
         lines.append(f"{'total':<26}{self.total:>9}")
         return "\n".join(lines)
 
@@ -623,8 +641,9 @@ class Fuzzer:
         send()
 
     # -- one case
-    def send(self, name: str, case: schemathesis.Case, rng: random.Random,
-             mode: GenerationMode) -> None:
+    def send(
+        self, name: str, case: schemathesis.Case, rng: random.Random, mode: GenerationMode
+    ) -> None:
         """Tailor one case, send it, check the answer, and learn from it."""
         asked = self.tailor(name, case, rng)
         stats = self.report.operations[name]
@@ -691,8 +710,7 @@ class Fuzzer:
             kind = "MERCHANT_QR" if name.startswith("GET-QR-CODE-") else None
             chosen = self._pick_payment(rng, acting, kind, refundable=name == "CANCEL")
             if chosen is not None:
-                case.path_parameters = {**(case.path_parameters or {}),
-                                        "transId": chosen.trans_id}
+                case.path_parameters = {**(case.path_parameters or {}), "transId": chosen.trans_id}
                 asked_merchant = chosen.merchant_id
             asked_id = str(case.path_parameters["transId"])
         if name == "STATUS" and "QUERY" not in negative:
@@ -718,7 +736,11 @@ class Fuzzer:
         return Asked(actor, asked_merchant, asked_id, asked_key)
 
     def _tailor_other(
-        self, name: str, case: schemathesis.Case, rng: random.Random, negative: set[str],
+        self,
+        name: str,
+        case: schemathesis.Case,
+        rng: random.Random,
+        negative: set[str],
         body_valid: bool,
     ) -> None:
         """Operations outside the terminal API: no session; real payments for the sandbox."""
@@ -726,8 +748,7 @@ class Fuzzer:
             known = list(self.world.payments.values())
             if known and rng.random() < 0.8:
                 chosen = rng.choice(known)
-                case.path_parameters = {**(case.path_parameters or {}),
-                                        "transId": chosen.trans_id}
+                case.path_parameters = {**(case.path_parameters or {}), "transId": chosen.trans_id}
         if name == "providerNotification" and "PATH" not in negative and rng.random() < 0.7:
             case.path_parameters = {"provider": rng.choice(["paypay", "alipayplus"])}
         if name == "sandboxIssueCodes" and body_valid:
@@ -784,14 +805,15 @@ class Fuzzer:
         world = self.world
         if roll < 0.7:
             merchant = actor.terminal.merchant_id
-            paid = [p for p in world.payments_of(merchant)
-                    if p.status in ("COMPLETED", "PARTIALLY_REFUNDED")]
+            paid = [
+                p
+                for p in world.payments_of(merchant)
+                if p.status in ("COMPLETED", "PARTIALLY_REFUNDED")
+            ]
             if refundable and paid and rng.random() < 0.8:
                 return rng.choice(paid)
         elif roll < 0.82:
-            others = {p.merchant_id for p in world.payments.values()} - {
-                actor.terminal.merchant_id
-            }
+            others = {p.merchant_id for p in world.payments.values()} - {actor.terminal.merchant_id}
             if not others:
                 return None
             merchant = rng.choice(sorted(others))
@@ -885,8 +907,9 @@ class Fuzzer:
                 if response.status_code != 405 or error_code(response.content) != (
                     "METHOD_NOT_ALLOWED"
                 ):
-                    self.report.add_failure(label, "undeclared method", "not answered 405 "
-                                            "METHOD_NOT_ALLOWED", example)
+                    self.report.add_failure(
+                        label, "undeclared method", "not answered 405 METHOD_NOT_ALLOWED", example
+                    )
                 for problem in envelope_problems(
                     response.status_code, dict(response.headers), response.content
                 ):
@@ -894,8 +917,10 @@ class Fuzzer:
                 allow = {m.strip().upper() for m in response.headers.get("allow", "").split(",")}
                 if not declared <= allow:
                     self.report.add_failure(
-                        label, "undeclared method",
-                        f"405 without an Allow header naming {sorted(declared)}", example,
+                        label,
+                        "undeclared method",
+                        f"405 without an Allow header naming {sorted(declared)}",
+                        example,
                     )
         return sent
 
@@ -907,8 +932,12 @@ class Fuzzer:
         sent = 0
         world = self.world
         valid_bodies: dict[str, dict[str, Any]] = {
-            "LOGIN": {"mid": world.own.terminal.mid, "key": "MEDIA", "password": "x" * 12,
-                      "os": world.own.terminal.os},
+            "LOGIN": {
+                "mid": world.own.terminal.mid,
+                "key": "MEDIA",
+                "password": "x" * 12,
+                "os": world.own.terminal.os,
+            },
             "REQUEST": {"transKey": new_key("MT"), "amount": 100, "code": PRODUCT_BARCODE},
             "CANCEL": {"passCode": world.own.terminal.pass_code, "amount": 1},
             "VOUCHERNO": {"voucherNo": "SLIP-1"},
@@ -926,20 +955,31 @@ class Fuzzer:
                 "Authorization": f"Bearer {world.own.token}",
                 "Content-Type": "text/plain",
             }
-            response = self.helper.request(op.method.upper(), url, headers=headers,
-                                           content=json.dumps(valid_bodies[name]).encode())
+            response = self.helper.request(
+                op.method.upper(),
+                url,
+                headers=headers,
+                content=json.dumps(valid_bodies[name]).encode(),
+            )
             sent += 1
-            example = f"{op.method.upper()} {url} (text/plain) → {response.status_code} " \
-                      f"{response.text[:200]}"
+            example = (
+                f"{op.method.upper()} {url} (text/plain) → {response.status_code} "
+                f"{response.text[:200]}"
+            )
             documented = set(op.definition.raw.get("responses", {}))
             if response.status_code != 415 or error_code(response.content) != (
                 "UNSUPPORTED_MEDIA_TYPE"
             ):
-                self.report.add_failure(name, "media type", "a text/plain body was not "
-                                        "answered 415 UNSUPPORTED_MEDIA_TYPE", example)
+                self.report.add_failure(
+                    name,
+                    "media type",
+                    "a text/plain body was not answered 415 UNSUPPORTED_MEDIA_TYPE",
+                    example,
+                )
             elif "415" not in documented:
-                self.report.add_failure(name, "media type",
-                                        "415 is answered but not documented", example)
+                self.report.add_failure(
+                    name, "media type", "415 is answered but not documented", example
+                )
             for problem in envelope_problems(
                 response.status_code, dict(response.headers), response.content
             ):

@@ -79,9 +79,7 @@ def passcode_pattern(passcode: str) -> re.Pattern[bytes]:
     """``passCode`` (in any spelling) followed closely by these four digits."""
     if not re.fullmatch(r"[0-9]{4}", passcode):
         raise ValueError("a passCode is 4 digits")
-    return re.compile(
-        rb"(?i)pass[_-]?code[^0-9A-Za-z]{0,12}" + passcode.encode() + rb"(?![0-9])"
-    )
+    return re.compile(rb"(?i)pass[_-]?code[^0-9A-Za-z]{0,12}" + passcode.encode() + rb"(?![0-9])")
 
 
 def scan(

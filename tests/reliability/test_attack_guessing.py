@@ -76,8 +76,12 @@ def _shape(response: httpx.Response) -> dict[str, Any]:
 
 
 def _login_body(terminal: Terminal, **overrides: str) -> dict[str, str]:
-    body = {"mid": terminal.mid, "key": new_key("DEV"), "password": terminal.password,
-            "os": terminal.os}
+    body = {
+        "mid": terminal.mid,
+        "key": new_key("DEV"),
+        "password": terminal.password,
+        "os": terminal.os,
+    }
     return body | overrides
 
 
@@ -103,8 +107,15 @@ def test_passcode_guessing_locks_refunds_after_five_and_the_owner_sees_it(gw: Ga
     colleague = _register(gw, gw.provisioner.terminal_of(merchant))
     owner_email = f"{new_key('owner').lower()}@shop.example"
     owner = gw.admin.json(
-        "admin", "user", "create", "--merchant", str(merchant), "--email", owner_email,
-        "--role", "owner",
+        "admin",
+        "user",
+        "create",
+        "--merchant",
+        str(merchant),
+        "--email",
+        owner_email,
+        "--role",
+        "owner",
     )
     sales = [thief.pay(sandbox_code(thief.http, "01"), 1000) for _ in range(2)]
     assert {p["status"] for p in sales} == {"COMPLETED"}
@@ -326,8 +337,15 @@ def test_the_console_login_shares_the_allowance(gw: Gateway) -> None:
     shop = gw.provisioner.fresh()
     email = f"{new_key('staff').lower()}@shop.example"
     user = gw.admin.json(
-        "admin", "user", "create", "--merchant", str(shop.merchant_id), "--email", email,
-        "--role", "staff",
+        "admin",
+        "user",
+        "create",
+        "--merchant",
+        str(shop.merchant_id),
+        "--email",
+        email,
+        "--role",
+        "staff",
     )
     with client_at(gw.base_url, fresh_address()) as http:
         http.cookies.set("kessai_lang", "en")
@@ -396,8 +414,9 @@ def test_postgresql_the_limit_holds_across_instances(tmp_path: Path) -> None:
     a = serve(tmp_path, url, ATTACK_SETTINGS, name="a")
     b = serve(tmp_path, url, ATTACK_SETTINGS, name="b")
     try:
-        nobody = Terminal(mid="0" * 16, password="Nobody000000", pass_code="0000", merchant_id=0,
-                          os="123456")
+        nobody = Terminal(
+            mid="0" * 16, password="Nobody000000", pass_code="0000", merchant_id=0, os="123456"
+        )
         # UNKNOWN_OS: no integration exists in this database; a guessed os counts as a failure.
         _assert_a_burst_stops_at_the_limit([a.base_url, b.base_url], nobody, "UNKNOWN_OS")
     finally:

@@ -141,24 +141,35 @@ class World:
                 "REQUEST",
                 "POST",
                 "/v1/payments",
-                lambda: {"transKey": new_key(), "amount": 100, "code": self.spare_code,
-                         "serviceId": "01"},
+                lambda: {
+                    "transKey": new_key(),
+                    "amount": 100,
+                    "code": self.spare_code,
+                    "serviceId": "01",
+                },
                 ("transKey", "code", "serviceId"),
             ),
             Operation(
                 "GET-QR-CODE",
                 "POST",
                 "/v1/qr-codes",
-                lambda: {"transKey": new_key(), "amount": 100, "serviceId": "01",
-                         "ttlSeconds": 300},
+                lambda: {
+                    "transKey": new_key(),
+                    "amount": 100,
+                    "serviceId": "01",
+                    "ttlSeconds": 300,
+                },
                 ("transKey", "serviceId"),
             ),
             Operation(
                 "CANCEL",
                 "POST",
                 f"/v1/payments/{sale_id}/refunds",
-                lambda: {"passCode": self.pos.terminal.pass_code, "amount": 1,
-                         "refundKey": new_key("R")},
+                lambda: {
+                    "passCode": self.pos.terminal.pass_code,
+                    "amount": 1,
+                    "refundKey": new_key("R"),
+                },
                 ("passCode", "refundKey"),
             ),
             Operation(
@@ -337,8 +348,13 @@ def test_numbers_out_of_every_range_are_refused(world: World, unchanged: None) -
     request = next(op for op in world.operations() if op.name == "REQUEST")
     for raw in (b"1e400", b"-0", b"1.0", b"9" * 400, b"-9223372036854775809", b"NaN", b"0x10"):
         body = (
-            b'{"transKey": "' + new_key().encode() + b'", "amount": ' + raw
-            + b', "code": "' + world.spare_code.encode() + b'"}'
+            b'{"transKey": "'
+            + new_key().encode()
+            + b'", "amount": '
+            + raw
+            + b', "code": "'
+            + world.spare_code.encode()
+            + b'"}'
         )
         answer = world.send(request, body)
         assert answer.status_code == 400, (raw, answer.text)

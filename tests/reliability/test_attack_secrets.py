@@ -133,8 +133,16 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
     for n, line in enumerate(pem.splitlines()[3:6]):
         secrets[f"Alipay+ private key, line {n + 4}"] = line
     try:
-        _work(server.base_url, server.database_url, Admin(server.database_url, master_key),
-              files, found, (wechat, paypay, alipay, receiver), servers, pem)
+        _work(
+            server.base_url,
+            server.database_url,
+            Admin(server.database_url, master_key),
+            files,
+            found,
+            (wechat, paypay, alipay, receiver),
+            servers,
+            pem,
+        )
         # The files as they are while the gateway runs (the write-ahead log is still there)...
         found.running_copies = {p.name: p.read_bytes() for p in found.database_files if p.exists()}
     finally:
@@ -163,8 +171,9 @@ def _work(
     terminals = {}
     for name, merchant in (("A", shop), ("B", other)):
         passcode = _passcode()
-        made = admin("admin", "terminal", "create", "--merchant", str(merchant),
-                     "--passcode", passcode)
+        made = admin(
+            "admin", "terminal", "create", "--merchant", str(merchant), "--passcode", passcode
+        )
         terminals[name] = Terminal(made["mid"], made["password"], passcode, merchant, os_value)
         secrets[f"terminal {name} password"] = made["password"]
         day.passcodes.add(passcode)
@@ -173,27 +182,74 @@ def _work(
     (files / "alipay.pem").write_text(pem)
     (files / "alipay-public.pem").write_text(public_pem(alipay.alipay_key))
     accounts = {
-        "21": ["--provider", "wechatpay", "--api-key", APP_ID, "--api-secret-file",
-               str(files / "wechat.key"), "--provider-merchant-id", MCH_ID,
-               "--base-url", servers[0].base_url],
-        "01": ["--provider", "paypay", "--api-key", paypay.api_key, "--api-secret-file",
-               str(files / "paypay.secret"), "--provider-merchant-id", paypay.merchant_id,
-               "--base-url", servers[1].base_url],
-        "20": ["--provider", "alipayplus", "--api-key", alipay.client_id, "--api-secret-file",
-               str(files / "alipay.pem"), "--provider-public-key-file",
-               str(files / "alipay-public.pem"), "--provider-merchant-id", "M0001",
-               "--base-url", servers[2].base_url],
+        "21": [
+            "--provider",
+            "wechatpay",
+            "--api-key",
+            APP_ID,
+            "--api-secret-file",
+            str(files / "wechat.key"),
+            "--provider-merchant-id",
+            MCH_ID,
+            "--base-url",
+            servers[0].base_url,
+        ],
+        "01": [
+            "--provider",
+            "paypay",
+            "--api-key",
+            paypay.api_key,
+            "--api-secret-file",
+            str(files / "paypay.secret"),
+            "--provider-merchant-id",
+            paypay.merchant_id,
+            "--base-url",
+            servers[1].base_url,
+        ],
+        "20": [
+            "--provider",
+            "alipayplus",
+            "--api-key",
+            alipay.client_id,
+            "--api-secret-file",
+            str(files / "alipay.pem"),
+            "--provider-public-key-file",
+            str(files / "alipay-public.pem"),
+            "--provider-merchant-id",
+            "M0001",
+            "--base-url",
+            servers[2].base_url,
+        ],
     }
     for service, options in accounts.items():
-        view = admin("admin", "provider", "set", "--merchant", str(shop), "--service", service,
-                     *options)
+        view = admin(
+            "admin", "provider", "set", "--merchant", str(shop), "--service", service, *options
+        )
         assert view["hasSecret"] is True
-    hook = admin("admin", "webhook", "set", "--merchant", str(shop), "--url",
-                 f"{servers[3].base_url}/kessai-events")
+    hook = admin(
+        "admin",
+        "webhook",
+        "set",
+        "--merchant",
+        str(shop),
+        "--url",
+        f"{servers[3].base_url}/kessai-events",
+    )
     secrets["webhook secret"] = hook["secret"]
     console_password = _password() + "-console"
-    admin("admin", "user", "create", "--merchant", str(shop), "--email", "owner@shop-a.example",
-          "--role", "owner", "--password", console_password)
+    admin(
+        "admin",
+        "user",
+        "create",
+        "--merchant",
+        str(shop),
+        "--email",
+        "owner@shop-a.example",
+        "--role",
+        "owner",
+        "--password",
+        console_password,
+    )
     secrets["console password"] = console_password
 
     with httpx.Client(base_url=base_url, timeout=60) as http:
@@ -221,8 +277,11 @@ def _work(
         assert shown.status_code == 200, shown.text
         qr_id = shown.json()["transId"]
         paypay.customer_pays(qr_id)
-        note = http.post("/notifications/paypay", content=paypay.webhook(qr_id),
-                         headers={"content-type": "application/json"})
+        note = http.post(
+            "/notifications/paypay",
+            content=paypay.webhook(qr_id),
+            headers={"content-type": "application/json"},
+        )
         assert note.status_code == 200, note.text
         assert till.paycheck(qr_id).json()["status"] == "COMPLETED"
         headers, body = alipay.notification(by_alipay["transId"], "/notifications/alipayplus")
@@ -240,8 +299,14 @@ def _work(
         register = Pos(http, terminals["B"])
         secrets["session token 3"] = register.login_ok()
         for n, (service, outcome) in enumerate(
-            [("01", "success"), ("21", "password"), ("20", "declined"), ("22", "timeout-success"),
-             ("05", "success"), ("03", "error")]
+            [
+                ("01", "success"),
+                ("21", "password"),
+                ("20", "declined"),
+                ("22", "timeout-success"),
+                ("05", "success"),
+                ("03", "error"),
+            ]
         ):
             code = sandbox_code(http, service, outcome)
             secrets[f"sandbox customer code {n}"] = code
@@ -263,8 +328,10 @@ def _work(
         page = browser.get(f"/console/payments/{by_alipay['transId']}")
         assert page.status_code == 200
         csrf = page.text.split('name="_csrf" value="', 1)[1].split('"', 1)[0]
-        edited = browser.post(f"/console/payments/{by_alipay['transId']}/voucher",
-                              data={"_csrf": csrf, "voucher_no": "SLIP-7"})
+        edited = browser.post(
+            f"/console/payments/{by_alipay['transId']}/voucher",
+            data={"_csrf": csrf, "voucher_no": "SLIP-7"},
+        )
         assert edited.status_code == 303
         forged = browser.post(f"/console/payments/{day.marker}/voucher", data={"voucher_no": "X"})
         assert forged.status_code == 403  # and logged, with its path: the marker
@@ -323,8 +390,17 @@ def _report(findings: list[Finding]) -> str:
 
 
 def test_the_day_used_every_kind_of_secret(day: Day) -> None:
-    kinds = ("password", "session token", "console session", "customer code", "API key",
-             "API secret", "private key", "webhook secret", "master key")
+    kinds = (
+        "password",
+        "session token",
+        "console session",
+        "customer code",
+        "API key",
+        "API secret",
+        "private key",
+        "webhook secret",
+        "master key",
+    )
     for kind in kinds:
         assert any(kind in name for name in day.secrets), kind
     assert len(day.passcodes) == 2

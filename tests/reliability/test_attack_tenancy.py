@@ -94,8 +94,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert targets[name]["status"] == expected[name], (name, targets[name])
         email = f"{new_key('owner').lower()}@shop-b.example"
         owner = gw.admin.json(
-            "admin", "user", "create", "--merchant", str(shop_b.terminal.merchant_id),
-            "--email", email, "--role", "owner",
+            "admin",
+            "user",
+            "create",
+            "--merchant",
+            str(shop_b.terminal.merchant_id),
+            "--email",
+            email,
+            "--role",
+            "owner",
         )
         browser = client_at(gw.base_url, fresh_address())
         browser.cookies.set("kessai_lang", "en")
@@ -176,9 +183,7 @@ def test_terminal_api_answers_a_foreign_payment_like_no_payment(world: World) ->
         # B's wrong passCodes are the only trace, and they are B's: reset them for the next.
         assert gw.cli.json("admin", "terminal", "unlock", world.shop_b.terminal.mid)["unlocked"]
     after = database_state(gw.database_url)
-    b_terminal = [
-        row for row in after["terminals"] if row[1] == world.shop_b.terminal.mid
-    ]
+    b_terminal = [row for row in after["terminals"] if row[1] == world.shop_b.terminal.mid]
     assert b_terminal, "B's terminal is missing"
     for table in before:
         if table in ("audit_events", "terminals"):
@@ -241,8 +246,15 @@ def test_a_staff_user_cannot_do_what_only_owners_may(world: World) -> None:
     gw = world.gw
     email = f"{new_key('staff').lower()}@shop-a.example"
     staff = gw.admin.json(
-        "admin", "user", "create", "--merchant", str(world.shop_a.terminal.merchant_id),
-        "--email", email, "--role", "staff",
+        "admin",
+        "user",
+        "create",
+        "--merchant",
+        str(world.shop_a.terminal.merchant_id),
+        "--email",
+        email,
+        "--role",
+        "staff",
     )
     with client_at(gw.base_url, fresh_address()) as browser:
         browser.cookies.set("kessai_lang", "en")
@@ -257,8 +269,10 @@ def test_a_staff_user_cannot_do_what_only_owners_may(world: World) -> None:
         mid = world.shop_a.terminal.mid
         attempts = {
             "refund confirm": (f"/console/payments/{paid}/refund/confirm", {"mode": "all"}),
-            "refund": (f"/console/payments/{paid}/refund",
-                       {"amount": "100", "refund_key": "CSTAFF01"}),
+            "refund": (
+                f"/console/payments/{paid}/refund",
+                {"amount": "100", "refund_key": "CSTAFF01"},
+            ),
             "voucher": (f"/console/payments/{paid}/voucher", {"voucher_no": "STAFF-1"}),
             **{
                 f"terminal {action}": (f"/console/terminals/{mid}/{action}", {})

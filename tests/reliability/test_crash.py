@@ -63,11 +63,13 @@ def seed() -> int:
 
 @pytest.mark.timeout(420)
 def test_sigkill_under_load_loses_and_doubles_nothing(database_url: str, tmp_path: Path) -> None:
-    config = CrashConfig(seed=seed(), kills=KILLS,
-                         database="sqlite" if database_url.startswith("sqlite") else "postgresql",
-                         log=lambda line: print(line, flush=True))
-    print(f"crash test seed {config.seed} (KESSAI_CRASH_SEED={config.seed} replays it)",
-          flush=True)
+    config = CrashConfig(
+        seed=seed(),
+        kills=KILLS,
+        database="sqlite" if database_url.startswith("sqlite") else "postgresql",
+        log=lambda line: print(line, flush=True),
+    )
+    print(f"crash test seed {config.seed} (KESSAI_CRASH_SEED={config.seed} replays it)", flush=True)
     report = run_crash(config, tmp_path, database_url)
     print(report.summary(), flush=True)
     assert report.books is not None
@@ -79,12 +81,23 @@ def test_sigkill_under_load_loses_and_doubles_nothing(database_url: str, tmp_pat
     assert not report.anomalies, summary
     # The load was real: kills cut requests off, and every kind of payment ended every way.
     assert sum(c.lost for c in report.ops.values()) > 0, summary
-    for op in ("LOGIN", "REQUEST", "GET-QR-CODE", "PAYCHECK", "STATUS", "CANCEL", "VOUCHERNO",
-               "LOGOUT"):
+    for op in (
+        "LOGIN",
+        "REQUEST",
+        "GET-QR-CODE",
+        "PAYCHECK",
+        "STATUS",
+        "CANCEL",
+        "VOUCHERNO",
+        "LOGOUT",
+    ):
         assert report.ops[op].answered > 0, (op, summary)
     statuses = {(p.kind, p.status) for p in report.books.payments}
-    for expected in [("CUSTOMER_CODE", "COMPLETED"), ("CUSTOMER_CODE", "FAILED"),
-                     ("MERCHANT_QR", "EXPIRED")]:
+    for expected in [
+        ("CUSTOMER_CODE", "COMPLETED"),
+        ("CUSTOMER_CODE", "FAILED"),
+        ("MERCHANT_QR", "EXPIRED"),
+    ]:
         assert expected in statuses or (expected[0], "REFUNDED") in statuses, (expected, summary)
     assert any(r.status == "SUCCEEDED" for r in report.books.refunds), summary
     assert len(report.books.payments) >= len(OUTCOMES) * 2, summary
@@ -117,8 +130,10 @@ def corrupted_copy_is_caught(database_url: str, tmp_path: Path, report: CrashRep
     target = sqlite3.connect(copy)
     try:
         source.backup(target)
-        target.execute("UPDATE payments SET status = 'FAILED', refunded_amount = 0 "
-                       "WHERE trans_id = ?", (victim.trans_id,))
+        target.execute(
+            "UPDATE payments SET status = 'FAILED', refunded_amount = 0 WHERE trans_id = ?",
+            (victim.trans_id,),
+        )
         target.commit()
     finally:
         source.close()

@@ -37,15 +37,39 @@ from .books import (
 Case = tuple[Books, list[SeenPayment]]
 
 
-def pay(trans_id: str, amount: int, status: str, refunded: int = 0, *, kind: str = "CUSTOMER_CODE",
-        reason: str | None = None) -> BookPayment:
+def pay(
+    trans_id: str,
+    amount: int,
+    status: str,
+    refunded: int = 0,
+    *,
+    kind: str = "CUSTOMER_CODE",
+    reason: str | None = None,
+) -> BookPayment:
     return BookPayment(trans_id, f"K{trans_id}", 1, kind, amount, status, reason, refunded, None)
 
 
-def told(seq: int, p: BookPayment, status: str, refunded: int = 0,
-         refunds: tuple[SeenRefund, ...] = (), asked: str | None = None) -> SeenPayment:
-    return SeenPayment(seq, "CANCEL" if asked else "REQUEST", 0, p.trans_key, p.trans_id,
-                       p.amount, status, None, refunded, refunds, asked)
+def told(
+    seq: int,
+    p: BookPayment,
+    status: str,
+    refunded: int = 0,
+    refunds: tuple[SeenRefund, ...] = (),
+    asked: str | None = None,
+) -> SeenPayment:
+    return SeenPayment(
+        seq,
+        "CANCEL" if asked else "REQUEST",
+        0,
+        p.trans_key,
+        p.trans_id,
+        p.amount,
+        status,
+        None,
+        refunded,
+        refunds,
+        asked,
+    )
 
 
 A = pay("1000000001", 1000, "COMPLETED")
@@ -94,14 +118,12 @@ def consistent() -> Case:
 
 
 def with_payment(books: Books, trans_id: str, **changes: Any) -> Books:
-    payments = tuple(replace(p, **changes) if p.trans_id == trans_id else p
-                     for p in books.payments)
+    payments = tuple(replace(p, **changes) if p.trans_id == trans_id else p for p in books.payments)
     return replace(books, payments=payments)
 
 
 def with_charge(books: Books, ref: str, **changes: Any) -> Books:
-    charges = tuple(replace(c, **changes) if c.ref == ref else c
-                    for c in books.charges)
+    charges = tuple(replace(c, **changes) if c.ref == ref else c for c in books.charges)
     return replace(books, charges=charges)
 
 
@@ -155,8 +177,9 @@ def answered_refund_undone(books: Books, seen: list[SeenPayment]) -> Case:
 
 
 def wallet_refunded_unbooked(books: Books, seen: list[SeenPayment]) -> Case:
-    books = replace(books, wallet_refunds=(*books.wallet_refunds,
-                                           WalletRefund("RF00000009", A.trans_id, 100)))
+    books = replace(
+        books, wallet_refunds=(*books.wallet_refunds, WalletRefund("RF00000009", A.trans_id, 100))
+    )
     return with_charge(books, A.trans_id, refunded_amount=100), seen
 
 
@@ -175,8 +198,7 @@ def outcome_left_unknown(books: Books, seen: list[SeenPayment]) -> Case:
 
 def refund_left_pending(books: Books, seen: list[SeenPayment]) -> Case:
     pending = replace(R1, status="PENDING")
-    books = replace(books, refunds=(pending, R2),
-                    wallet_refunds=books.wallet_refunds[1:])
+    books = replace(books, refunds=(pending, R2), wallet_refunds=books.wallet_refunds[1:])
     books = with_charge(books, B.trans_id, refunded_amount=0)
     return with_payment(books, B.trans_id, status="COMPLETED", refunded_amount=0), seen
 
@@ -204,12 +226,17 @@ CORRUPTIONS: list[tuple[Callable[[Books, list[SeenPayment]], Case], str]] = [
 def test_consistent_books_pass() -> None:
     books, seen = consistent()
     assert check(books, seen) == []
-    assert ledger_totals(books) == {"gatewayPaidYen": 6000, "gatewayRefundedYen": 3500,
-                                    "walletChargedYen": 6000, "walletRefundedYen": 3500}
+    assert ledger_totals(books) == {
+        "gatewayPaidYen": 6000,
+        "gatewayRefundedYen": 3500,
+        "walletChargedYen": 6000,
+        "walletRefundedYen": 3500,
+    }
 
 
-@pytest.mark.parametrize(("corrupt", "invariant"), CORRUPTIONS,
-                         ids=[c.__name__ for c, _ in CORRUPTIONS])
+@pytest.mark.parametrize(
+    ("corrupt", "invariant"), CORRUPTIONS, ids=[c.__name__ for c, _ in CORRUPTIONS]
+)
 def test_each_corruption_is_caught(
     corrupt: Callable[[Books, list[SeenPayment]], Case], invariant: str
 ) -> None:

@@ -121,11 +121,17 @@ def test_description_states_what_the_gateway_checks(fuzzed: Fuzzed) -> None:
     assert paycheck[0]["schema"]["pattern"] == json_schema_pattern("transId")
     status = raw["paths"]["/v1/payments"]["get"]["parameters"]
     assert status[0]["required"] is True
-    assert status[0]["schema"] == {"type": "string", "pattern": json_schema_pattern("transKey"),
-                                   "description": "The terminal's transKey"}
+    assert status[0]["schema"] == {
+        "type": "string",
+        "pattern": json_schema_pattern("transKey"),
+        "description": "The terminal's transKey",
+    }
     assert schemas["ErrorDetail"]["properties"]["code"]["enum"] == sorted(ERROR_CODES)
-    for path, method in (("/v1/login", "post"), ("/v1/payments", "post"),
-                         ("/v1/payments/{transId}/refunds", "post")):
+    for path, method in (
+        ("/v1/login", "post"),
+        ("/v1/payments", "post"),
+        ("/v1/payments/{transId}/refunds", "post"),
+    ):
         assert "415" in raw["paths"][path][method]["responses"], path
 
 
@@ -140,15 +146,22 @@ def _answer(
     request = requests.Request("GET", "http://127.0.0.1/v1/payments/1234567890").prepare()
     sent = {"content-type": [content_type], "x-request-id": ["abc123"]}
     sent |= {name.replace("_", "-"): [value] for name, value in headers.items()}
-    return schemathesis.Response(status_code=status, headers=sent, content=content,
-                                 request=request, elapsed=0.0, verify=True)
+    return schemathesis.Response(
+        status_code=status, headers=sent, content=content, request=request, elapsed=0.0, verify=True
+    )
 
 
 def _error(
     status: int, code: str, request_id: str = "abc123", **extra: object
 ) -> schemathesis.Response:
-    error = {"code": code, "message": "m", "field": None, "retryable": False,
-             "requestId": request_id, **extra}
+    error = {
+        "code": code,
+        "message": "m",
+        "field": None,
+        "retryable": False,
+        "requestId": request_id,
+        **extra,
+    }
     return _answer(status, {"error": error})
 
 
@@ -198,8 +211,9 @@ def test_isolation_check_flags_foreign_and_mismatched_payments() -> None:
 
 def _paycheck_case(schema: OpenApiSchema) -> schemathesis.Case:
     operation = schema["/v1/payments/{transId}"]["GET"]
-    return operation.Case(path_parameters={"transId": "1234567890"},
-                          headers={"Authorization": "Bearer x"})
+    return operation.Case(
+        path_parameters={"transId": "1234567890"}, headers={"Authorization": "Bearer x"}
+    )
 
 
 def _found(report: FuzzReport) -> str:
@@ -209,12 +223,14 @@ def _found(report: FuzzReport) -> str:
 def test_session_check_flags_a_live_session_refused(fuzzed: Fuzzed) -> None:
     report = FuzzReport(seed=0)
     asked = Asked(actor=fuzzed.world.own)
-    check_answer(report, "PAYCHECK", _paycheck_case(fuzzed.schema),
-                 _error(401, "SESSION_INVALID"), asked)
+    check_answer(
+        report, "PAYCHECK", _paycheck_case(fuzzed.schema), _error(401, "SESSION_INVALID"), asked
+    )
     assert "live session" in _found(report), _found(report)
     report = FuzzReport(seed=0)
-    check_answer(report, "PAYCHECK", _paycheck_case(fuzzed.schema),
-                 _error(401, "SESSION_INVALID"), Asked())  # sent without one: as it should be
+    check_answer(
+        report, "PAYCHECK", _paycheck_case(fuzzed.schema), _error(401, "SESSION_INVALID"), Asked()
+    )  # sent without one: as it should be
     assert "live session" not in _found(report), _found(report)
 
 
@@ -230,10 +246,16 @@ def test_schema_checks_find_a_server_error(fuzzed: Fuzzed) -> None:
 def test_schema_checks_find_an_undocumented_answer(fuzzed: Fuzzed) -> None:
     report = FuzzReport(seed=0)
     # A payment without most of its fields, and a status the operation does not document.
-    check_answer(report, "PAYCHECK", _paycheck_case(fuzzed.schema),
-                 _answer(200, {"transId": "1234567890"}), Asked())
-    check_answer(report, "PAYCHECK", _paycheck_case(fuzzed.schema),
-                 _error(418, "PAYMENT_NOT_FOUND"), Asked())
+    check_answer(
+        report,
+        "PAYCHECK",
+        _paycheck_case(fuzzed.schema),
+        _answer(200, {"transId": "1234567890"}),
+        Asked(),
+    )
+    check_answer(
+        report, "PAYCHECK", _paycheck_case(fuzzed.schema), _error(418, "PAYMENT_NOT_FOUND"), Asked()
+    )
     found = _found(report)
     assert "Response violates schema" in found, found
     assert "Undocumented status code" in found, found

@@ -44,9 +44,7 @@ def _take(db: Database, at: datetime, address: str = ADDRESS) -> int | None:
 def _spent_until(db: Database, address: str = ADDRESS) -> datetime | None:
     return db.run_sync(
         lambda conn: conn.execute(
-            sa.select(t.login_throttle.c.spent_until).where(
-                t.login_throttle.c.address == address
-            )
+            sa.select(t.login_throttle.c.spent_until).where(t.login_throttle.c.address == address)
         ).scalar_one_or_none(),
         write=False,
     )
@@ -170,9 +168,18 @@ def test_the_worker_prunes_allowances_that_are_whole_again(db: Database, tmp_pat
     assert _take(db, now - timedelta(hours=2), "192.0.2.10") is None  # whole again long since
     assert _take(db, now + timedelta(hours=2), "192.0.2.11") is None  # still spent
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("kessai")), "worker", "--once", "--json",
-         "--database", db.url],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(Path(sys.executable).with_name("kessai")),
+            "worker",
+            "--once",
+            "--json",
+            "--database",
+            db.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert _spent_until(db, "192.0.2.10") is None

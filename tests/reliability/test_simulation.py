@@ -47,9 +47,7 @@ def test_a_cancel_never_reverses_a_payment_another_check_just_booked_paid() -> N
     # Seed 400 once caught a give-up cancel, decided on an old reading while another check's
     # answer (paid) was still on its way, reversing a payment the terminal was told was paid.
     # The claim on a check is now a lease that outlasts the call.
-    result = simulate(
-        SimConfig(seed=400, ops=1_500, quiesce_every=1_000, reversing_cancel=True)
-    )
+    result = simulate(SimConfig(seed=400, ops=1_500, quiesce_every=1_000, reversing_cancel=True))
     assert result.ok, explain(result)
 
 
@@ -162,9 +160,10 @@ def test_books_that_agree_pass() -> None:
 
 def test_every_kind_of_disagreement_is_reported() -> None:
     charged_twice = {**CHARGES, "1000000001": WalletCharge("1000000001", 2000)}
-    assert "books 1000 yen, the wallet 2000 yen" in check_books(
-        PAYMENTS, REFUNDS, charged_twice, WALLET_REFUNDS
-    )[0]
+    assert (
+        "books 1000 yen, the wallet 2000 yen"
+        in check_books(PAYMENTS, REFUNDS, charged_twice, WALLET_REFUNDS)[0]
+    )
     failed_but_charged = {**CHARGES, "1000000003": WalletCharge("1000000003", 500)}
     assert check_books(PAYMENTS, REFUNDS, failed_but_charged, WALLET_REFUNDS)
     unknown_charge = {**CHARGES, "1999999999": WalletCharge("1999999999", 10)}

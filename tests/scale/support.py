@@ -49,8 +49,12 @@ class Process:
 
 def migrate(database_url: str) -> None:
     """Create the schema (so that several servers do not race to do it)."""
-    subprocess.run([KESSAI, "migrate", "--database", database_url], check=True,
-                   env=base_env(), capture_output=True)
+    subprocess.run(
+        [KESSAI, "migrate", "--database", database_url],
+        check=True,
+        env=base_env(),
+        capture_output=True,
+    )
 
 
 def serve(
@@ -63,11 +67,21 @@ def serve(
     """Start `kessai serve` on a free port and wait until it is healthy."""
     port = free_port()
     log = workdir / f"{name}-{port}.log"
-    command = [KESSAI, "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--database", database_url, *extra]
+    command = [
+        KESSAI,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        database_url,
+        *extra,
+    ]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=base_env() | dict(settings), stdout=sink,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=base_env() | dict(settings), stdout=sink, stderr=subprocess.STDOUT
+        )
     base_url = f"http://127.0.0.1:{port}"
     wait_healthy(base_url, process, log)
     return Process(process, log, base_url)
@@ -78,6 +92,7 @@ def worker(workdir: Path, database_url: str, settings: Mapping[str, str]) -> Pro
     log = workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
     command = [KESSAI, "worker", "--database", database_url]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=base_env() | dict(settings), stdout=sink,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=base_env() | dict(settings), stdout=sink, stderr=subprocess.STDOUT
+        )
     return Process(process, log)

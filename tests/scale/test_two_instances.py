@@ -35,8 +35,9 @@ def pair(tmp_path: Path, database_url: Callable[[str], str]):  # type: ignore[no
 
 
 def _codes(base_url: str, count: int, outcome: str = "success") -> list[str]:
-    response = httpx.post(f"{base_url}/sandbox/codes",
-                          json={"serviceId": "01", "outcome": outcome, "count": count})
+    response = httpx.post(
+        f"{base_url}/sandbox/codes", json={"serviceId": "01", "outcome": outcome, "count": count}
+    )
     return list(response.json()["codes"])
 
 
@@ -56,11 +57,16 @@ def test_one_charge_for_fifty_racing_requests_across_instances(
 
     async def race() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
-            return await asyncio.gather(*(
-                client.post(f"{(a, b)[i % 2].base_url}/v1/payments", headers=pos.auth(),
-                            json={"transKey": trans_key, "amount": 700, "code": code})
-                for i in range(50)
-            ))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{(a, b)[i % 2].base_url}/v1/payments",
+                        headers=pos.auth(),
+                        json={"transKey": trans_key, "amount": 700, "code": code},
+                    )
+                    for i in range(50)
+                )
+            )
 
     answers = asyncio.run(race())
     assert {r.status_code for r in answers} == {200}
@@ -78,11 +84,17 @@ def test_one_device_wins_racing_logins_across_instances(
 
     async def race() -> list[tuple[str, httpx.Response]]:
         async with httpx.AsyncClient(timeout=30) as client:
+
             async def one(i: int) -> tuple[str, httpx.Response]:
                 key = ("KEYA", "KEYB")[i % 2]
-                body = {"mid": terminal.mid, "key": key, "password": terminal.password,
-                        "os": terminal.os}
+                body = {
+                    "mid": terminal.mid,
+                    "key": key,
+                    "password": terminal.password,
+                    "os": terminal.os,
+                }
                 return key, await client.post(f"{(a, b)[i % 2].base_url}/v1/login", json=body)
+
             return await asyncio.gather(*(one(i) for i in range(10)))
 
     answers = asyncio.run(race())
@@ -103,12 +115,16 @@ def test_refunds_racing_across_instances_never_exceed_the_payment(
 
     async def race() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
-            return await asyncio.gather(*(
-                client.post(f"{(a, b)[i % 2].base_url}/v1/payments/{trans_id}/refunds",
-                            headers=pos.auth(),
-                            json={"passCode": pos.terminal.pass_code, "amount": 100})
-                for i in range(20)
-            ))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{(a, b)[i % 2].base_url}/v1/payments/{trans_id}/refunds",
+                        headers=pos.auth(),
+                        json={"passCode": pos.terminal.pass_code, "amount": 100},
+                    )
+                    for i in range(20)
+                )
+            )
 
     answers = asyncio.run(race())
     ok = [r for r in answers if r.status_code == 200]
@@ -136,17 +152,25 @@ def test_passcode_lockout_counts_guesses_from_every_instance(
 
     async def guesses() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
-            return await asyncio.gather(*(
-                client.post(f"{(a, b)[i % 2].base_url}/v1/payments/{trans_id}/refunds",
-                            headers=pos.auth(), json={"passCode": wrong})
-                for i in range(12)
-            ))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{(a, b)[i % 2].base_url}/v1/payments/{trans_id}/refunds",
+                        headers=pos.auth(),
+                        json={"passCode": wrong},
+                    )
+                    for i in range(12)
+                )
+            )
 
     codes = [r.json()["error"]["code"] for r in asyncio.run(guesses())]
     assert codes.count("WRONG_PASSCODE") <= 4
     assert "PASSCODE_LOCKED" in codes
     for base in (a.base_url, b.base_url):
-        right = httpx.post(f"{base}/v1/payments/{trans_id}/refunds", headers=pos.auth(),
-                           json={"passCode": pos.terminal.pass_code})
+        right = httpx.post(
+            f"{base}/v1/payments/{trans_id}/refunds",
+            headers=pos.auth(),
+            json={"passCode": pos.terminal.pass_code},
+        )
         assert right.status_code == 429
         assert right.json()["error"]["code"] == "PASSCODE_LOCKED"

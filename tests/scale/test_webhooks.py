@@ -33,8 +33,13 @@ class Cli(BaseCli):
     """The CLI with the master key in its environment (webhook secrets derive from it)."""
 
     def _start(self, args: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(self._command(args), env=base_env() | MASTER_KEY,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self._command(args),
+            env=base_env() | MASTER_KEY,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
 
 class Receiver:
@@ -51,15 +56,13 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 try:
-                    webhooks.verify(receiver.secret, self.headers[webhooks.SIGNATURE_HEADER],
-                                    body)
+                    webhooks.verify(receiver.secret, self.headers[webhooks.SIGNATURE_HEADER], body)
                     verified = "ok"
                 except webhooks.SignatureError as exc:
                     verified = exc.part
                 event_id = self.headers[webhooks.EVENT_ID_HEADER]
                 status = 500 if len(receiver.received) < receiver.failures else 200
-                receiver.received.append({"id": event_id, "verified": verified,
-                                          "status": status})
+                receiver.received.append({"id": event_id, "verified": verified, "status": status})
                 if status == 200 and verified == "ok":
                     receiver.accepted.setdefault(event_id, json.loads(body))
                 self.send_response(status)
@@ -101,8 +104,9 @@ def test_event_is_retried_then_accepted_exactly_once_and_survives_a_restart(
     migrate(url)
     cli = Cli(url)
     terminal = Provisioner(cli, ahead=0).make()
-    endpoint = cli.json("admin", "webhook", "set", "--merchant", str(terminal.merchant_id),
-                        "--url", receiver.url)
+    endpoint = cli.json(
+        "admin", "webhook", "set", "--merchant", str(terminal.merchant_id), "--url", receiver.url
+    )
     receiver.secret = endpoint["secret"]
     assert receiver.secret.startswith("whsec_")
 

@@ -36,14 +36,17 @@ class Rig:
         migrate(url)
         self.server = serve(tmp_path, url, server_settings)
         self.cli = Cli(url)
-        self.pos = Pos(httpx.Client(base_url=self.server.base_url, timeout=30),
-                       Provisioner(self.cli, ahead=0).make())
+        self.pos = Pos(
+            httpx.Client(base_url=self.server.base_url, timeout=30),
+            Provisioner(self.cli, ahead=0).make(),
+        )
         self.pos.login_ok()
         self.workers: list[Process] = []
 
     def codes(self, outcome: str, count: int = 1, service: str = "21") -> list[str]:
-        response = self.pos.http.post("/sandbox/codes", json={"serviceId": service,
-                                                               "outcome": outcome, "count": count})
+        response = self.pos.http.post(
+            "/sandbox/codes", json={"serviceId": service, "outcome": outcome, "count": count}
+        )
         return list(response.json()["codes"])
 
     def worker(self, settings: dict[str, str] | None = None) -> Process:
@@ -68,8 +71,9 @@ class Rig:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def rig(request: pytest.FixtureRequest, tmp_path: Path,
-        database_url: Callable[[str], str]) -> Iterator[Rig]:
+def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: Callable[[str], str]
+) -> Iterator[Rig]:
     made = Rig(tmp_path, database_url(request.param), dict(SERVER))
     try:
         yield made
@@ -121,8 +125,9 @@ def test_a_worker_killed_mid_batch_loses_nothing(rig: Rig) -> None:
 def test_an_outcome_that_stays_unknown_is_reversed_then_failed(
     backend: str, tmp_path: Path, database_url: Callable[[str], str]
 ) -> None:
-    rig = Rig(tmp_path, database_url(backend),
-              SERVER | {"KESSAI_SANDBOX_REVEAL_AFTER_SECONDS": "3600"})
+    rig = Rig(
+        tmp_path, database_url(backend), SERVER | {"KESSAI_SANDBOX_REVEAL_AFTER_SECONDS": "3600"}
+    )
     try:
         payment = rig.pos.pay(rig.codes("timeout-success")[0], amount=900)
         rig.worker({"KESSAI_PROVIDER_GIVE_UP_SECONDS": "2"})

@@ -96,9 +96,7 @@ Code = Annotated[
         description="What the scanner read from the customer's phone: digits, "
         "or the Base64 text of an EMV QR code; at most 512 characters",
         examples=["900081818845855642567638"],
-        extra_json_schema=described(
-            pattern="^[!-~]+$", minLength=1, maxLength=MAX_CODE_LENGTH
-        ),
+        extra_json_schema=described(pattern="^[!-~]+$", minLength=1, maxLength=MAX_CODE_LENGTH),
     ),
 ]
 ServiceId = Annotated[
@@ -148,9 +146,7 @@ TtlSeconds = Annotated[
 # What answers hold, for the OpenAPI description (an optional field's enum also lists null).
 TransIdOut = Annotated[str, Meta(extra_json_schema=formatted("transId"))]
 KindOut = Annotated[str, Meta(extra_json_schema=described(enum=[k.value for k in PaymentKind]))]
-StatusOut = Annotated[
-    str, Meta(extra_json_schema=described(enum=[s.value for s in PaymentStatus]))
-]
+StatusOut = Annotated[str, Meta(extra_json_schema=described(enum=[s.value for s in PaymentStatus]))]
 PendingReasonOut = Annotated[
     str, Meta(extra_json_schema=described(enum=[*(r.value for r in PendingReason), None]))
 ]

@@ -113,9 +113,7 @@ def provider_set(
     ] = None,
     provider_merchant_id: Annotated[
         str | None,
-        typer.Option(
-            help="PayPay MERCHANT_ID / Alipay+ referenceMerchantId / WeChat Pay mch_id."
-        ),
+        typer.Option(help="PayPay MERCHANT_ID / Alipay+ referenceMerchantId / WeChat Pay mch_id."),
     ] = None,
     base_url: Annotated[str | None, typer.Option(help="The provider's API base URL.")] = None,
     provider_public_key_file: Annotated[

@@ -97,8 +97,7 @@ class Waiting:
     def __rich__(self) -> Text:
         elapsed = int(time.monotonic() - self.started)
         parts = [
-            f"{self.reason} (transId {self.trans_id}) — "
-            f"{elapsed // 60}:{elapsed % 60:02d} elapsed"
+            f"{self.reason} (transId {self.trans_id}) — {elapsed // 60}:{elapsed % 60:02d} elapsed"
         ]
         if self.deadline is not None:
             left = max(0, int((self.deadline - datetime.now(UTC)).total_seconds()))

@@ -182,8 +182,7 @@ async def login_attempt(
     taken = await db.run(lambda conn: take(conn, attempt.address, now, limit))
     if taken.wait_seconds is not None:
         raise RateLimited(
-            "too many failed logins from this address; try again in "
-            f"{taken.wait_seconds} seconds",
+            f"too many failed logins from this address; try again in {taken.wait_seconds} seconds",
             code="TOO_MANY_ATTEMPTS",
             retry_after_seconds=taken.wait_seconds,
         )

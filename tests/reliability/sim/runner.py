@@ -613,7 +613,11 @@ class Simulation:
             await self._unchanged(
                 "request",
                 lambda: self.gateway.request(
-                    token, trans_key="BADAMOUNT1", amount=bad, code=code, service_id=None,
+                    token,
+                    trans_key="BADAMOUNT1",
+                    amount=bad,
+                    code=code,
+                    service_id=None,
                     request_id=self._rid(),
                 ),
                 "INVALID_FIELD",
@@ -773,7 +777,11 @@ class Simulation:
             await self._unchanged(
                 "refund",
                 lambda: self.gateway.refund(
-                    token, trans_id, passcode=PASSCODE, amount=bad, refund_key=None,
+                    token,
+                    trans_id,
+                    passcode=PASSCODE,
+                    amount=bad,
+                    refund_key=None,
                     request_id=self._rid(),
                 ),
                 "INVALID_FIELD",
@@ -978,8 +986,11 @@ class Simulation:
             answer = await self._gateway(
                 "login-other-device",
                 lambda: self.gateway.login(
-                    mid=terminal.mid, key="OTHER-DEVICE", password=terminal.password,
-                    os_value=terminal.os_value, request_id=self._rid(),
+                    mid=terminal.mid,
+                    key="OTHER-DEVICE",
+                    password=terminal.password,
+                    os_value=terminal.os_value,
+                    request_id=self._rid(),
                 ),
             )
             if not isinstance(answer, KessaiError):
@@ -989,8 +1000,11 @@ class Simulation:
             answer = await self._gateway(
                 "login-wrong-password",
                 lambda: self.gateway.login(
-                    mid=terminal.mid, key=terminal.device, password="WrongPassw0r",
-                    os_value=terminal.os_value, request_id=self._rid(),
+                    mid=terminal.mid,
+                    key=terminal.device,
+                    password="WrongPassw0r",
+                    os_value=terminal.os_value,
+                    request_id=self._rid(),
                 ),
             )
             if not isinstance(answer, KessaiError):
@@ -1058,8 +1072,11 @@ class Simulation:
         answer = await self._gateway(
             "login",
             lambda: self.gateway.login(
-                mid=terminal.mid, key=terminal.device, password=terminal.password,
-                os_value=terminal.os_value, request_id=self._rid(),
+                mid=terminal.mid,
+                key=terminal.device,
+                password=terminal.password,
+                os_value=terminal.os_value,
+                request_id=self._rid(),
             ),
         )
         if isinstance(answer, KessaiError):
@@ -1144,4 +1161,3 @@ def _scratch_root() -> str:
 def simulate(config: SimConfig) -> SimResult:
     """Run one simulation to its end on a fresh event loop."""
     return asyncio.run(Simulation(config).run())
-

@@ -136,9 +136,7 @@ _TAKEN_CODES = sa.select(t.sandbox_codes.c.code_hash).where(
 
 _CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindparam("ref"))
 _CHARGES = {False: Hot(_CHARGE), True: Hot(_CHARGE.with_for_update())}
-_CODE = Hot(
-    sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest"))
-)
+_CODE = Hot(sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest")))
 _SPEND_CODE = Hot(
     t.sandbox_codes.update()
     .where(
