@@ -1,11 +1,13 @@
 """Fixtures of the console's browser tests: one server, Chromium, a fresh shop per test.
 
 Chromium is Debian's (/usr/bin/chromium), driven headless by Playwright; it reaches nothing but
-127.0.0.1. Screenshots of the main pages go to docs/screenshots/ (see docs/console.md).
+127.0.0.1. Screenshots of the main pages are taken on every run; with KESSAI_SCREENSHOTS=1 they
+replace the ones in docs/screenshots/ (see docs/console.md), otherwise they go to a scratch folder.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -129,11 +131,17 @@ def page(context: BrowserContext) -> Page:
 
 
 @pytest.fixture(scope="package")
-def screenshot() -> Callable[[Page, str], None]:
-    """Save a full-page screenshot to docs/screenshots/NAME.png."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def screenshot(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Page, str], None]:
+    """Save a full-page screenshot as NAME.png: to docs/screenshots/ when asked to.
+
+    They change with every run (dates, generated ids), so an ordinary test run leaves the
+    documentation's copies alone; ``KESSAI_SCREENSHOTS=1`` refreshes them.
+    """
+    folder = SCREENSHOTS if os.environ.get("KESSAI_SCREENSHOTS") == "1" else None
+    target_dir = folder or tmp_path_factory.mktemp("screenshots")
+    target_dir.mkdir(parents=True, exist_ok=True)
 
     def take(target: Page, name: str) -> None:
-        target.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        target.screenshot(path=str(target_dir / f"{name}.png"), full_page=True)
 
     return take
