@@ -151,14 +151,14 @@ def test_the_account_read_with_the_session_routes_as_routing_itself_would(
     assert (ctx.account, ctx.account_for, ctx.listening) == (None, None, None)
     # Routing on it, or on a lookup made for another service, is refused rather than defaulted
     # to the sandbox: the account that applies was never read.
-    with pytest.raises(LookupError, match="not 01"):
+    with pytest.raises(LookupError, match="read for no serviceId, not for serviceId 01"):
         ctx.account_of("01")
-    with pytest.raises(LookupError, match="serviceId 02, not 01"):
-        routed = db.run_sync(
-            lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings(), for_service="02"),
-            write=False,
-        )
-        routed.account_of("01")
+    other = db.run_sync(
+        lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings(), for_service="02"),
+        write=False,
+    )
+    with pytest.raises(LookupError, match="read for 02, not for serviceId 01"):
+        other.account_of("01")
 
 
 def test_a_payment_is_routed_by_the_account_read_with_its_session(h: Harness) -> None:

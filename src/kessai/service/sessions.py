@@ -53,9 +53,8 @@ class TerminalContext:
         service, or on none read at all, would send the payment to the wrong provider.
         """
         if self.account_for != service_id:
-            raise LookupError(
-                f"the session was read for serviceId {self.account_for}, not {service_id}"
-            )
+            read = "for no serviceId" if self.account_for is None else f"for {self.account_for}"
+            raise LookupError(f"the session was read {read}, not for serviceId {service_id}")
         return self.account
 
 
