@@ -128,17 +128,9 @@ class GatewayProcess:
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(workdir / "metrics")
         (workdir / "metrics").mkdir(exist_ok=True)
         self.command = [
-            KESSAI,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            database_url,
-            "--workers",
-            str(config.http_workers),
-        ]
+            KESSAI, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database",
+            database_url, "--workers", str(config.http_workers),
+        ]  # fmt: skip
         if config.worker_in_serve:
             self.command.append("--worker")
         self.process: subprocess.Popen[bytes] | None = None

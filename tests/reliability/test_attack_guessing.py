@@ -107,16 +107,9 @@ def test_passcode_guessing_locks_refunds_after_five_and_the_owner_sees_it(gw: Ga
     colleague = _register(gw, gw.provisioner.terminal_of(merchant))
     owner_email = f"{new_key('owner').lower()}@shop.example"
     owner = gw.admin.json(
-        "admin",
-        "user",
-        "create",
-        "--merchant",
-        str(merchant),
-        "--email",
-        owner_email,
-        "--role",
+        "admin", "user", "create", "--merchant", str(merchant), "--email", owner_email, "--role",
         "owner",
-    )
+    )  # fmt: skip
     sales = [thief.pay(sandbox_code(thief.http, "01"), 1000) for _ in range(2)]
     assert {p["status"] for p in sales} == {"COMPLETED"}
     guesses = _wrong_passcodes(thief.terminal.pass_code)
@@ -337,16 +330,9 @@ def test_the_console_login_shares_the_allowance(gw: Gateway) -> None:
     shop = gw.provisioner.fresh()
     email = f"{new_key('staff').lower()}@shop.example"
     user = gw.admin.json(
-        "admin",
-        "user",
-        "create",
-        "--merchant",
-        str(shop.merchant_id),
-        "--email",
-        email,
-        "--role",
+        "admin", "user", "create", "--merchant", str(shop.merchant_id), "--email", email, "--role",
         "staff",
-    )
+    )  # fmt: skip
     with client_at(gw.base_url, fresh_address()) as http:
         http.cookies.set("kessai_lang", "en")
         half = ADDRESS_LIMIT // 2

@@ -183,44 +183,22 @@ def _work(
     (files / "alipay-public.pem").write_text(public_pem(alipay.alipay_key))
     accounts = {
         "21": [
-            "--provider",
-            "wechatpay",
-            "--api-key",
-            APP_ID,
-            "--api-secret-file",
-            str(files / "wechat.key"),
-            "--provider-merchant-id",
-            MCH_ID,
-            "--base-url",
+            "--provider", "wechatpay", "--api-key", APP_ID, "--api-secret-file",
+            str(files / "wechat.key"), "--provider-merchant-id", MCH_ID, "--base-url",
             servers[0].base_url,
         ],
         "01": [
-            "--provider",
-            "paypay",
-            "--api-key",
-            paypay.api_key,
-            "--api-secret-file",
-            str(files / "paypay.secret"),
-            "--provider-merchant-id",
-            paypay.merchant_id,
-            "--base-url",
-            servers[1].base_url,
+            "--provider", "paypay", "--api-key", paypay.api_key, "--api-secret-file",
+            str(files / "paypay.secret"), "--provider-merchant-id", paypay.merchant_id,
+            "--base-url", servers[1].base_url,
         ],
         "20": [
-            "--provider",
-            "alipayplus",
-            "--api-key",
-            alipay.client_id,
-            "--api-secret-file",
-            str(files / "alipay.pem"),
-            "--provider-public-key-file",
-            str(files / "alipay-public.pem"),
-            "--provider-merchant-id",
-            "M0001",
-            "--base-url",
+            "--provider", "alipayplus", "--api-key", alipay.client_id, "--api-secret-file",
+            str(files / "alipay.pem"), "--provider-public-key-file",
+            str(files / "alipay-public.pem"), "--provider-merchant-id", "M0001", "--base-url",
             servers[2].base_url,
         ],
-    }
+    }  # fmt: skip
     for service, options in accounts.items():
         view = admin(
             "admin", "provider", "set", "--merchant", str(shop), "--service", service, *options
@@ -238,18 +216,9 @@ def _work(
     secrets["webhook secret"] = hook["secret"]
     console_password = _password() + "-console"
     admin(
-        "admin",
-        "user",
-        "create",
-        "--merchant",
-        str(shop),
-        "--email",
-        "owner@shop-a.example",
-        "--role",
-        "owner",
-        "--password",
-        console_password,
-    )
+        "admin", "user", "create", "--merchant", str(shop), "--email", "owner@shop-a.example",
+        "--role", "owner", "--password", console_password,
+    )  # fmt: skip
     secrets["console password"] = console_password
 
     with httpx.Client(base_url=base_url, timeout=60) as http:

@@ -62,45 +62,18 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
         merchant = admin("admin", "merchant", "create", "--name", "Shop")["merchantId"]
         made = admin("admin", "terminal", "create", "--merchant", str(merchant))
         admin(
-            "admin",
-            "provider",
-            "set",
-            "--merchant",
-            str(merchant),
-            "--service",
-            "01",
-            "--provider",
-            "paypay",
-            "--api-key",
-            paypay.api_key,
-            "--api-secret-file",
-            str(workdir / "paypay.secret"),
-            "--provider-merchant-id",
-            paypay.merchant_id,
-            "--base-url",
-            fakes[0].base_url,
-        )
+            "admin", "provider", "set", "--merchant", str(merchant), "--service", "01",
+            "--provider", "paypay", "--api-key", paypay.api_key, "--api-secret-file",
+            str(workdir / "paypay.secret"), "--provider-merchant-id", paypay.merchant_id,
+            "--base-url", fakes[0].base_url,
+        )  # fmt: skip
         admin(
-            "admin",
-            "provider",
-            "set",
-            "--merchant",
-            str(merchant),
-            "--service",
-            "20",
-            "--provider",
-            "alipayplus",
-            "--api-key",
-            alipay.client_id,
-            "--api-secret-file",
-            str(workdir / "alipay.pem"),
-            "--provider-public-key-file",
-            str(workdir / "alipay-public.pem"),
-            "--provider-merchant-id",
-            "M0001",
-            "--base-url",
+            "admin", "provider", "set", "--merchant", str(merchant), "--service", "20",
+            "--provider", "alipayplus", "--api-key", alipay.client_id, "--api-secret-file",
+            str(workdir / "alipay.pem"), "--provider-public-key-file",
+            str(workdir / "alipay-public.pem"), "--provider-merchant-id", "M0001", "--base-url",
             fakes[1].base_url,
-        )
+        )  # fmt: skip
         terminal = Terminal(made["mid"], made["password"], made["passCode"], merchant, os_value)
         with httpx.Client(base_url=server.base_url, timeout=60) as http:
             pos = Pos(http, terminal)

@@ -94,16 +94,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert targets[name]["status"] == expected[name], (name, targets[name])
         email = f"{new_key('owner').lower()}@shop-b.example"
         owner = gw.admin.json(
-            "admin",
-            "user",
-            "create",
-            "--merchant",
-            str(shop_b.terminal.merchant_id),
-            "--email",
-            email,
-            "--role",
-            "owner",
-        )
+            "admin", "user", "create", "--merchant", str(shop_b.terminal.merchant_id), "--email",
+            email, "--role", "owner",
+        )  # fmt: skip
         browser = client_at(gw.base_url, fresh_address())
         browser.cookies.set("kessai_lang", "en")
         assert console_login(browser, email, owner["password"]).status_code == 303
@@ -246,16 +239,9 @@ def test_a_staff_user_cannot_do_what_only_owners_may(world: World) -> None:
     gw = world.gw
     email = f"{new_key('staff').lower()}@shop-a.example"
     staff = gw.admin.json(
-        "admin",
-        "user",
-        "create",
-        "--merchant",
-        str(world.shop_a.terminal.merchant_id),
-        "--email",
-        email,
-        "--role",
-        "staff",
-    )
+        "admin", "user", "create", "--merchant", str(world.shop_a.terminal.merchant_id), "--email",
+        email, "--role", "staff",
+    )  # fmt: skip
     with client_at(gw.base_url, fresh_address()) as browser:
         browser.cookies.set("kessai_lang", "en")
         assert console_login(browser, email, staff["password"]).status_code == 303

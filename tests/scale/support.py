@@ -68,16 +68,9 @@ def serve(
     port = free_port()
     log = workdir / f"{name}-{port}.log"
     command = [
-        KESSAI,
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--database",
-        database_url,
+        KESSAI, "serve", "--host", "127.0.0.1", "--port", str(port), "--database", database_url,
         *extra,
-    ]
+    ]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(
             command, env=base_env() | dict(settings), stdout=sink, stderr=subprocess.STDOUT
