@@ -137,9 +137,11 @@ def screenshot(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Page, str]
     They change with every run (dates, generated ids), so an ordinary test run leaves the
     documentation's copies alone; ``KESSAI_SCREENSHOTS=1`` refreshes them.
     """
-    folder = SCREENSHOTS if os.environ.get("KESSAI_SCREENSHOTS") == "1" else None
-    target_dir = folder or tmp_path_factory.mktemp("screenshots")
-    target_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("KESSAI_SCREENSHOTS") == "1":
+        target_dir = SCREENSHOTS
+        target_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        target_dir = tmp_path_factory.mktemp("screenshots")
 
     def take(target: Page, name: str) -> None:
         target.screenshot(path=str(target_dir / f"{name}.png"), full_page=True)

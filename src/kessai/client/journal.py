@@ -107,6 +107,25 @@ CREATE INDEX IF NOT EXISTS refunds_by_trans_id ON refunds (trans_id);
 """
 
 
+def _statements(script: str) -> tuple[str, ...]:
+    """The statements of ``script``, cut where SQLite itself sees one end, not at every ";".
+
+    ``executescript`` would run them in one call, but it commits any open transaction first, and
+    the schema is written inside the one that holds the write lock.
+    """
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return tuple(statements)
+
+
+_SCHEMA_STATEMENTS: Final = _statements(_SCHEMA)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -316,9 +335,8 @@ class Journal:
                         f"the journal {self.path} was written by a newer kessai (schema {version})"
                     )
                 if version < SCHEMA_VERSION:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
+                    for statement in _SCHEMA_STATEMENTS:
+                        self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:
