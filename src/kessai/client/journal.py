@@ -27,6 +27,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,6 +307,38 @@ def _create_private_file(path: Path) -> None:
         os.close(descriptor)
 
 
+# The first pause after a refused switch; it doubles up to the longest, until the deadline.
+_FIRST_PAUSE_SECONDS: Final = 0.001
+_LONGEST_PAUSE_SECONDS: Final = 0.05
+
+
+def use_wal(connection: sqlite3.Connection, timeout_seconds: float) -> str:
+    """Switch the connection's database to WAL mode; answers the journal mode now in force.
+
+    A new file starts in rollback-journal mode, and leaving it takes an exclusive lock. When
+    several connections open a new file at once, SQLite refuses the switch at once with "database
+    is locked" instead of waiting on ``busy_timeout``, since waiting could deadlock: each holds a
+    shared lock that the others need released. Whoever switches first writes the mode into the
+    file, and for everyone else the statement then only reports it; so a refused switch is tried
+    again after a short pause, until ``timeout_seconds`` have passed. A database in memory answers
+    ``memory``, which stays as it is.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    pause = _FIRST_PAUSE_SECONDS
+    while True:
+        try:
+            row = connection.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            busy = code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE_SECONDS)
+            continue
+        return str(row[0])
+
+
 class Journal:
     """The local journal of one terminal (thread-safe; one SQLite connection)."""
 
@@ -321,7 +354,8 @@ class Journal:
             )
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            # Several processes may open a new journal at once; the switch waits its turn.
+            use_wal(self._db, _BUSY_TIMEOUT_MS / 1000)
             # FULL: an intent the journal accepted survives a power cut before the send.
             self._db.execute("PRAGMA synchronous = FULL")
             # The schema is checked and created under the write lock, taken first: two processes
