@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -66,3 +67,34 @@ def test_kessai_admin_errors_exit_2_with_a_json_error(cli: Cli) -> None:
     assert error["code"] == "NOT_FOUND"
     assert error["field"] == "merchant"
     assert error["message"]
+
+
+@pytest.mark.parametrize(
+    ("database", "shown", "reason"),
+    [
+        ("{tmp}/missing/k.db", "sqlite:///{tmp}/missing/k.db", "No such file or directory"),
+        ("mysql://shop/kessai", "mysql://shop/kessai", "unsupported database mysql"),
+        # Port 9 (discard) has no PostgreSQL on it; the password must not reach the message.
+        (
+            "postgresql://kessai:hunter2-secret@127.0.0.1:9/kessai",
+            "postgresql://kessai:***@127.0.0.1:9/kessai",
+            "Connect call failed",
+        ),
+    ],
+)
+def test_a_database_that_cannot_be_opened_is_one_plain_line(
+    database: str, shown: str, reason: str, tmp_path: Path
+) -> None:
+    url = database.format(tmp=tmp_path)
+    expected = f"error cannot open the database {shown.format(tmp=tmp_path)}: "
+    for command in (["migrate"], ["admin", "merchant", "create", "--name", "Shop", "--json"]):
+        argv = [KESSAI, *command, "--database", url]
+        done = subprocess.run(
+            argv, env=base_env(), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert done.stdout == ""
+        assert done.stderr.startswith(expected)
+        assert reason in done.stderr
+        assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -137,6 +137,28 @@ def test_units_after_a_failed_one_still_work(db: Database) -> None:
     assert names == ["Kept"]
 
 
+def test_a_folder_that_cannot_hold_the_database_fails_each_unit_and_heals(tmp_path: Path) -> None:
+    # The writer thread opens its lock file beside the database; a missing folder used to end
+    # that thread, and every unit then waited for an answer forever.
+    folder = tmp_path / "not-yet"
+    database = Database(f"sqlite:///{folder}/k.db")
+    try:
+        for _ in range(2):  # the thread is still there to refuse the second unit too
+            with pytest.raises(FileNotFoundError, match="not-yet"):
+                database.run_sync(lambda conn: conn.exec_driver_sql("SELECT 1").scalar_one())
+
+        async def from_a_coroutine() -> None:
+            with pytest.raises(FileNotFoundError):
+                await asyncio.wait_for(database.run(lambda conn: 1), timeout=30)
+
+        asyncio.run(from_a_coroutine())
+        folder.mkdir()
+        upgrade(database)  # mended: the next units open the lock file and run
+        assert count(database, t.merchants) == 0
+    finally:
+        database.close()
+
+
 # --- SQLite settings -----------------------------------------------------------------------------
 
 

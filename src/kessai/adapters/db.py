@@ -219,6 +219,7 @@ class _SqliteWriter:
         self._stopped = False
         # The thread's one connection, opened on first use and kept (StaticPool: one per file).
         self._conn: Connection | None = None
+        self._lock_fd: int | None = None
         # A file database gets its checkpoints from a thread of its own (``_Checkpointer``).
         path = engine.url.database
         self._checkpointer = _Checkpointer(path) if lock_path and path else None
@@ -257,10 +258,18 @@ class _SqliteWriter:
             if self._checkpointer is not None:
                 self._checkpointer.stop()
 
+    def _writer_lock(self) -> int | None:
+        """The writer lock file's descriptor, opened on first use (None for a database in memory).
+
+        Opened here rather than once at the thread's start: a folder that cannot hold it (missing,
+        read-only) then fails each unit with that error, instead of ending the thread and leaving
+        every caller waiting; and the units after the folder was mended succeed.
+        """
+        if self._lock_fd is None and self._lock_path:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._lock_fd
+
     def _loop(self) -> None:
-        lock_fd = (
-            os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600) if self._lock_path else None
-        )
         try:
             while True:
                 first = self._queue.get()
@@ -277,26 +286,35 @@ class _SqliteWriter:
                         break
                     group.append(more)
                 live = [u for u in group if u.wanted()]
-                if live:
-                    self._run_group(live, lock_fd)
-                    if self._checkpointer is not None and any(u.write for u in live):
-                        self._checkpointer.poke()
+                if not live:
+                    continue
+                try:
+                    lock_fd = self._writer_lock()
+                except OSError as exc:
+                    self._settle(live, [(False, exc)] * len(live))
+                    continue
+                self._settle(live, self._run_group(live, lock_fd))
+                if self._checkpointer is not None and any(u.write for u in live):
+                    self._checkpointer.poke()
         finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
             if self._conn is not None:
                 self._conn.close()
 
-    def _run_group(self, group: list[_Unit], lock_fd: int | None) -> None:
+    def _run_group(self, group: list[_Unit], lock_fd: int | None) -> list[tuple[bool, Any]]:
         """Run a group in one transaction; on a failure that spoils it, run each unit alone."""
         if len(group) == 1:
-            outcomes = [self._alone(group[0], lock_fd)]
-        else:
-            try:
-                outcomes = self._attempt(group, lock_fd)
-            except Exception:
-                # Nothing of the group was committed: each unit gets a transaction of its own.
-                outcomes = [self._alone(unit, lock_fd) for unit in group]
+            return [self._alone(group[0], lock_fd)]
+        try:
+            return self._attempt(group, lock_fd)
+        except Exception:
+            # Nothing of the group was committed: each unit gets a transaction of its own.
+            return [self._alone(unit, lock_fd) for unit in group]
+
+    @staticmethod
+    def _settle(group: list[_Unit], outcomes: list[tuple[bool, Any]]) -> None:
+        """Give each unit's caller its outcome: threads directly, each event loop in one call."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for unit, (ok, value) in zip(group, outcomes, strict=True):
             if unit.future is not None:

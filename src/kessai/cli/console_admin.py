@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.engine import Connection
 
-from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
-from kessai.adapters.migrate import upgrade
+from kessai.adapters.db import DEFAULT_DATABASE_URL
+from kessai.cli.database import opened
 from kessai.clock import system_clock
 from kessai.console import users
 from kessai.domain.errors import KessaiError
@@ -60,12 +60,8 @@ def _fail(exc: KessaiError, as_json: bool) -> typer.Exit:
 def _run(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:
     """Run one unit of work on a migrated database; domain errors exit with status 2."""
     try:
-        db = Database(url)
-        try:
-            upgrade(db)
+        with opened(url) as db:
             return db.run_sync(fn)
-        finally:
-            db.close()
     except KessaiError as exc:
         raise _fail(exc, as_json) from exc
 

@@ -8,8 +8,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,9 +17,9 @@ from rich.console import Console
 from sqlalchemy.engine import Connection
 
 from kessai import keys
-from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
-from kessai.adapters.migrate import upgrade
+from kessai.adapters.db import DEFAULT_DATABASE_URL
 from kessai.cli import console_admin, provider_admin
+from kessai.cli.database import opened
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
 from kessai.config import Settings
@@ -71,17 +70,6 @@ DatabaseOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-
-@contextmanager
-def opened(url: str) -> Iterator[Database]:
-    """A migrated database for one command."""
-    db = Database(url)
-    try:
-        upgrade(db)
-        yield db
-    finally:
-        db.close()
 
 
 def run_unit(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.engine import Connection
 
-from kessai.adapters.db import DEFAULT_DATABASE_URL, Database
-from kessai.adapters.migrate import upgrade
+from kessai.adapters.db import DEFAULT_DATABASE_URL
+from kessai.cli.database import opened
 from kessai.clock import system_clock
 from kessai.connectors import routing
 from kessai.connectors.secrets import SecretBox, SecretKeyInvalid
@@ -55,14 +55,11 @@ def _fail(code: str, message: str, field: str | None, as_json: bool) -> typer.Ex
 
 def _run(database: str, fn: Callable[[Connection], T], as_json: bool) -> T:
     """Run one unit of work on a migrated database; domain errors exit with status 2."""
-    db = Database(database)
     try:
-        upgrade(db)
-        return db.run_sync(fn)
+        with opened(database) as db:
+            return db.run_sync(fn)
     except KessaiError as exc:
         raise _fail(exc.code, exc.message, exc.field, as_json) from exc
-    finally:
-        db.close()
 
 
 def _read_secret(value: str | None, path: Path | None, as_json: bool) -> str | None:
