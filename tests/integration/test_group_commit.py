@@ -61,6 +61,28 @@ def test_a_unit_that_raises_leaves_nothing_behind(db: Database) -> None:
     assert _rows(db) == [(1, "x"), (2, "x")]
 
 
+class _Halt(BaseException):
+    """Not an Exception: what a unit raising SystemExit or the like looks like to the writer."""
+
+
+def _halting(conn: Connection) -> None:
+    conn.exec_driver_sql("INSERT INTO t (k, v) VALUES (200, 'halted')")
+    raise _Halt
+
+
+def test_a_unit_raising_a_base_exception_gets_it_back_and_the_writer_serves_on(
+    db: Database,
+) -> None:
+    # Such an exception used to escape the writer thread and end it: every later unit waited
+    # for an answer forever.
+    with pytest.raises(_Halt):
+        db.run_sync(_halting)
+    answers = asyncio.run(_gather(db, [_insert(1), _halting, _insert(2)]))
+    assert answers[0] == 1 and answers[2] == 2
+    assert isinstance(answers[1], _Halt)
+    assert _rows(db) == [(1, "x"), (2, "x")]
+
+
 def test_a_database_error_that_spoils_the_group_costs_only_its_own_unit(db: Database) -> None:
     def broken(conn: Connection) -> None:
         conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")

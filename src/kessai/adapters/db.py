@@ -293,7 +293,12 @@ class _SqliteWriter:
                 except OSError as exc:
                     self._settle(live, [(False, exc)] * len(live))
                     continue
-                self._settle(live, self._run_group(live, lock_fd))
+                try:
+                    outcomes = self._run_group(live, lock_fd)
+                except BaseException as exc:
+                    # The writer's own failure, outside any unit; the thread serves on.
+                    outcomes = [(False, exc)] * len(live)
+                self._settle(live, outcomes)
                 if self._checkpointer is not None and any(u.write for u in live):
                     self._checkpointer.poke()
         finally:
@@ -369,7 +374,9 @@ class _SqliteWriter:
                     value = unit.fn(conn)
                 except sa.exc.OperationalError:
                     raise
-                except Exception as exc:
+                except BaseException as exc:
+                    # Whatever its kind, a unit's exception is its caller's answer: one that
+                    # escaped here would end this thread, and every caller would wait forever.
                     if lone:
                         conn.rollback()
                         return [(False, exc)]
