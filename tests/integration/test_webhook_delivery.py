@@ -1,0 +1,137 @@
+"""A merchant's webhook endpoint is not trusted: its answer is read only as far as its status.
+
+The endpoint's URL is the merchant's to choose. Its answer body was read whole into memory, and
+each read waited anew for the next byte: a body without end filled the worker's memory, and one
+trickled a byte at a time held the delivery (and the events queued behind it) for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from kessai.adapters import schema as t
+from kessai.service import events
+
+if TYPE_CHECKING:
+    from conftest import Harness
+
+CHUNK = b"x" * 65536
+ENDLESS_BYTES = 256 * 1024 * 1024
+
+
+class Endpoint:
+    """A raw HTTP endpoint on 127.0.0.1 that answers 200 and then a body of the given kind."""
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            try:
+                if self.body == "slow-head":
+                    # The status line, then headers a byte at a time, never finished.
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+                    while self.sent < ENDLESS_BYTES:
+                        conn.sendall(b"x")
+                        self.sent += 1
+                        time.sleep(0.2)
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                while self.sent < ENDLESS_BYTES:
+                    piece = CHUNK if self.body == "flood" else b"."
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.sent += len(piece)
+                    if self.body == "slow-body":
+                        time.sleep(0.2)
+            except OSError:
+                return  # the gateway hung up, as it should
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KESSAI_SECRET_KEY", "5e" * 32)
+
+
+def _endpoint_and_event(h: Harness, url: str) -> None:
+    till = h.till()
+    now = h.clock()
+
+    def unit(conn: Connection) -> None:
+        conn.execute(
+            t.webhook_endpoints.insert().values(
+                merchant_id=till.shop.merchant_id,
+                url=url,
+                secret_nonce="00" * 16,
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    h.db.run_sync(unit)
+    till.request(1000)  # settled at once: its event waits in the outbox
+
+
+def _last_attempt(h: Harness) -> tuple[int | None, str | None]:
+    a = t.webhook_attempts
+    query = sa.select(a.c.status_code, a.c.error).order_by(a.c.id.desc()).limit(1)
+    row = h.db.run_sync(lambda conn: conn.execute(query).one(), write=False)
+    return row.status_code, row.error
+
+
+@pytest.fixture(params=["flood", "slow-body", "slow-head"])
+def endpoint(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+    made = Endpoint(request.param)
+    yield made
+    made.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_an_endless_or_stalling_answer_is_cut_off(h: Harness, endpoint: Endpoint) -> None:
+    _endpoint_and_event(h, endpoint.url)
+
+    async def deliver() -> tuple[int, int]:
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            return await events.deliver_due(h.db, h.clock, 10, client, 0.3, timeout_seconds=1.0)
+
+    began = time.monotonic()
+    attempted, delivered = asyncio.run(deliver())
+    took = time.monotonic() - began
+    assert attempted == 1
+    assert took < 10  # a one-second deadline for the whole exchange, whatever keeps coming
+    assert endpoint.sent < 16 * 1024 * 1024  # read as far as the status, never the whole body
+    if endpoint.body == "slow-head":
+        status, error = _last_attempt(h)
+        assert (delivered, status) == (0, None)
+        assert error is not None and "1 s" in error  # retried later, like any failure
+    else:
+        # The merchant said 200 before its body went on: that is a delivery.
+        assert (delivered, _last_attempt(h)) == (1, (200, None))
