@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Final
 
 ENV_PREFIX: Final = "KESSAI_"
+# Settings that may be 0; every other number must be positive. 0 here writes last_seen on
+# every call.
+_ZERO_ALLOWED: Final = frozenset({"session_touch_interval_seconds"})
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """A setting with a value it cannot take; the message names its ``KESSAI_*`` variable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +70,59 @@ class Settings:
     # The sandbox wallets and their pages; turn off where real providers are used.
     sandbox_enabled: bool = True
 
+    def __post_init__(self) -> None:
+        # Every limit is checked once, wherever the settings come from: a negative batch size
+        # would read as "no limit" in SQL, a zero timeout as "give up at once".
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):
+                raise SettingsError(f"{_variable(f.name)} must be a finite number, not {value}")
+            if value < 0 or (value == 0 and f.name not in _ZERO_ALLOWED):
+                least = "0 or more" if f.name in _ZERO_ALLOWED else "more than 0"
+                raise SettingsError(f"{_variable(f.name)} must be {least}, not {value}")
+        if not self.qr_ttl_min_seconds <= self.qr_ttl_default_seconds <= self.qr_ttl_max_seconds:
+            raise SettingsError(
+                f"{_variable('qr_ttl_default_seconds')} must lie between "
+                f"{_variable('qr_ttl_min_seconds')} and {_variable('qr_ttl_max_seconds')}"
+            )
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Defaults, then ``KESSAI_*`` variables, then explicit overrides."""
+        """Defaults, then ``KESSAI_*`` variables, then explicit overrides.
+
+        A variable that is not a value of its setting's kind (a number, or a yes/no such as
+        ``true``/``false``), or is out of its range, raises ``SettingsError`` naming it.
+        """
         values: dict[str, object] = {}
+        defaults = cls()
         for f in fields(cls):
-            raw = os.environ.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            kind = type(getattr(cls(), f.name))
-            if kind is bool:
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                values[f.name] = kind(raw)
+            raw = os.environ.get(_variable(f.name))
+            if raw is None or not raw.strip():
+                continue  # unset, or set to nothing: the default
+            values[f.name] = _parse(f.name, type(getattr(defaults, f.name)), raw.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)  # type: ignore[arg-type]
+        return replace(defaults, **values)  # type: ignore[arg-type]
+
+
+def _variable(name: str) -> str:
+    """The environment variable of a setting."""
+    return ENV_PREFIX + name.upper()
+
+
+def _parse(name: str, kind: type, raw: str) -> object:
+    """A variable's text as its setting's kind; anything else is a SettingsError."""
+    if kind is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise SettingsError(f"{_variable(name)} must be true or false, not {raw!r}")
+    if kind is str:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{_variable(name)} must be {what}, not {raw!r}") from None

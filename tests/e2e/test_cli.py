@@ -98,3 +98,11 @@ def test_a_database_that_cannot_be_opened_is_one_plain_line(
         assert reason in done.stderr
         assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_setting_stops_serve_before_any_worker_starts(tmp_path: Path) -> None:
+    argv = [KESSAI, "serve", "--workers", "2", "--port", "0", "--database", str(tmp_path / "k.db")]
+    env = base_env() | {"KESSAI_WORKER_BATCH_SIZE": "-5"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr == "error KESSAI_WORKER_BATCH_SIZE must be more than 0, not -5\n"

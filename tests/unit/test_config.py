@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kessai.config import Settings
+from kessai.config import Settings, SettingsError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -26,3 +26,43 @@ def test_environment_overrides_defaults_with_the_right_types(
     assert settings.sandbox_enabled is False
     assert settings.provider_timeout_seconds == 2.5
     assert settings.public_url == "http://pos.example"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("KESSAI_WORKER_BATCH_SIZE", "abc", "must be a whole number, not 'abc'"),
+        ("KESSAI_WORKER_BATCH_SIZE", "-5", "must be more than 0, not -5"),
+        ("KESSAI_WORKER_BATCH_SIZE", "0", "must be more than 0, not 0"),
+        ("KESSAI_WORKER_BATCH_SIZE", "2.5", "must be a whole number"),
+        ("KESSAI_PROVIDER_TIMEOUT_SECONDS", "0", "must be more than 0"),
+        ("KESSAI_PROVIDER_TIMEOUT_SECONDS", "nan", "must be a finite number"),
+        ("KESSAI_PROVIDER_TIMEOUT_SECONDS", "inf", "must be a finite number"),
+        ("KESSAI_SESSION_TOUCH_INTERVAL_SECONDS", "-1", "must be 0 or more"),
+        ("KESSAI_SANDBOX_ENABLED", "flase", "must be true or false, not 'flase'"),
+        ("KESSAI_QR_TTL_MIN_SECONDS", "900", "KESSAI_QR_TTL_DEFAULT_SECONDS must lie between"),
+    ],
+)
+def test_a_value_a_setting_cannot_take_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=message) as raised:
+        Settings.from_env()
+    assert str(raised.value).startswith("KESSAI_")
+
+
+def test_zero_empty_and_the_spellings_of_yes_and_no(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KESSAI_SESSION_TOUCH_INTERVAL_SECONDS", "0")  # touch on every call
+    monkeypatch.setenv("KESSAI_WORKER_BATCH_SIZE", "  ")  # set to nothing: the default
+    for spelling, meaning in (("on", True), ("YES", True), ("1", True), ("off", False)):
+        monkeypatch.setenv("KESSAI_WORKER_IN_SERVE", spelling)
+        settings = Settings.from_env()
+        assert settings.worker_in_serve is meaning
+        assert settings.session_touch_interval_seconds == 0
+        assert settings.worker_batch_size == Settings().worker_batch_size
+
+
+def test_limits_are_checked_however_the_settings_are_made() -> None:
+    with pytest.raises(SettingsError, match="KESSAI_MAX_BODY_BYTES must be more than 0"):
+        Settings(max_body_bytes=0)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.engine import Connection
 
 from kessai import keys
@@ -22,7 +23,7 @@ from kessai.cli import console_admin, provider_admin
 from kessai.cli.database import opened
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
-from kessai.config import Settings
+from kessai.config import Settings, SettingsError
 from kessai.connectors.sandbox import OUTCOMES, wallets
 from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import KessaiError
@@ -60,7 +61,7 @@ admin_app.add_typer(key_app, name="key")
 admin_app.add_typer(provider_admin.provider_app, name="provider")
 admin_app.add_typer(console_admin.user_app, name="user")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 DatabaseOpt = Annotated[
@@ -184,6 +185,9 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
 
     os.environ["KESSAI_DATABASE_URL"] = database
     os.environ["KESSAI_PUBLIC_URL"] = public_url or f"http://{host}:{port}"
+    # Checked here, once: a bad KESSAI_* value then stops the command with its one-line message
+    # (see main) instead of failing every worker process at its start.
+    Settings.from_env()
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Several processes: metrics are summed over all of them at every scrape.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kessai-metrics-")
@@ -498,3 +502,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except SettingsError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}")
+        sys.exit(1)
