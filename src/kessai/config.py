@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Final
 
 ENV_PREFIX: Final = "KESSAI_"
-# Settings that may be 0; every other number must be positive. 0 here writes last_seen on
-# every call.
-_ZERO_ALLOWED: Final = frozenset({"session_touch_interval_seconds"})
+# Settings that may be 0; every other number must be positive. 0 writes last_seen on every
+# call, and turns the per-address login limit off.
+_ZERO_ALLOWED: Final = frozenset({"session_touch_interval_seconds", "login_address_max_failures"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 

@@ -54,12 +54,14 @@ def test_a_value_a_setting_cannot_take_is_refused_by_name(
 
 def test_zero_empty_and_the_spellings_of_yes_and_no(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KESSAI_SESSION_TOUCH_INTERVAL_SECONDS", "0")  # touch on every call
+    monkeypatch.setenv("KESSAI_LOGIN_ADDRESS_MAX_FAILURES", "0")  # no per-address limit
     monkeypatch.setenv("KESSAI_WORKER_BATCH_SIZE", "  ")  # set to nothing: the default
     for spelling, meaning in (("on", True), ("YES", True), ("1", True), ("off", False)):
         monkeypatch.setenv("KESSAI_WORKER_IN_SERVE", spelling)
         settings = Settings.from_env()
         assert settings.worker_in_serve is meaning
         assert settings.session_touch_interval_seconds == 0
+        assert settings.login_address_max_failures == 0
         assert settings.worker_batch_size == Settings().worker_batch_size
 
 
