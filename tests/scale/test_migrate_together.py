@@ -54,3 +54,20 @@ def test_concurrent_migrations_of_a_new_database_all_succeed(
         finally:
             db.close()
         assert {row[0] for row in rows} == heads
+
+
+def test_an_unknown_postgresql_database_is_one_plain_line(postgres_url: str) -> None:
+    # The driver's refusal (not a connection error): reported like the others, password hidden.
+    server = postgres_url.rsplit("/", 1)[0]
+    user, _, host = server.partition("://")[2].partition("@")
+    url = f"postgresql://{user}:hunter2-secret@{host}/kessai_no_such_database"
+    argv = [KESSAI, "migrate", "--database", url]
+    done = subprocess.run(
+        argv, env=base_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    shown = f"postgresql://{user}:***@{host}/kessai_no_such_database"
+    assert done.stderr.startswith(f"error cannot open the database {shown}: ")
+    assert "does not exist" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -289,14 +289,10 @@ class _SqliteWriter:
                 if not live:
                     continue
                 try:
-                    lock_fd = self._writer_lock()
-                except OSError as exc:
-                    self._settle(live, [(False, exc)] * len(live))
-                    continue
-                try:
-                    outcomes = self._run_group(live, lock_fd)
+                    outcomes = self._run_group(live, self._writer_lock())
                 except BaseException as exc:
-                    # The writer's own failure, outside any unit; the thread serves on.
+                    # The writer's own failure, outside any unit (its lock file cannot be opened,
+                    # say): the group's answer, and the thread serves on.
                     outcomes = [(False, exc)] * len(live)
                 self._settle(live, outcomes)
                 if self._checkpointer is not None and any(u.write for u in live):

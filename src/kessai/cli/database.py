@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import NoReturn
 
 import sqlalchemy as sa
@@ -52,11 +52,9 @@ def opened(url: str) -> Iterator[Database]:
         db = Database(url)
     except (ValueError, sa.exc.ArgumentError) as exc:
         _cannot_open(url, exc)
-    try:
+    with closing(db):
         try:
             upgrade(db)
         except (OSError, sa.exc.DBAPIError) as exc:
             _cannot_open(url, exc)
         yield db
-    finally:
-        db.close()
