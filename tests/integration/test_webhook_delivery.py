@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.service import events
+from rawhttp import RawServer
 
 if TYPE_CHECKING:
     from conftest import Harness
@@ -29,7 +30,7 @@ CHUNK = b"x" * 65536
 ENDLESS_BYTES = 256 * 1024 * 1024
 
 
-class Endpoint:
+class Endpoint(RawServer):
     """A raw HTTP endpoint on 127.0.0.1 that answers 200 and then a body of the given kind."""
 
     def __init__(self, body: str, releases: Endpoint | None = None) -> None:
@@ -39,51 +40,33 @@ class Endpoint:
         # ``releases`` when that one gets a request of its own.
         self.released = threading.Event()
         self.releases = releases
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks"
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
+        self.url = self.base_url + "/hooks"
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(65536)
-            if self.releases is not None:
-                self.releases.released.set()
-            try:
-                if self.body == "held" and not self.released.wait(10):
-                    return
-                if self.body in ("held", "quick"):
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                    return
-                if self.body == "slow-head":
-                    # The status line, then headers a byte at a time, never finished.
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Padding: ")
-                    while self.sent < ENDLESS_BYTES:
-                        conn.sendall(b"x")
-                        self.sent += 1
-                        time.sleep(0.2)
-                    return
-                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                while self.sent < ENDLESS_BYTES:
-                    piece = CHUNK if self.body == "flood" else b"."
-                    conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    self.sent += len(piece)
-                    if self.body == "slow-body":
-                        time.sleep(0.2)
-            except OSError:
-                return  # the gateway hung up, as it should
-
-    def close(self) -> None:
-        self.listener.close()
+    def answer(self, conn: socket.socket, head: bytes) -> None:
+        """Answer as this endpoint's kind says; the gateway hanging up ends it."""
+        if self.releases is not None:
+            self.releases.released.set()
+        if self.body == "held" and not self.released.wait(10):
+            return
+        if self.body in ("held", "quick"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        if self.body == "slow-head":
+            # The status line, then headers a byte at a time, never finished.
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+            while self.sent < ENDLESS_BYTES:
+                conn.sendall(b"x")
+                self.sent += 1
+                time.sleep(0.2)
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while self.sent < ENDLESS_BYTES:
+            piece = CHUNK if self.body == "flood" else b"."
+            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.sent += len(piece)
+            if self.body == "slow-body":
+                time.sleep(0.2)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kessai.clock import Clock, system_clock
+from kessai.connectors.answers import send
 
 ALGORITHM: Final = "RSA256"
 CONTENT_TYPE: Final = "application/json; charset=UTF-8"
@@ -192,7 +193,9 @@ class AlipayPlusClient:
     async def call(self, path: str, payload: dict[str, Any], timeout_seconds: float) -> Reply:
         """POST one signed request; transport errors propagate as ``httpx`` errors."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        response = await self.http.post(
+        response = await send(
+            self.http,
+            "POST",
             self.base_url + path,
             content=body.encode(),
             headers=self.signed_headers("POST", path, body, "Request-Time"),

@@ -27,6 +27,7 @@ from typing import Any, Final
 import httpx
 
 from kessai.clock import Clock, system_clock
+from kessai.connectors.answers import send
 
 AUTH_SCHEME: Final = "hmac OPA-Auth"
 CONTENT_TYPE: Final = "application/json;charset=UTF-8"
@@ -163,7 +164,8 @@ class PayPayClient:
         }
         if body is not None:
             headers["Content-Type"] = CONTENT_TYPE
-        response = await self.http.request(
+        response = await send(
+            self.http,
             method,
             self.base_url + path,
             params=query,
@@ -172,7 +174,7 @@ class PayPayClient:
             timeout=timeout_seconds,
         )
         try:
-            decoded = response.json()
+            decoded = json.loads(response.content)
         except ValueError:
             decoded = None
         return Reply(response.status_code, decoded if isinstance(decoded, dict) else None)

@@ -30,6 +30,8 @@ from xml.sax.saxutils import escape
 
 import httpx
 
+from kessai.connectors.answers import send
+
 MD5: Final = "MD5"
 HMAC_SHA256: Final = "HMAC-SHA256"
 SIGN_TYPES: Final = (MD5, HMAC_SHA256)
@@ -156,7 +158,9 @@ class WeChatPayClient:
     ) -> Reply:
         """POST one signed XML request; transport errors propagate as ``httpx`` errors."""
         client = self.tls_http if tls else self.http
-        response = await client.post(
+        response = await send(
+            client,
+            "POST",
             self.base_url + path,
             content=to_xml(self.signed(fields)).encode(),
             headers={"Content-Type": CONTENT_TYPE},

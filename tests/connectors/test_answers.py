@@ -1,0 +1,175 @@
+"""A provider's answer is read only up to ``ANSWER_MAX_BYTES``, by every connector.
+
+Before, connectors read the whole answer (``response.json()``, ``.text``, ``.content``), and
+httpx's timeout restarts with every chunk: an endless answer sent quickly was read until the
+worker's memory ran out. Now reading stops at the limit and the call counts as unanswered, so
+the payment's outcome is UNKNOWN (settled later by a status query), never FAILED.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from kessai.connectors.alipayplus import AlipayPlusClient, AlipayPlusConnector
+from kessai.connectors.answers import ANSWER_MAX_BYTES, AnswerTooLarge, send
+from kessai.connectors.base import PayRequest, ProviderOutcome, QrRequest
+from kessai.connectors.paypay import PayPayClient, PayPayConnector
+from kessai.connectors.wechatpay import WeChatPayClient, WeChatPayConnector
+from rawhttp import RawServer
+
+from .conftest import run
+from .fakes.alipayplus import new_key, private_pem, public_pem
+
+CHUNK = b"x" * 65536
+ENDLESS_BYTES = 64 * 1024 * 1024
+# The kernel's socket buffers hold a few megabytes the client never read; anything near the
+# endless amount means the client kept reading.
+READ_AT_MOST = 8 * 1024 * 1024
+
+
+class Provider(RawServer):
+    """A raw HTTP server whose every answer is of one ``kind``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.sent = 0
+        super().__init__()
+
+    def answer(self, conn: socket.socket, head: bytes) -> None:
+        """Write an answer of this server's kind."""
+        if self.kind in ("flood", "declared"):
+            framing = (
+                b"Transfer-Encoding: chunked"
+                if self.kind == "flood"
+                else b"Content-Length: %d" % ENDLESS_BYTES
+            )
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s\r\n\r\n" % framing
+            )
+            while self.sent < ENDLESS_BYTES:
+                piece = b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK) if self.kind == "flood" else CHUNK
+                conn.sendall(piece)
+                self.sent += len(CHUNK)
+            return
+        if self.kind == "bomb":
+            body = gzip.compress(b" " * ENDLESS_BYTES, compresslevel=9)
+            headers = b"Content-Encoding: gzip\r\nContent-Type: application/json"
+        elif self.kind == "exact":
+            # A JSON document of exactly the limit's length.
+            body = b'{"pad":"' + b"y" * (ANSWER_MAX_BYTES - 10) + b'"}'
+            headers = b"Content-Type: application/json"
+        else:  # "latin-1": text in a declared charset
+            body = '{"name":"Caf\u00e9"}'.encode("latin-1")
+            headers = b"Content-Type: application/json; charset=iso-8859-1"
+        conn.sendall(b"HTTP/1.1 200 OK\r\n%s\r\nContent-Length: %d\r\n\r\n" % (headers, len(body)))
+        conn.sendall(body)
+        self.sent += len(body)
+
+
+@pytest.fixture
+def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
+    server = Provider(request.param)
+    yield server
+    server.close()
+
+
+async def _send(url: str) -> Any:
+    async with httpx.AsyncClient() as http:
+        return await send(http, "POST", url, content=b"{}", timeout=5)
+
+
+@pytest.mark.parametrize("provider", ["flood", "declared", "bomb"], indirect=True)
+def test_an_answer_longer_than_the_limit_is_refused_without_reading_it(provider: Provider) -> None:
+    with pytest.raises(AnswerTooLarge):
+        run(_send(provider.base_url + "/v2/codes"))
+    assert provider.sent < READ_AT_MOST
+    assert issubclass(AnswerTooLarge, httpx.HTTPError)  # connectors read it as "no answer"
+
+
+@pytest.mark.parametrize("provider", ["exact"], indirect=True)
+def test_an_answer_of_exactly_the_limit_is_read_whole(provider: Provider) -> None:
+    answer = run(_send(provider.base_url + "/"))
+    assert answer.status_code == 200
+    assert len(answer.content) == ANSWER_MAX_BYTES
+    assert json.loads(answer.content)["pad"].startswith("yyy")
+
+
+@pytest.mark.parametrize("provider", ["latin-1"], indirect=True)
+def test_the_text_is_decoded_in_the_declared_charset(provider: Provider) -> None:
+    answer = run(_send(provider.base_url + "/"))
+    assert json.loads(answer.text) == {"name": "Caf\u00e9"}
+
+
+def _paypay(http: httpx.AsyncClient, base_url: str) -> Any:
+    client = PayPayClient(
+        http,
+        base_url=base_url,
+        api_key="APIKeyGenerated",
+        api_secret="APIKeySecretGenerated",
+        merchant_id="MERCHANT_1",
+    )
+
+    async def no_code_id(ref: str) -> str | None:
+        return None
+
+    connector = PayPayConnector(client, code_ids=no_code_id, timeout_cap_seconds=0.5)
+    request = QrRequest(
+        ref="300000000001",
+        service_id="01",
+        amount=1200,
+        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        merchant_name="Kessai Café",
+    )
+    return connector.create_qr(request)
+
+
+def _alipayplus(http: httpx.AsyncClient, base_url: str) -> Any:
+    client = AlipayPlusClient(
+        http,
+        base_url=base_url,
+        client_id="SANDBOX_5YBW3V2ZTBCV05678",
+        private_key=private_pem(new_key()),
+        alipay_public_key=public_pem(new_key()),
+    )
+    connector = AlipayPlusConnector(
+        client, reference_merchant_id="M0001", merchant_mcc="5812", timeout_cap_seconds=0.5
+    )
+    code = "2812345678901234" + "01"
+    return connector.pay(PayRequest("300000000002", "20", 1200, code, "Kessai Café"))
+
+
+def _wechatpay(http: httpx.AsyncClient, base_url: str) -> Any:
+    client = WeChatPayClient(
+        http,
+        base_url=base_url,
+        app_id="wx2421b1c4370ec43b",
+        mch_id="10000100",
+        api_key="192006250b4c09247ec02edce69f6a2d",
+        sign_type="MD5",
+        sub_mch_id="1900000109",
+    )
+    connector = WeChatPayConnector(client, timeout_cap_seconds=0.5)
+    code = "1345678901234567" + "01"
+    return connector.pay(PayRequest("300000000003", "21", 1200, code, "Kessai Café"))
+
+
+@pytest.mark.parametrize("provider", ["flood"], indirect=True)
+@pytest.mark.parametrize("make", [_paypay, _alipayplus, _wechatpay], ids=lambda f: f.__name__[1:])
+def test_every_connector_stops_reading_an_endless_answer_and_calls_it_unknown(
+    provider: Provider, make: Any
+) -> None:
+    async def scenario() -> Any:
+        async with httpx.AsyncClient() as http:
+            return await make(http, provider.base_url)
+
+    result = run(scenario())
+    assert result.outcome is ProviderOutcome.UNKNOWN
+    assert provider.sent < READ_AT_MOST
