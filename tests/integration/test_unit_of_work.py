@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -157,6 +158,41 @@ def test_a_folder_that_cannot_hold_the_database_fails_each_unit_and_heals(tmp_pa
         assert count(database, t.merchants) == 0
     finally:
         database.close()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_new_database_and_its_wal_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
+    # They hold the books, the audit trail and password hashes. SQLite used to create them with
+    # the process's umask: with the usual 022, every local user could copy them.
+    previous = os.umask(0o022)
+    database = Database(f"sqlite:///{tmp_path}/k.db")
+    try:
+        upgrade(database)
+        database.run_sync(lambda conn: add_merchant_and_audit(conn, "Owner Only"))
+        files = {p.name: _mode(p) for p in tmp_path.iterdir()}
+        # Open and written: the WAL and the shared-memory index exist beside the database.
+        assert set(files) >= {"k.db", "k.db-wal", "k.db-shm", "k.db-writer.lock"}
+        assert files == dict.fromkeys(files, 0o600)
+    finally:
+        database.close()
+        os.umask(previous)
+
+
+def test_an_existing_database_keeps_the_mode_its_operator_gave_it(tmp_path: Path) -> None:
+    path = tmp_path / "k.db"
+    first = Database(f"sqlite:///{path}")
+    upgrade(first)
+    first.close()
+    path.chmod(0o640)  # say, readable by a backup user's group
+    again = Database(f"sqlite:///{path}")
+    try:
+        assert count(again, t.merchants) == 0
+        assert _mode(path) == 0o640
+    finally:
+        again.close()
 
 
 # --- SQLite settings -----------------------------------------------------------------------------

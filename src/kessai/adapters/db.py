@@ -266,6 +266,10 @@ class _SqliteWriter:
         every caller waiting; and the units after the folder was mended succeed.
         """
         if self._lock_fd is None and self._lock_path:
+            # Before this thread's connection first touches it, which would create the database
+            # with the process's umask (usually readable by every local user). SQLite gives the
+            # WAL and shared-memory files the database file's mode, so they follow.
+            _create_owner_only(self._lock_path.removesuffix(_LOCK_SUFFIX))
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._lock_fd
 
@@ -457,11 +461,24 @@ def _flocked(fd: int | None) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+_LOCK_SUFFIX: Final = "-writer.lock"
+
+
 def _lock_path(url: str) -> str | None:
     database = sa.engine.make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return f"{database}-writer.lock"
+    return database + _LOCK_SUFFIX
+
+
+def _create_owner_only(path: str) -> None:
+    """Create an empty database file readable by its owner alone; an existing one is left as is.
+
+    An empty file is a valid new SQLite database. An existing file keeps the mode its operator
+    gave it (a backup user in its group, say); docs/deploy.md says what to give it.
+    """
+    with contextlib.suppress(FileExistsError):  # not opened at all: it may be read-only
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class _LoopThread:
