@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import KESSAI, Cli, Pos, Terminal, base_env, sandbox_code
+from .support import KESSAI, Cli, Pos, Terminal, base_env, free_port, sandbox_code
 
 pytestmark = pytest.mark.e2e
 
@@ -100,8 +100,28 @@ def test_a_database_that_cannot_be_opened_is_one_plain_line(
         assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("port", ["0", "65536", "70000", "-5"])
+def test_a_port_outside_1_to_65535_is_refused_before_anything_starts(
+    tmp_path: Path, command: str, port: str
+) -> None:
+    # 70000 used to start a server announcing "running on :70000" with one worker, and a
+    # traceback (OverflowError) with two; 0 gave each worker a different random port.
+    argv = [KESSAI, command, "--port", port, "--database", f"sqlite:///{tmp_path / 'k.db'}"]
+    if command == "serve":
+        argv += ["--workers", "2"]
+    done = subprocess.run(
+        argv, env=base_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Invalid value for '--port'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "k.db").exists()  # nothing was created either
+
+
 def test_a_bad_setting_stops_serve_before_any_worker_starts(tmp_path: Path) -> None:
-    argv = [KESSAI, "serve", "--workers", "2", "--port", "0", "--database", str(tmp_path / "k.db")]
+    port = str(free_port())  # never bound: the settings are refused first
+    argv = [KESSAI, "serve", "--workers", "2", "--port", port, "--database", str(tmp_path / "k.db")]
     env = base_env() | {"KESSAI_WORKER_BATCH_SIZE": "-5"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, (done.stdout, done.stderr)

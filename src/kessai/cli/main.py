@@ -109,7 +109,7 @@ def migrate(database: DatabaseOpt = DEFAULT_DATABASE_URL) -> None:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     database: DatabaseOpt = DEFAULT_DATABASE_URL,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
     public_url: Annotated[
@@ -475,7 +475,7 @@ def sandbox_ledger(database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOp
 @app.command()
 def demo(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     database: Annotated[
         str | None, typer.Option(help="Database URL (default: a fresh file in a temp folder).")
     ] = None,
