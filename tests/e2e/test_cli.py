@@ -70,6 +70,31 @@ def test_kessai_admin_errors_exit_2_with_a_json_error(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize(
+    ("option", "value", "field"),
+    [("--status", "DELIVRED", "status"), ("--limit", "0", "limit"), ("--limit", "1001", "limit")],
+)
+def test_webhook_events_refuses_a_misspelt_status_or_a_limit_out_of_range(
+    tmp_path: Path, option: str, value: str, field: str
+) -> None:
+    # A misspelt status used to answer "no events", as if none had that status, and a limit
+    # out of range was quietly moved into it.
+    database = f"sqlite:///{tmp_path / 'k.db'}"
+
+    def events(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [KESSAI, "admin", "webhook", "events", *args, "--database", database, "--json"]
+        return subprocess.run(
+            argv, env=base_env(), capture_output=True, text=True, timeout=60, check=False
+        )
+
+    done = events(option, value)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert json.loads(done.stdout)["error"]["field"] == field
+    done = events("--status", "dead", "--limit", "1000")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize(
     ("database", "shown", "reason"),
     [
         ("{tmp}/missing/k.db", "sqlite:///{tmp}/missing/k.db", "No such file or directory"),

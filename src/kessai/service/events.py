@@ -38,6 +38,9 @@ from kessai.domain.model import Payment, PaymentStatus
 PENDING: Final = "PENDING"
 DELIVERED: Final = "DELIVERED"
 DEAD: Final = "DEAD"
+STATUSES: Final = (PENDING, DELIVERED, DEAD)
+# The most events one listing shows.
+MAX_LISTED: Final = 1000
 # About three days of retries with the default first delay of 10 s (10 s, 20 s, 40 s, …, capped
 # at one hour).
 MAX_ATTEMPTS: Final = 80
@@ -185,9 +188,17 @@ def set_endpoint(conn: Connection, merchant_id: int, url: str, now: datetime) ->
 def list_events(
     conn: Connection, merchant_id: int | None, status: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    """Recent events with their delivery attempts, newest first."""
+    """Recent events with their delivery attempts, newest first.
+
+    A ``status`` that is not one of the three, or a ``limit`` outside 1 to ``MAX_LISTED``, is
+    refused: a misspelt status used to list nothing, as if no event had that status.
+    """
+    if status is not None and status.upper() not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
+    if not 1 <= limit <= MAX_LISTED:
+        raise InvalidRequest(f"limit must be 1 to {MAX_LISTED}", field="limit")
     ev = t.webhook_events
-    query = sa.select(ev).order_by(ev.c.id.desc()).limit(min(max(limit, 1), 1000))
+    query = sa.select(ev).order_by(ev.c.id.desc()).limit(limit)
     if merchant_id is not None:
         query = query.where(ev.c.merchant_id == merchant_id)
     if status is not None:
