@@ -151,3 +151,11 @@ def test_a_bad_setting_stops_serve_before_any_worker_starts(tmp_path: Path) -> N
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert done.stderr == "error KESSAI_WORKER_BATCH_SIZE must be more than 0, not -5\n"
+
+
+def test_a_bad_setting_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    argv = [KESSAI, "worker", "--database", str(tmp_path / "k.db")]
+    env = base_env() | {"KESSAI_WORKER_BATCH_SIZE": "abc"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr == "error KESSAI_WORKER_BATCH_SIZE must be a whole number, not 'abc'\n"
