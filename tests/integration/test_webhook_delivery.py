@@ -11,7 +11,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -20,22 +20,31 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
+from kessai.connectors.base import PayRequest, ProviderOutcome, ProviderResult
+from kessai.domain.model import PaymentStatus
 from kessai.service import events
+from kessai.service.worker import Worker
 from rawhttp import RawServer
 
 if TYPE_CHECKING:
-    from conftest import Harness
+    from conftest import Harness, Till
 
 CHUNK = b"x" * 65536
+# Real seconds a step may take on a loaded machine before the test gives up.
+PATIENCE = 60.0
 ENDLESS_BYTES = 256 * 1024 * 1024
 
 
 class Endpoint(RawServer):
     """A raw HTTP endpoint on 127.0.0.1 that answers 200 and then a body of the given kind."""
 
-    def __init__(self, body: str, releases: Endpoint | None = None) -> None:
+    def __init__(
+        self, body: str, releases: Endpoint | None = None, hold_seconds: float = 10.0
+    ) -> None:
         self.body = body
         self.sent = 0
+        self.requests = 0
+        self.hold_seconds = hold_seconds
         # "held": answers only once ``released`` is set, by the endpoint it was given to as
         # ``releases`` when that one gets a request of its own.
         self.released = threading.Event()
@@ -45,12 +54,16 @@ class Endpoint(RawServer):
 
     def answer(self, conn: socket.socket, head: bytes) -> None:
         """Answer as this endpoint's kind says; the gateway hanging up ends it."""
+        self.requests += 1
         if self.releases is not None:
             self.releases.released.set()
-        if self.body == "held" and not self.released.wait(10):
+        if self.body == "held" and not self.released.wait(self.hold_seconds):
             return
         if self.body in ("held", "quick"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        if self.body == "failing":
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
             return
         if self.body == "slow-head":
             # The status line, then headers a byte at a time, never finished.
@@ -74,7 +87,7 @@ def master_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KESSAI_SECRET_KEY", "5e" * 32)
 
 
-def _endpoint_and_event(h: Harness, url: str) -> None:
+def _endpoint_and_event(h: Harness, url: str) -> Till:
     till = h.till()
     now = h.clock()
 
@@ -92,6 +105,7 @@ def _endpoint_and_event(h: Harness, url: str) -> None:
 
     h.db.run_sync(unit)
     till.request(1000)  # settled at once: its event waits in the outbox
+    return till
 
 
 def _last_attempt_of(h: Harness, url: str) -> tuple[int | None, str | None]:
@@ -165,3 +179,102 @@ def test_a_waiting_endpoint_does_not_hold_back_other_merchants_events(h: Harness
     finally:
         held.close()
         other.close()
+
+
+class UnsureWallet:
+    """A wallet whose payment answer never comes, and which says "paid" when asked later."""
+
+    name = "sandbox"
+
+    async def pay(self, request: PayRequest) -> ProviderResult:
+        raise TimeoutError("the wallet did not answer in time")
+
+    async def sync(self, ref: str) -> ProviderResult:
+        return ProviderResult(ProviderOutcome.SUCCEEDED, provider_ref=ref)
+
+
+@pytest.mark.usefixtures("master_key")
+def test_an_endpoint_that_does_not_answer_never_holds_back_the_checks_that_settle_payments(
+    h: Harness,
+) -> None:
+    # The worker used to run its jobs one after another in a single loop, so while a delivery
+    # waited for a merchant's endpoint (up to its deadline, every pass while that endpoint was
+    # down) no PENDING payment of any merchant was checked with its wallet.
+    held = Endpoint("held", hold_seconds=PATIENCE)
+    worker = Worker(h.gateway)
+    worker.delivery_timeout_seconds = PATIENCE  # the endpoint, not the deadline, decides here
+    try:
+        _endpoint_and_event(h, held.url)
+        h.gateway.connectors["sandbox"] = UnsureWallet()  # type: ignore[assignment]
+        unsure = h.till().request(700)
+        assert unsure.status is PaymentStatus.PENDING
+
+        def status_of(conn: Connection) -> str:
+            p = t.payments
+            query = sa.select(p.c.status).where(p.c.trans_id == unsure.trans_id)
+            return str(conn.execute(query).scalar_one())
+
+        def attempts(conn: Connection) -> int:
+            query = sa.select(sa.func.count()).select_from(t.webhook_attempts)
+            return int(conn.execute(query).scalar_one())
+
+        async def scenario() -> tuple[str, int]:
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run_forever(stop))
+            try:
+                await _until(lambda: held.requests > 0, "the delivery to start")
+                # Only now is the payment due for a check: the delivery is still waiting.
+                h.clock.advance(h.settings.worker_recheck_interval_ms / 1000)
+                deadline = asyncio.get_running_loop().time() + PATIENCE
+                while (status := await h.db.run(status_of, write=False)) == "PENDING":
+                    assert asyncio.get_running_loop().time() < deadline, "never checked"
+                    await asyncio.sleep(0.01)
+                return status, await h.db.run(attempts, write=False)
+            finally:
+                stop.set()
+                held.released.set()
+                await asyncio.wait_for(task, PATIENCE)
+                await worker.aclose()
+
+        status, attempts_meanwhile = asyncio.run(scenario())
+        assert status == PaymentStatus.COMPLETED.value
+        assert attempts_meanwhile == 0  # settled while the delivery was still waiting
+        assert held.requests == 1
+    finally:
+        held.close()
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"gave up waiting: {what}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.usefixtures("master_key")
+def test_an_endpoint_that_fails_keeps_its_later_events_waiting_behind_the_failed_one(
+    h: Harness,
+) -> None:
+    # One pass used to try every claimed event of an endpoint that had just failed: each could
+    # wait out its own deadline, and one that got through overtook the event that had failed.
+    failing = Endpoint("failing")
+    try:
+        till = _endpoint_and_event(h, failing.url)
+        till.request(1001)
+        till.request(1002)
+        assert _deliver(h, 5.0) == (1, 0)
+        assert failing.requests == 1
+
+        def rows(conn: Connection) -> list[tuple[int, object]]:
+            ev = t.webhook_events
+            query = sa.select(ev.c.attempts, ev.c.next_attempt_at).order_by(ev.c.id)
+            return [(r.attempts, r.next_attempt_at) for r in conn.execute(query)]
+
+        (tried, retry_at), *later = h.db.run_sync(rows, write=False)
+        assert tried == 1 and retry_at > h.clock()
+        assert later == [(0, retry_at), (0, retry_at)]  # due with it, not attempted
+        h.clock.now = retry_at
+        failing.body = "quick"  # the endpoint is back: all three, oldest first
+        assert _deliver(h, 5.0) == (3, 3)
+    finally:
+        failing.close()

@@ -9,6 +9,7 @@ attempt; an event that keeps failing ends DEAD after ``MAX_ATTEMPTS`` and can be
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import secrets
@@ -313,18 +314,35 @@ async def deliver_due(
         queues.setdefault(event.url, []).append(event)
     slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
 
-    async def serve(queue: list[_Claimed]) -> int:
-        delivered = 0
+    async def serve(queue: list[_Claimed]) -> tuple[int, int]:
         async with slots:
-            for event in queue:
-                delivered += await _deliver_one(
+            for index, event in enumerate(queue):
+                retry_at = await _deliver_one(
                     db, clock, client, event, rng, first_retry_seconds, timeout_seconds
                 )
-        return delivered
+                if retry_at is None:
+                    continue
+                # The endpoint just failed. Its later events wait with the failed one: tried now,
+                # each would most likely wait out a deadline of its own, and any that got through
+                # would reach the merchant before the earlier one.
+                later = [e.pk for e in queue[index + 1 :]]
+                if later:
+                    await db.run(functools.partial(_postpone, pks=later, until=retry_at))
+                return index + 1, index
+        return len(queue), len(queue)
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(serve(queue)) for queue in queues.values()]
-    return len(claimed), sum(task.result() for task in tasks)
+    counts = [task.result() for task in tasks]
+    return sum(a for a, _ in counts), sum(d for _, d in counts)
+
+
+def _postpone(conn: Connection, *, pks: list[int], until: datetime) -> None:
+    """Make claimed events, not attempted, due again at ``until`` (their attempts unchanged)."""
+    ev = t.webhook_events
+    conn.execute(
+        ev.update().where(ev.c.id.in_(pks), ev.c.status == PENDING).values(next_attempt_at=until)
+    )
 
 
 async def _deliver_one(
@@ -335,7 +353,12 @@ async def _deliver_one(
     rng: random.Random,
     first_retry_seconds: float,
     timeout_seconds: float,
-) -> bool:
+) -> datetime | None:
+    """Deliver one event and record the attempt: ``None`` when delivered.
+
+    Otherwise, when its endpoint is to be tried again: the event's own next attempt, or for an
+    event that has just gone DEAD, the time that attempt would have had.
+    """
     body = event.payload.encode()
     started = time.perf_counter()
     status_code: int | None = None
@@ -367,6 +390,9 @@ async def _deliver_one(
     duration_ms = int((time.perf_counter() - started) * 1000)
     now = clock()
     success = error is None
+    retry_at = now + timedelta(
+        seconds=backoff_seconds(event.attempts + 1, rng, first_retry_seconds)
+    )
 
     def unit(conn: Connection) -> None:
         ev = t.webhook_events
@@ -385,8 +411,7 @@ async def _deliver_one(
         elif attempts >= MAX_ATTEMPTS:
             values = {"status": DEAD}
         else:
-            delay = backoff_seconds(attempts, rng, first_retry_seconds)
-            values = {"next_attempt_at": now + timedelta(seconds=delay)}
+            values = {"next_attempt_at": retry_at}
         conn.execute(
             ev.update()
             .where(ev.c.id == event.pk)
@@ -394,4 +419,4 @@ async def _deliver_one(
         )
 
     await db.run(unit)
-    return success
+    return None if success else retry_at

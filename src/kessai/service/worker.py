@@ -127,15 +127,23 @@ class Worker:
         self.settings = gateway.settings
         # Webhook deliveries go through one client (connection reuse); tests may inject theirs.
         self.client = client or httpx.AsyncClient(follow_redirects=False)
+        # How long one delivery may take, its answer's headers included.
+        self.delivery_timeout_seconds = events.DELIVERY_TIMEOUT_SECONDS
 
     async def run_once(self) -> WorkerReport:
-        """One pass of every job."""
+        """One pass of every job: the payment jobs, then webhook deliveries."""
         report = WorkerReport()
+        await self._payment_jobs(report)
+        await self._webhook_jobs(report)
+        return report
+
+    async def _payment_jobs(self, report: WorkerReport) -> None:
         await self._bounded(self.reconcile(report), "reconcile", report)
         await self._bounded(self.refunds(report), "refunds", report)
-        await self._bounded(self.deliver(report), "webhooks", report)
         await self._bounded(self.prune(report), "prune", report)
-        return report
+
+    async def _webhook_jobs(self, report: WorkerReport) -> None:
+        await self._bounded(self.deliver(report), "webhooks", report)
 
     async def refunds(self, report: WorkerReport) -> None:
         """Ask providers about refunds whose outcome was not known when they were made."""
@@ -173,6 +181,7 @@ class Worker:
             self.settings.worker_batch_size,
             self.client,
             self.settings.webhook_first_retry_seconds,
+            timeout_seconds=self.delivery_timeout_seconds,
         )
         report.webhooks_attempted += attempted
         report.webhooks_delivered += delivered
@@ -182,13 +191,25 @@ class Worker:
         await self.client.aclose()
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Run passes until ``stop`` is set; sleep briefly when there was nothing to do."""
+        """Run passes until ``stop`` is set, the payment jobs and webhook deliveries apart.
+
+        Each runs in a loop of its own, so a merchant's endpoint that does not answer never holds
+        back the checks that settle payments, nor the other way round.
+        """
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._repeat(self._payment_jobs, stop))
+            group.create_task(self._repeat(self._webhook_jobs, stop))
+
+    async def _repeat(
+        self, jobs: Callable[[WorkerReport], Coroutine[Any, Any, None]], stop: asyncio.Event
+    ) -> None:
+        """Run ``jobs`` until ``stop`` is set; sleep briefly after a pass that found nothing."""
         while not stop.is_set():
+            report = WorkerReport()
             try:
-                report = await self.run_once()
+                await jobs(report)
             except Exception:  # a job's failure must not end the worker; it is logged
                 log.exception("worker pass failed")
-                report = WorkerReport()
             if report.busy:
                 continue
             with contextlib.suppress(TimeoutError):
