@@ -7,6 +7,7 @@ how allowance is spent, refused, given back, refilled and pruned, which real tim
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -182,5 +183,8 @@ def test_the_worker_prunes_allowances_that_are_whole_again(db: Database, tmp_pat
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["errors"] == []
+    assert (report["webhooksAttempted"], report["webhooksDelivered"]) == (0, 0)
     assert _spent_until(db, "192.0.2.10") is None
     assert _spent_until(db, "192.0.2.11") is not None

@@ -156,11 +156,15 @@ def worker_command(
                         "finished": report.finished,
                         "prunedSessions": report.pruned_sessions,
                         "prunedCodes": report.pruned_codes,
+                        "webhooksAttempted": report.webhooks_attempted,
+                        "webhooksDelivered": report.webhooks_delivered,
                         "errors": report.errors,
                     },
                     as_json,
                     f"checked {report.checked}, finished {report.finished}, pruned "
-                    f"{report.pruned_sessions} sessions and {report.pruned_codes} codes",
+                    f"{report.pruned_sessions} sessions and {report.pruned_codes} codes, "
+                    f"delivered {report.webhooks_delivered} of {report.webhooks_attempted} "
+                    "webhook events tried",
                 )
                 return
             stop = asyncio.Event()
