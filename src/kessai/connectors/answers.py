@@ -12,14 +12,14 @@ UNKNOWN and is settled later by a status query, never FAILED.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
 # The largest answer any supported provider documents is a few kilobytes (a payment's details,
 # or a WeChat Pay XML document); a megabyte leaves room for any of them while keeping a worker's
 # memory bounded.
-ANSWER_MAX_BYTES = 1 << 20
+ANSWER_MAX_BYTES: Final = 1 << 20
 
 
 class AnswerTooLarge(httpx.HTTPError):
