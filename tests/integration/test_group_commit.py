@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,25 @@ def test_two_handles_on_one_file_take_turns(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_units_that_queue_while_another_process_writes_join_the_waiting_group(
+    db: Database, tmp_path: Path
+) -> None:
+    # The writer made up its group, then waited for the writer lock; units queued meanwhile
+    # waited for the group's COMMIT and then a whole further turn of the lock of their own.
+    transactions: list[object] = []
+    sa.event.listen(db._sqlite, "begin", transactions.append)
+    writer = db._writer
+    with open(tmp_path / "g.db-writer.lock", "a+b") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)  # another process is writing
+        first = writer.submit(_insert(1), True)
+        while writer._queue.qsize():  # the writer has taken it and waits for the lock
+            time.sleep(0.001)
+        time.sleep(0.1)
+        later = [writer.submit(_insert(k), True) for k in (2, 3)]
+        assert not first.done()
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    assert [f.result(timeout=30) for f in (first, *later)] == [1, 2, 3]
+    assert len(transactions) == 1  # one BEGIN and one COMMIT for the three
+    assert [k for k, _ in _rows(db)] == [1, 2, 3]

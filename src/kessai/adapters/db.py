@@ -308,14 +308,35 @@ class _SqliteWriter:
                 self._conn.close()
 
     def _run_group(self, group: list[_Unit], lock_fd: int | None) -> list[tuple[bool, Any]]:
-        """Run a group in one transaction; on a failure that spoils it, run each unit alone."""
-        if len(group) == 1:
-            return [self._alone(group[0], lock_fd)]
+        """Run a group in one transaction; on a failure that spoils it, run each unit alone.
+
+        Units queued while the group waited for the writer lock join it: ``group`` grows.
+        """
         try:
-            return self._attempt(group, lock_fd)
-        except Exception:
+            return self._attempt(group, lock_fd, take_waiting=True)
+        except Exception as exc:
+            if len(group) == 1:
+                return [(False, exc)]
             # Nothing of the group was committed: each unit gets a transaction of its own.
             return [self._alone(unit, lock_fd) for unit in group]
+
+    def _take_waiting(self, group: list[_Unit]) -> None:
+        """Add the units queued meanwhile to ``group``, up to the most a group takes.
+
+        Called with the writer lock just taken: units that came while another process held it
+        commit with this group instead of waiting for a whole further turn of the lock, and each
+        COMMIT (an fsync) and BEGIN is shared by more payments.
+        """
+        while len(group) < GROUP_COMMIT_MAX_UNITS:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if more is None:
+                self._queue.put(None)  # stop after this group
+                return
+            if more.wanted():
+                group.append(more)
 
     @staticmethod
     def _settle(group: list[_Unit], outcomes: list[tuple[bool, Any]]) -> None:
@@ -339,12 +360,16 @@ class _SqliteWriter:
         except Exception as exc:
             return False, exc
 
-    def _attempt(self, group: list[_Unit], lock_fd: int | None) -> list[tuple[bool, Any]]:
+    def _attempt(
+        self, group: list[_Unit], lock_fd: int | None, *, take_waiting: bool = False
+    ) -> list[tuple[bool, Any]]:
         """One transaction for the group, retried from the start when another writer held on."""
         write = any(unit.write for unit in group)
         for attempt in range(MAX_RETRIES + 1):
             try:
                 with _flocked(lock_fd if write or attempt > 0 else None):
+                    if take_waiting and write and attempt == 0:
+                        self._take_waiting(group)
                     return self._transaction(group, write or attempt > 0)
             except sa.exc.OperationalError as exc:
                 if not _is_sqlite_busy(exc) or attempt == MAX_RETRIES:
