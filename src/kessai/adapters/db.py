@@ -280,15 +280,7 @@ class _SqliteWriter:
                 if first is None:
                     return
                 group = [first]
-                while len(group) < GROUP_COMMIT_MAX_UNITS:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._queue.put(None)  # stop after this group
-                        break
-                    group.append(more)
+                self._take_waiting(group)
                 live = [u for u in group if u.wanted()]
                 if not live:
                     continue
@@ -323,9 +315,9 @@ class _SqliteWriter:
     def _take_waiting(self, group: list[_Unit]) -> None:
         """Add the units queued meanwhile to ``group``, up to the most a group takes.
 
-        Called with the writer lock just taken: units that came while another process held it
-        commit with this group instead of waiting for a whole further turn of the lock, and each
-        COMMIT (an fsync) and BEGIN is shared by more payments.
+        Called as a group is made up, and again once the writer lock is taken: units that came
+        while another process held it commit with this group instead of waiting for a whole
+        further turn of the lock, and each BEGIN and COMMIT (an fsync) serves more payments.
         """
         while len(group) < GROUP_COMMIT_MAX_UNITS:
             try:
