@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,6 +55,9 @@ class Provider(RawServer):
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s\r\n\r\n" % framing
             )
+            if self.kind == "declared":
+                # The body comes late: a client that waited for it before refusing would time out.
+                time.sleep(10)
             while self.sent < ENDLESS_BYTES:
                 piece = b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK) if self.kind == "flood" else CHUNK
                 conn.sendall(piece)

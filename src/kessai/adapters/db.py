@@ -279,19 +279,19 @@ class _SqliteWriter:
                 first = self._queue.get()
                 if first is None:
                     return
-                group = [first]
+                # Only units whose callers still wait are run (_take_waiting skips the others).
+                group = [first] if first.wanted() else []
                 self._take_waiting(group)
-                live = [u for u in group if u.wanted()]
-                if not live:
+                if not group:
                     continue
                 try:
-                    outcomes = self._run_group(live, self._writer_lock())
+                    outcomes = self._run_group(group, self._writer_lock())
                 except BaseException as exc:
                     # The writer's own failure, outside any unit (its lock file cannot be opened,
                     # say): the group's answer, and the thread serves on.
-                    outcomes = [(False, exc)] * len(live)
-                self._settle(live, outcomes)
-                if self._checkpointer is not None and any(u.write for u in live):
+                    outcomes = [(False, exc)] * len(group)
+                self._settle(group, outcomes)
+                if self._checkpointer is not None and any(u.write for u in group):
                     self._checkpointer.poke()
         finally:
             if self._lock_fd is not None:
