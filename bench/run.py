@@ -9,8 +9,9 @@ Rows, all measured in the same run on the same machine:
 - ceiling: a raw Starlette "hello" app (small JSON in, small JSON out) under uvicorn with
   2 workers, driven by wrk exactly like the gateway: what Python web serving costs here;
 - REQUEST: completed customer-code payments per second, `kessai serve --workers 2` on SQLite
-  (WAL, synchronous=FULL), the sandbox approving at once, every request with a fresh transKey
-  and a fresh one-time code issued before the run, terminals of several merchants logged in.
+  (WAL, each commit fsynced before its answer), the sandbox approving at once, every request
+  with a fresh transKey and a fresh one-time code issued before the run, terminals of several
+  merchants logged in.
   The figure is counted in the database (payments that became COMPLETED during the window);
 - PAYCHECK and STATUS reads per second on those payments;
 - latency of REQUEST at a fixed rate (1,000/s), open loop, from each request's scheduled time
@@ -191,7 +192,7 @@ class Report:
         rate = f"{self.plan.rate:,.0f}/s"
         labels = {
             "ceiling": "Ceiling: Starlette hello, uvicorn 2 workers — requests/s",
-            "request": "REQUEST, SQLite (synchronous=FULL) — completed payments/s",
+            "request": "REQUEST, SQLite (durable before answered) — completed payments/s",
             "paycheck": "PAYCHECK — reads/s",
             "status": "STATUS — reads/s",
             "latency": f"REQUEST latency at {rate}, open loop — p50 / p99 / p99.9",

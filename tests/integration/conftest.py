@@ -53,6 +53,25 @@ class FakeClock:
         return self.now
 
 
+def seed_terminal(url: str, shop: str, codes: int) -> tuple[dict[str, Any], list[str]]:
+    """Migrate a new database; one merchant's terminal (its LOGIN body) and sandbox codes."""
+    db = Database(url)
+    try:
+        upgrade(db)
+        now = datetime.now(UTC)
+
+        def seed(conn: Connection) -> tuple[dict[str, Any], list[str]]:
+            merchant = admin.create_merchant(conn, shop, now)
+            os_value = admin.create_integration(conn, f"{shop} POS", now)
+            terminal = admin.create_terminal(conn, merchant, now)
+            login = {"mid": terminal.mid, "password": terminal.password, "os": os_value}
+            return login, wallets.issue_codes(conn, "01", "success", codes, now)
+
+        return db.run_sync(seed)
+    finally:
+        db.close()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -6,22 +6,17 @@ import gc
 import json
 import weakref
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import seed_terminal
 from litestar.testing import TestClient
-from sqlalchemy.engine import Connection
 
-from kessai.adapters.db import Database
-from kessai.adapters.migrate import upgrade
 from kessai.api import express
 from kessai.api.app import app_from_env, freeze_startup_objects, serving_app
 from kessai.config import Settings
-from kessai.connectors.sandbox import wallets
-from kessai.service import admin
 from kessai.service.gateway import Gateway
 
 # Headers that differ between any two answers, whoever serves them.
@@ -31,22 +26,7 @@ _VOLATILE = {"x-request-id", "date"}
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any], list[str]]]:
     url = f"sqlite:///{tmp_path / 'kessai.db'}"
-    db = Database(url)
-    try:
-        upgrade(db)
-        now = datetime.now(UTC)
-
-        def seed(conn: Connection) -> tuple[dict[str, Any], list[str]]:
-            merchant = admin.create_merchant(conn, "Express Shop", now)
-            os_value = admin.create_integration(conn, "Express POS", now)
-            terminal = admin.create_terminal(conn, merchant, now)
-            login = {"mid": terminal.mid, "password": terminal.password, "os": os_value}
-            codes = wallets.issue_codes(conn, "01", "success", 4, now)
-            return login, codes
-
-        login, codes = db.run_sync(seed)
-    finally:
-        db.close()
+    login, codes = seed_terminal(url, "Express Shop", 4)
     yield url, login, codes
 
 

@@ -7,10 +7,12 @@ The same unit runs on both engines:
 - SQLite: on one writer thread per process, all its statements in one hop — instead of awaiting
   each statement. Units that queue up meanwhile are committed together (group commit): each runs
   inside its own SAVEPOINT of one transaction, so a failing unit is undone alone, and every unit
-  of the group is answered after the single durable COMMIT. Processes sharing the file take turns
-  through an ``flock`` on a lock file beside it, which wakes the next writer at once instead of
-  SQLite's sleeping busy handler. The WAL is checkpointed by a thread of its own, outside the
-  write lock, so that no commit waits for pages to be copied back into the database file.
+  of the group is answered after the single COMMIT. Processes sharing the file take turns through
+  an ``flock`` on a lock file beside it, which wakes the next writer at once instead of SQLite's
+  sleeping busy handler. The writer fsyncs the WAL itself once it has let go of that lock, and
+  answers only then (``_WalFlush``): the next writer commits while this one waits for the disk.
+  The WAL is checkpointed by a thread of its own, outside the write lock, so that no commit waits
+  for pages to be copied back into the database file.
 - PostgreSQL (asyncpg): through ``AsyncConnection.run_sync``, one transaction per unit, so service
   code stays synchronous and identical (the server groups concurrent commits itself).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -37,6 +40,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # How long a SQLite writer waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
@@ -60,6 +65,15 @@ PG_POOL_RECYCLE_SECONDS: Final = 300
 DEFAULT_DATABASE_URL: Final = "sqlite:///kessai.db"
 # SQLSTATEs after which a PostgreSQL transaction can simply be run again.
 _PG_RETRYABLE: Final = frozenset({"40001", "40P01"})
+
+
+class NotDurable(RuntimeError):
+    """The disk did not confirm the WAL: what was committed may not survive a crash.
+
+    Once raised, the process's SQLite writer refuses every further unit with it: after a failed
+    fsync the kernel may have dropped the pages it could not write, so no later answer could be
+    vouched for either. The process must be restarted, once the disk is looked at.
+    """
 
 
 def normalise_url(url: str) -> str:
@@ -223,6 +237,9 @@ class _SqliteWriter:
         # A file database gets its checkpoints from a thread of its own (``_Checkpointer``).
         path = engine.url.database
         self._checkpointer = _Checkpointer(path) if lock_path and path else None
+        self._wal = _WalFlush(path) if lock_path and path else None
+        # Set once the WAL could not be made durable: every later unit is refused with it.
+        self._not_durable: NotDurable | None = None
 
     def _put(self, unit: _Unit) -> None:
         if self._stopped:
@@ -284,20 +301,53 @@ class _SqliteWriter:
                 self._take_waiting(group)
                 if not group:
                     continue
+                if self._not_durable is not None:
+                    self._settle(group, [(False, self._not_durable)] * len(group))
+                    continue
                 try:
                     outcomes = self._run_group(group, self._writer_lock())
                 except BaseException as exc:
                     # The writer's own failure, outside any unit (its lock file cannot be opened,
                     # say): the group's answer, and the thread serves on.
                     outcomes = [(False, exc)] * len(group)
+                # The writer lock is free again: the disk is waited for while another process
+                # commits, and nobody is answered before it confirmed what they may have seen.
+                outcomes = self._made_durable(group, outcomes)
                 self._settle(group, outcomes)
                 if self._checkpointer is not None and any(u.write for u in group):
                     self._checkpointer.poke()
         finally:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+            if self._wal is not None:
+                self._wal.close()
             if self._conn is not None:
                 self._conn.close()
+
+    def _made_durable(
+        self, group: list[_Unit], outcomes: list[tuple[bool, Any]]
+    ) -> list[tuple[bool, Any]]:
+        """Flush the WAL if the group may have seen or made a change not yet on disk.
+
+        On failure every unit of the group gets ``NotDurable`` instead of its outcome, and the
+        writer stops taking units: see ``NotDurable``.
+        """
+        if self._wal is None:
+            return outcomes
+        conn = self._conn
+        usable = conn is not None and not conn.invalidated and not conn.closed
+        driver = conn.connection.driver_connection if usable and conn is not None else None
+        try:
+            self._wal.flush_if_needed(driver, wrote=any(unit.write for unit in group))
+        except OSError as exc:
+            self._not_durable = NotDurable(
+                f"the disk did not confirm the database's write-ahead log ({exc.strerror}): "
+                "this process answers no more units; restart it once the disk is checked"
+            )
+            self._not_durable.__cause__ = exc
+            log.critical("%s", self._not_durable)
+            return [(False, self._not_durable)] * len(outcomes)
+        return outcomes
 
     def _run_group(self, group: list[_Unit], lock_fd: int | None) -> list[tuple[bool, Any]]:
         """Run a group in one transaction; on a failure that spoils it, run each unit alone.
@@ -405,6 +455,77 @@ class _SqliteWriter:
                         driver.execute("RELEASE kessai_unit")
                     outcomes.append((True, value))
         return outcomes
+
+
+class _WalFlush:
+    """Makes the WAL durable after a group commits, once the writer lock is released.
+
+    The connection commits with ``synchronous=NORMAL``: the WAL frames are written, not yet
+    fsynced, inside the lock. This fsync, outside it, makes them durable before anybody learns
+    of them; since an fsync covers every frame written before it, it also covers what other
+    processes committed earlier. What it must cover:
+
+    - a group that wrote (or whose connection counts changed rows: a reading unit that touched
+      a session), so its callers are answered about a durable change;
+    - a group that could see another process's commit not yet flushed by that process
+      (``PRAGMA data_version`` moved), so nobody is told about a change that could be lost.
+
+    The WAL's descriptor is opened once per connection and kept: the kernel reports a failed
+    write-back to the descriptors open when it happened, and a fresh one would miss it. While
+    the connection is open the WAL is never deleted (SQLite removes it with the last one).
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self._path = database_path + "-wal"
+        self._folder = os.path.dirname(database_path) or "."
+        self._fd: int | None = None
+        # The connection this process flushed for, whether it has SQLite flush for itself, and
+        # its data_version and changed-row count as they were at the last flush.
+        self._driver: sqlite3.Connection | None = None
+        self._sqlite_flushes = False
+        self._seen: tuple[int, int] | None = None
+
+    def flush_if_needed(self, driver: sqlite3.Connection | None, *, wrote: bool) -> None:
+        """Flush unless nothing could have changed since the last flush (raises OSError)."""
+        if driver is not self._driver:
+            # A new connection: (re)open the WAL it writes, which may be a new file.
+            self.close()
+            if driver is None:
+                return
+            self._driver = driver
+            # synchronous=FULL (a database whose WAL could not be set up): SQLite fsyncs in
+            # every COMMIT itself.
+            self._sqlite_flushes = driver.execute("PRAGMA synchronous").fetchone()[0] > 1
+        if driver is None or self._sqlite_flushes:
+            return
+        try:
+            seen: tuple[int, int] | None = (
+                driver.execute("PRAGMA data_version").fetchone()[0],
+                driver.total_changes,
+            )
+        except sqlite3.Error:
+            seen = None  # unknown: flush, and again next time
+        if not wrote and seen is not None and seen == self._seen:
+            return
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            # The file's name must be durable too: SQLite fsyncs the folder of a WAL it creates
+            # only at its first own fsync, which with synchronous=NORMAL may come much later.
+            folder = os.open(self._folder, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        os.fsync(self._fd)
+        self._seen = seen
+
+    def close(self) -> None:
+        """Close the WAL's descriptor (the connection went away, or the thread ends)."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._driver = None
+        self._seen = None
 
 
 class _Checkpointer:
@@ -519,9 +640,13 @@ def _configure_sqlite(dbapi_connection: sqlite3.Connection, backstop_pages: int 
     cursor = dbapi_connection.cursor()
     if backstop_pages is not None:
         cursor.execute(f"PRAGMA wal_autocheckpoint={backstop_pages}")
-    # WAL lets readers proceed during a write; FULL makes every commit durable before we answer.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    # WAL lets readers proceed during a write.
+    mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    # A file database in WAL mode commits without an fsync (NORMAL): its writer fsyncs the WAL
+    # once it has released the write lock, before answering (``_WalFlush``). Otherwise every
+    # COMMIT fsyncs (FULL). Either way a commit is on disk before anybody is told of it.
+    early = backstop_pages is not None and str(mode).lower() == "wal"
+    cursor.execute(f"PRAGMA synchronous={'NORMAL' if early else 'FULL'}")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
