@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -236,3 +237,28 @@ def test_a_gateway_whose_disk_fails_an_fsync_answers_500_and_reports_itself_unhe
         assert client.get("/healthz").status_code == 503
         again = client.post("/v1/payments", json={**body, "transKey": "DISK2"}, headers=auth)
         assert again.status_code == 500
+
+
+class _UnreadableConnection:
+    """A sqlite3 connection whose every statement fails (a disk error, say)."""
+
+    total_changes = 0
+
+    def execute(self, sql: str) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_a_connection_that_cannot_say_its_settings_is_flushed_not_a_crash(
+    databases: tuple[Database, Database], recorder: Recorder, path: Path
+) -> None:
+    # The writer thread must answer every failure and never end on one; not knowing whether
+    # SQLite fsyncs in COMMIT, nor what changed, it fsyncs (at worst twice).
+    flush = db_module._WalFlush(str(path))
+    unreadable: Any = _UnreadableConnection()
+    try:
+        for _ in range(2):
+            flush.flush_if_needed(unreadable, wrote=False)
+    finally:
+        flush.close()
+    wal = f"{path}-wal"
+    assert [f.path for f in recorder.flushes[-3:]] == [str(path.parent), wal, wal]

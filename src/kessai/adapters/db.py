@@ -494,8 +494,11 @@ class _WalFlush:
                 return
             self._driver = driver
             # synchronous=FULL (a database whose WAL could not be set up): SQLite fsyncs in
-            # every COMMIT itself.
-            self._sqlite_flushes = driver.execute("PRAGMA synchronous").fetchone()[0] > 1
+            # every COMMIT itself. Unknown (the statement failed): flush here too, at worst twice.
+            try:
+                self._sqlite_flushes = driver.execute("PRAGMA synchronous").fetchone()[0] > 1
+            except sqlite3.Error:
+                self._sqlite_flushes = False
         if driver is None or self._sqlite_flushes:
             return
         try:
