@@ -18,7 +18,7 @@ from kessai.connectors.base import (
 
 from .conftest import run
 from .fakes.alipayplus import AlipayPlusFake, new_key, private_pem, public_pem
-from .fakes.server import FakeServer
+from .fakes.server import FakeServer, Served
 
 Out = ProviderOutcome
 NOTIFY_PATH = "/v1/notifications/alipayplus"
@@ -27,7 +27,7 @@ NOTIFY_PATH = "/v1/notifications/alipayplus"
 def connector(
     http: httpx.AsyncClient,
     fake: AlipayPlusFake,
-    server: FakeServer,
+    server: Served,
     *,
     wrong_private_key: bool = False,
     wrong_public_key: bool = False,

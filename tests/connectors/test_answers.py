@@ -13,21 +13,20 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from kessai.connectors.alipayplus import AlipayPlusClient, AlipayPlusConnector
 from kessai.connectors.answers import ANSWER_MAX_BYTES, AnswerTooLarge, send
-from kessai.connectors.base import PayRequest, ProviderOutcome, QrRequest
-from kessai.connectors.paypay import PayPayClient, PayPayConnector
-from kessai.connectors.wechatpay import WeChatPayClient, WeChatPayConnector
+from kessai.connectors.base import ProviderOutcome
 from rawhttp import RawServer
 
+from . import test_alipayplus as alipayplus
+from . import test_paypay as paypay
+from . import test_wechatpay as wechatpay
 from .conftest import run
-from .fakes.alipayplus import new_key, private_pem, public_pem
+from .fakes.alipayplus import AlipayPlusFake
 
 CHUNK = b"x" * 65536
 ENDLESS_BYTES = 64 * 1024 * 1024
@@ -112,57 +111,18 @@ def test_the_text_is_decoded_in_the_declared_charset(provider: Provider) -> None
     assert json.loads(answer.text) == {"name": "Caf\u00e9"}
 
 
-def _paypay(http: httpx.AsyncClient, base_url: str) -> Any:
-    client = PayPayClient(
-        http,
-        base_url=base_url,
-        api_key="APIKeyGenerated",
-        api_secret="APIKeySecretGenerated",
-        merchant_id="MERCHANT_1",
-    )
-
-    async def no_code_id(ref: str) -> str | None:
-        return None
-
-    connector = PayPayConnector(client, code_ids=no_code_id, timeout_cap_seconds=0.5)
-    request = QrRequest(
-        ref="300000000001",
-        service_id="01",
-        amount=1200,
-        expires_at=datetime.now(UTC) + timedelta(minutes=5),
-        merchant_name="Kessai Café",
-    )
-    return connector.create_qr(request)
+# Each connector as its own tests build it, pointed at the raw server.
+def _paypay(http: httpx.AsyncClient, provider: Provider) -> Any:
+    return paypay.connector(http, provider).create_qr(paypay.qr("300000000001"))
 
 
-def _alipayplus(http: httpx.AsyncClient, base_url: str) -> Any:
-    client = AlipayPlusClient(
-        http,
-        base_url=base_url,
-        client_id="SANDBOX_5YBW3V2ZTBCV05678",
-        private_key=private_pem(new_key()),
-        alipay_public_key=public_pem(new_key()),
-    )
-    connector = AlipayPlusConnector(
-        client, reference_merchant_id="M0001", merchant_mcc="5812", timeout_cap_seconds=0.5
-    )
-    code = "2812345678901234" + "01"
-    return connector.pay(PayRequest("300000000002", "20", 1200, code, "Kessai Café"))
+def _alipayplus(http: httpx.AsyncClient, provider: Provider) -> Any:
+    connector = alipayplus.connector(http, AlipayPlusFake(), provider)
+    return connector.pay(alipayplus.pay("300000000002", "01"))
 
 
-def _wechatpay(http: httpx.AsyncClient, base_url: str) -> Any:
-    client = WeChatPayClient(
-        http,
-        base_url=base_url,
-        app_id="wx2421b1c4370ec43b",
-        mch_id="10000100",
-        api_key="192006250b4c09247ec02edce69f6a2d",
-        sign_type="MD5",
-        sub_mch_id="1900000109",
-    )
-    connector = WeChatPayConnector(client, timeout_cap_seconds=0.5)
-    code = "1345678901234567" + "01"
-    return connector.pay(PayRequest("300000000003", "21", 1200, code, "Kessai Café"))
+def _wechatpay(http: httpx.AsyncClient, provider: Provider) -> Any:
+    return wechatpay.connector(http, provider).pay(wechatpay.pay("300000000003", "01"))
 
 
 @pytest.mark.parametrize("provider", ["flood"], indirect=True)
@@ -172,7 +132,7 @@ def test_every_connector_stops_reading_an_endless_answer_and_calls_it_unknown(
 ) -> None:
     async def scenario() -> Any:
         async with httpx.AsyncClient() as http:
-            return await make(http, provider.base_url)
+            return await make(http, provider)
 
     result = run(scenario())
     assert result.outcome is ProviderOutcome.UNKNOWN

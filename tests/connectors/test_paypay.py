@@ -18,14 +18,14 @@ from kessai.connectors.paypay import PayPayClient, PayPayConnector
 
 from .conftest import run
 from .fakes.paypay import ERROR_AMOUNT, SLOW_AMOUNT, THROTTLED_AMOUNT, PayPayFake
-from .fakes.server import FakeServer
+from .fakes.server import FakeServer, Served
 
 Out = ProviderOutcome
 
 
 def connector(
     http: httpx.AsyncClient,
-    server: FakeServer,
+    server: Served,
     *,
     secret: str = "APIKeySecretGenerated",
     merchant: str = "MERCHANT_1",

@@ -11,7 +11,7 @@ from kessai.connectors.base import FlowNotSupported, PayRequest, ProviderOutcome
 from kessai.connectors.wechatpay import WeChatPayClient, WeChatPayConnector
 
 from .conftest import run
-from .fakes.server import FakeServer
+from .fakes.server import FakeServer, Served
 from .fakes.wechatpay import API_KEY, APP_ID, MCH_ID, WeChatPayFake
 
 Out = ProviderOutcome
@@ -19,7 +19,7 @@ Out = ProviderOutcome
 
 def connector(
     http: httpx.AsyncClient,
-    server: FakeServer,
+    server: Served,
     *,
     key: str = API_KEY,
     sign_type: str = "MD5",

@@ -8,6 +8,7 @@ thread and lock descriptor, and ``flock`` tells open descriptors apart even with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -216,6 +217,15 @@ def test_sqlite_commits_without_its_own_fsync_only_where_the_writer_flushes(
     finally:
         on_file.close()
         in_memory.close()
+
+
+def test_a_file_database_that_cannot_use_wal_keeps_sqlite_fsyncing_in_commit() -> None:
+    # Configured as a file database would be, on a connection that refuses WAL (an in-memory
+    # database answers "memory"): no writer flush would cover its commits, so SQLite's own must.
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        db_module._configure_sqlite(conn, db_module.WAL_BACKSTOP_PAGES)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_a_gateway_whose_disk_fails_an_fsync_answers_500_and_reports_itself_unhealthy(

@@ -310,11 +310,12 @@ class _SqliteWriter:
                     # The writer's own failure, outside any unit (its lock file cannot be opened,
                     # say): the group's answer, and the thread serves on.
                     outcomes = [(False, exc)] * len(group)
+                wrote = any(u.write for u in group)
                 # The writer lock is free again: the disk is waited for while another process
                 # commits, and nobody is answered before it confirmed what they may have seen.
-                outcomes = self._made_durable(group, outcomes)
+                outcomes = self._made_durable(outcomes, wrote=wrote)
                 self._settle(group, outcomes)
-                if self._checkpointer is not None and any(u.write for u in group):
+                if self._checkpointer is not None and wrote:
                     self._checkpointer.poke()
         finally:
             if self._lock_fd is not None:
@@ -325,7 +326,7 @@ class _SqliteWriter:
                 self._conn.close()
 
     def _made_durable(
-        self, group: list[_Unit], outcomes: list[tuple[bool, Any]]
+        self, outcomes: list[tuple[bool, Any]], *, wrote: bool
     ) -> list[tuple[bool, Any]]:
         """Flush the WAL if the group may have seen or made a change not yet on disk.
 
@@ -338,7 +339,7 @@ class _SqliteWriter:
         usable = conn is not None and not conn.invalidated and not conn.closed
         driver = conn.connection.driver_connection if usable and conn is not None else None
         try:
-            self._wal.flush_if_needed(driver, wrote=any(unit.write for unit in group))
+            self._wal.flush_if_needed(driver, wrote=wrote)
         except OSError as exc:
             self._not_durable = NotDurable(
                 f"the disk did not confirm the database's write-ahead log ({exc.strerror}): "

@@ -23,6 +23,12 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+class Served(Protocol):
+    """Anything a connector under test can be pointed at: a fake, or a raw test server."""
+
+    base_url: str
+
+
 class Fake(Protocol):
     # Guards the fake's state, shared by the server thread and the test.
     lock: threading.RLock
