@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from kessai.connectors.answers import AnswerTooLarge
 from kessai.connectors.base import FlowNotSupported, PayRequest, ProviderOutcome, QrRequest
 from kessai.connectors.wechatpay import WeChatPayClient, WeChatPayConnector
+from kessai.connectors.wechatpay.client import MAX_XML_BYTES, Reply
 
 from .conftest import run
 from .fakes.server import FakeServer, Served
@@ -203,3 +205,29 @@ def test_the_schedule_is_wechat_pays() -> None:
     assert schedule.can_cancel(began, began + timedelta(seconds=15))
     assert schedule.can_cancel(began, began + timedelta(days=6, hours=23))
     assert not schedule.can_cancel(began, began + timedelta(days=7))
+
+
+@pytest.mark.parametrize("extra, read", [(0, True), (1, False)])
+def test_an_answer_is_read_up_to_the_largest_wechat_pay_answer_and_no_further(
+    extra: int, read: bool
+) -> None:
+    # A flat <xml> document padded to the size: one byte more is not read (AnswerTooLarge, a
+    # transport error: no answer), rather than read up to the limit every provider shares.
+    head, tail = b"<xml><return_code>FAIL</return_code><pad>", b"</pad></xml>"
+    size = MAX_XML_BYTES + extra
+    body = head + b"x" * (size - len(head) - len(tail)) + tail
+
+    async def scenario() -> Reply:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = WeChatPayClient(
+                http, base_url="http://wechat.test", app_id=APP_ID, mch_id=MCH_ID, api_key=API_KEY
+            )
+            return await client.call("/pay/micropay", {"out_trade_no": "1"}, timeout_seconds=5)
+
+    if read:
+        reply = run(scenario())
+        assert reply.fields is not None and reply.get("return_code") == "FAIL"
+    else:
+        with pytest.raises(AnswerTooLarge, match=str(MAX_XML_BYTES)):
+            run(scenario())

@@ -165,6 +165,9 @@ class WeChatPayClient:
             content=to_xml(self.signed(fields)).encode(),
             headers={"Content-Type": CONTENT_TYPE},
             timeout=timeout_seconds,
+            # Reading stops where an answer stops being a WeChat Pay answer, not at the limit
+            # every provider shares: a longer one would only be refused by parse_xml.
+            limit=MAX_XML_BYTES,
         )
         parsed = parse_xml(response.content)
         if parsed is None:
