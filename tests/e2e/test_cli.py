@@ -159,3 +159,32 @@ def test_a_bad_setting_stops_the_worker_with_one_line(tmp_path: Path) -> None:
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert done.stderr == "error KESSAI_WORKER_BATCH_SIZE must be a whole number, not 'abc'\n"
+
+
+def test_what_people_typed_is_printed_as_written_not_as_markup(tmp_path: Path) -> None:
+    # A name or a path with brackets or colons used to be read as rich markup: "[Shibuya]" was
+    # dropped from the answer, and "[/x]" ended the command with a traceback after the merchant
+    # had been created.
+    database = str(tmp_path / "k.db")
+    name = "Café [Shibuya] [/x] :smile:"
+
+    def kessai(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [KESSAI, *args, "--database", database]
+        return subprocess.run(
+            argv, env=base_env(), capture_output=True, text=True, timeout=60, check=False
+        )
+
+    made = kessai("admin", "merchant", "create", "--name", name)
+    assert made.returncode == 0, (made.stdout, made.stderr)
+    assert re.fullmatch(rf"merchant [0-9]+: {re.escape(name)}\n", made.stdout)
+    merchant = made.stdout.split(":")[0].removeprefix("merchant ")
+    missing = tmp_path / "[/x] a folder that is not there, with a long name" / "secret.txt"
+    refused = kessai(
+        "admin", "provider", "set", "--merchant", merchant, "--service", "01",
+        "--provider", "paypay", "--api-secret-file", str(missing),
+    )  # fmt: skip
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    # One line, however long, naming the path as given.
+    assert (
+        refused.stderr == f"error INVALID_FIELD: cannot read {missing}: No such file or directory\n"
+    )

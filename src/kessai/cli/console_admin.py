@@ -11,29 +11,22 @@ stored.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from sqlalchemy.engine import Connection
 
 from kessai.adapters.db import DEFAULT_DATABASE_URL
-from kessai.cli.database import opened
+from kessai.cli.database import run_unit
+from kessai.cli.output import emit, refused
 from kessai.clock import system_clock
 from kessai.console import users
 from kessai.domain.errors import KessaiError
 from kessai.security import hash_secret
 
-T = TypeVar("T")
-
 user_app = typer.Typer(
     help="Merchant console users (owner: refunds and terminals; staff: view).",
     no_args_is_help=True,
 )
-err = Console(stderr=True)
-out = Console()
 
 DatabaseOpt = Annotated[
     str,
@@ -49,30 +42,6 @@ PasswordOpt = Annotated[
 ]
 
 
-def _fail(exc: KessaiError, as_json: bool) -> typer.Exit:
-    if as_json:
-        print(json.dumps({"error": {"code": exc.code, "message": exc.message, "field": exc.field}}))
-    else:
-        err.print(f"[red]error[/red] {exc.code}: {exc.message}")
-    return typer.Exit(2)
-
-
-def _run(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:
-    """Run one unit of work on a migrated database; domain errors exit with status 2."""
-    try:
-        with opened(url) as db:
-            return db.run_sync(fn)
-    except KessaiError as exc:
-        raise _fail(exc, as_json) from exc
-
-
-def _emit(data: dict[str, Any] | list[Any], as_json: bool, text: str) -> None:
-    if as_json:
-        print(json.dumps(data, ensure_ascii=False))
-    else:
-        out.print(text, highlight=False)
-
-
 def _password(given: str | None, as_json: bool) -> tuple[str, bool]:
     """The password to set and whether it was issued here."""
     if given is None:
@@ -80,7 +49,7 @@ def _password(given: str | None, as_json: bool) -> tuple[str, bool]:
     try:
         return users.check_password(given), False
     except KessaiError as exc:
-        raise _fail(exc, as_json) from exc
+        raise refused(exc.code, exc.message, exc.field, as_json) from exc
 
 
 @user_app.command("create")
@@ -97,11 +66,11 @@ def user_create(
         users.check_role(role)
         address = users.normalise_email(email)
     except KessaiError as exc:
-        raise _fail(exc, as_json) from exc
+        raise refused(exc.code, exc.message, exc.field, as_json) from exc
     secret, issued = _password(password, as_json)
     digest = hash_secret(secret)
     now = system_clock()
-    user_id = _run(
+    user_id = run_unit(
         database,
         lambda conn: users.create_user(
             conn, merchant_id=merchant, email=address, role=role, password_hash=digest, now=now
@@ -120,7 +89,7 @@ def user_create(
     text = f"console user {user_id}: {address} ({role}) of merchant {merchant}"
     if issued:
         text += f"\npassword {secret}\n(the password is not shown again)"
-    _emit(data, as_json, text)
+    emit(data, as_json, text)
 
 
 @user_app.command("list")
@@ -130,13 +99,13 @@ def user_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List console users with their role and lock state."""
-    rows = _run(database, lambda conn: users.list_users(conn, merchant), as_json)
+    rows = run_unit(database, lambda conn: users.list_users(conn, merchant), as_json)
     lines = [
         f"{r['userId']}  merchant {r['merchantId']}  {r['email']}  {r['role']}"
         f"{'' if r['enabled'] else '  DISABLED'}{'  LOCKED' if r['lockedUntil'] else ''}"
         for r in rows
     ]
-    _emit(rows, as_json, "\n".join(lines) or "no console users")
+    emit(rows, as_json, "\n".join(lines) or "no console users")
 
 
 @user_app.command("unlock")
@@ -145,8 +114,8 @@ def user_unlock(
 ) -> None:
     """Lift the login lock after repeated wrong passwords."""
     now = system_clock()
-    _run(database, lambda conn: users.unlock_user(conn, email, now), as_json)
-    _emit({"email": email.strip().lower(), "unlocked": True}, as_json, f"{email} unlocked")
+    run_unit(database, lambda conn: users.unlock_user(conn, email, now), as_json)
+    emit({"email": email.strip().lower(), "unlocked": True}, as_json, f"{email} unlocked")
 
 
 @user_app.command("reset-password")
@@ -160,8 +129,8 @@ def user_reset_password(
     secret, issued = _password(password, as_json)
     digest = hash_secret(secret)
     now = system_clock()
-    _run(database, lambda conn: users.set_password(conn, email, digest, now), as_json)
+    run_unit(database, lambda conn: users.set_password(conn, email, digest, now), as_json)
     data: dict[str, Any] = {"email": email.strip().lower(), "passwordIssued": issued}
     if issued:
         data["password"] = secret
-    _emit(data, as_json, f"{email}: new password {secret}" if issued else f"{email}: password set")
+    emit(data, as_json, f"{email}: new password {secret}" if issued else f"{email}: password set")

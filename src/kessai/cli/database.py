@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import sqlalchemy as sa
 import typer
-from rich.console import Console
-from rich.markup import escape
+from sqlalchemy.engine import Connection
 
 from kessai.adapters.db import Database, normalise_url
 from kessai.adapters.migrate import upgrade
+from kessai.cli import output
+from kessai.domain.errors import KessaiError
+
+T = TypeVar("T")
 
 # Exit status of a command that could not open or migrate its database (domain errors exit 2).
 CANNOT_OPEN_EXIT: int = 1
-
-# One line, however long: logs and scripts read it whole.
-_err = Console(stderr=True, soft_wrap=True)
 
 
 def shown_url(url: str) -> str:
@@ -34,9 +34,7 @@ def _cannot_open(url: str, exc: BaseException) -> NoReturn:
     # The driver's own words (a refused connection, an unknown database, a missing folder), not
     # SQLAlchemy's wrapper with its statement and link, nor a traceback.
     reason = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
-    _err.print(
-        f"[red]error[/red] cannot open the database {escape(shown_url(url))}: {escape(reason)}"
-    )
+    output.error(f"cannot open the database {shown_url(url)}: {reason}")
     raise typer.Exit(CANNOT_OPEN_EXIT) from exc
 
 
@@ -58,3 +56,12 @@ def opened(url: str) -> Iterator[Database]:
         except (OSError, sa.exc.DBAPIError) as exc:
             _cannot_open(url, exc)
         yield db
+
+
+def run_unit(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:
+    """Run one unit of work on the migrated database; a domain error is refused (exit 2)."""
+    try:
+        with opened(url) as db:
+            return db.run_sync(fn)
+    except KessaiError as exc:
+        raise output.refused(exc.code, exc.message, exc.field, as_json) from exc

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from sqlalchemy.engine import Connection
 
 from kessai import keys
 from kessai.adapters.db import DEFAULT_DATABASE_URL
-from kessai.cli import console_admin, provider_admin
-from kessai.cli.database import opened
+from kessai.cli import console_admin, output, provider_admin
+from kessai.cli.database import opened, run_unit
 from kessai.cli.demo import seed_and_describe
+from kessai.cli.output import emit
 from kessai.clock import system_clock
 from kessai.config import Settings, SettingsError
 from kessai.connectors.sandbox import OUTCOMES, wallets
 from kessai.domain.catalog import load_catalog
-from kessai.domain.errors import KessaiError
 from kessai.service import admin as admin_service
 from kessai.service import events
-
-T = TypeVar("T")
 
 # How long a `kessai serve` worker may leave its supervisor's health check unanswered.
 WORKER_HEALTHCHECK_SECONDS = 60
@@ -61,9 +54,6 @@ admin_app.add_typer(key_app, name="key")
 admin_app.add_typer(provider_admin.provider_app, name="provider")
 admin_app.add_typer(console_admin.user_app, name="user")
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
-
 DatabaseOpt = Annotated[
     str,
     typer.Option(
@@ -73,37 +63,12 @@ DatabaseOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def run_unit(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:
-    """Run one unit of work, turning domain errors into a clear message and exit status 2."""
-    try:
-        with opened(url) as db:
-            return db.run_sync(fn)
-    except KessaiError as exc:
-        if as_json:
-            print(
-                json.dumps(
-                    {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
-                )
-            )
-        else:
-            err.print(f"[red]error[/red] {exc.code}: {exc.message}")
-        raise typer.Exit(2) from exc
-
-
-def emit(data: dict[str, Any] | list[Any], as_json: bool, text: str) -> None:
-    """Print ``data`` as JSON, or ``text`` for people."""
-    if as_json:
-        print(json.dumps(data, ensure_ascii=False))
-    else:
-        out.print(text)
-
-
 @app.command()
 def migrate(database: DatabaseOpt = DEFAULT_DATABASE_URL) -> None:
     """Create or upgrade the database schema."""
     with opened(database):
         pass
-    out.print(f"database at {database} is up to date")
+    output.show(f"database at {database} is up to date")
 
 
 @app.command()
@@ -171,7 +136,7 @@ def worker_command(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            out.print("worker running; Ctrl+C to stop")
+            output.show("worker running; Ctrl+C to stop")
             await runner.run_forever(stop)
         finally:
             await runner.aclose()
@@ -507,5 +472,5 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except SettingsError as exc:
-        err.print(f"[red]error[/red] {escape(str(exc))}")
+        output.error(str(exc))
         sys.exit(1)

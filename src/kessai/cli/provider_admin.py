@@ -9,32 +9,24 @@ to read standard input) rather than on the command line, where other users can s
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from sqlalchemy.engine import Connection
 
 from kessai.adapters.db import DEFAULT_DATABASE_URL
-from kessai.cli.database import opened
+from kessai.cli.database import run_unit
+from kessai.cli.output import emit, refused
 from kessai.clock import system_clock
 from kessai.connectors import routing
 from kessai.connectors.secrets import SecretBox, SecretKeyInvalid
-from kessai.domain.errors import KessaiError
-
-T = TypeVar("T")
 
 provider_app = typer.Typer(
     help="Wallet providers: route a merchant's service to its PayPay, Alipay+ or WeChat Pay "
     "account, or to the sandbox.",
     no_args_is_help=True,
 )
-_err = Console(stderr=True)
-_out = Console()
 
 DatabaseOpt = Annotated[
     str,
@@ -45,32 +37,15 @@ DatabaseOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def _fail(code: str, message: str, field: str | None, as_json: bool) -> typer.Exit:
-    if as_json:
-        print(json.dumps({"error": {"code": code, "message": message, "field": field}}))
-    else:
-        _err.print(f"[red]error[/red] {code}: {message}")
-    return typer.Exit(2)
-
-
-def _run(database: str, fn: Callable[[Connection], T], as_json: bool) -> T:
-    """Run one unit of work on a migrated database; domain errors exit with status 2."""
-    try:
-        with opened(database) as db:
-            return db.run_sync(fn)
-    except KessaiError as exc:
-        raise _fail(exc.code, exc.message, exc.field, as_json) from exc
-
-
 def _read_secret(value: str | None, path: Path | None, as_json: bool) -> str | None:
     if value is not None and path is not None:
         message = "give --api-secret or --api-secret-file, not both"
-        raise _fail("INVALID_FIELD", message, "api-secret", as_json)
+        raise refused("INVALID_FIELD", message, "api-secret", as_json)
     if path is not None:
         try:
             return path.read_text().strip()
         except OSError as exc:
-            raise _fail(
+            raise refused(
                 "INVALID_FIELD", f"cannot read {path}: {exc.strerror}", "api-secret-file", as_json
             ) from exc
     if value == "-":
@@ -84,7 +59,9 @@ def _read_file(path: Path | None, flag: str, as_json: bool) -> str | None:
     try:
         return path.read_text().strip()
     except OSError as exc:
-        raise _fail("INVALID_FIELD", f"cannot read {path}: {exc.strerror}", flag, as_json) from exc
+        raise refused(
+            "INVALID_FIELD", f"cannot read {path}: {exc.strerror}", flag, as_json
+        ) from exc
 
 
 @provider_app.command("set")
@@ -164,16 +141,16 @@ def provider_set(
     try:
         box = SecretBox.from_env()
     except SecretKeyInvalid as exc:
-        raise _fail("INVALID_FIELD", str(exc), "KESSAI_SECRET_KEY", as_json) from exc
+        raise refused("INVALID_FIELD", str(exc), "KESSAI_SECRET_KEY", as_json) from exc
     now = system_clock()
-    view = _run(
+    view = run_unit(
         database,
         lambda conn: routing.set_provider(
             conn, merchant_id=merchant, service_id=service, given=given, box=box, now=now
         ),
         as_json,
     )
-    _emit(view, as_json, f"serviceId {view['serviceId']} of merchant {merchant} → {_route(view)}")
+    emit(view, as_json, f"serviceId {view['serviceId']} of merchant {merchant} → {_route(view)}")
 
 
 @provider_app.command("list")
@@ -183,20 +160,13 @@ def provider_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a merchant's provider accounts (never their secrets)."""
-    rows = _run(database, lambda conn: routing.list_providers(conn, merchant), as_json)
+    rows = run_unit(database, lambda conn: routing.list_providers(conn, merchant), as_json)
     lines = [
         f"{row['serviceId']}  {_route(row):<22} {'active' if row['active'] else 'inactive'}"
         for row in rows
     ]
-    _emit(rows, as_json, "\n".join(lines) or "no provider accounts: every service uses sandbox")
+    emit(rows, as_json, "\n".join(lines) or "no provider accounts: every service uses sandbox")
 
 
 def _route(view: dict[str, Any]) -> str:
     return str(view.get("route") or view.get("provider"))
-
-
-def _emit(data: Any, as_json: bool, text: str) -> None:
-    if as_json:
-        print(json.dumps(data, ensure_ascii=False))
-    else:
-        _out.print(text)
