@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -144,3 +146,91 @@ def test_units_that_queue_while_another_process_writes_join_the_waiting_group(
     assert [f.result(timeout=30) for f in (first, *later)] == [1, 2, 3]
     assert len(transactions) == 1  # one BEGIN and one COMMIT for the three
     assert [k for k, _ in _rows(db)] == [1, 2, 3]
+
+
+class _Counted:
+    """A unit that counts its runs; it raises ``fail`` (after changing a row, if ``half``)."""
+
+    def __init__(self, k: int, fail: Exception | None = None, *, half: bool = False) -> None:
+        self.k, self.fail, self.half, self.runs = k, fail, half, 0
+
+    def __call__(self, conn: Connection) -> int:
+        self.runs += 1
+        if self.fail is not None and not self.half:
+            raise self.fail
+        conn.exec_driver_sql("INSERT INTO t (k, v) VALUES (?, 'x')", (self.k,))
+        if self.fail is not None:
+            raise self.fail
+        return self.k
+
+
+def _one_group(db: Database, units: list[Any]) -> tuple[list[object], list[str]]:
+    """Run ``units`` as one group (queued while the writer is held); answers and statements."""
+    statements: list[str] = []
+    gate = threading.Event()
+
+    def hold(conn: Connection) -> None:
+        conn.connection.driver_connection.set_trace_callback(statements.append)  # type: ignore[union-attr]
+        gate.wait(10)
+
+    writer = db._writer
+    held = writer.submit(hold, True)
+    while writer._queue.qsize():  # the writer has taken the holding unit
+        time.sleep(0.001)
+    futures = [writer.submit(unit, True) for unit in units]
+    gate.set()
+    held.result(timeout=30)
+    answers = [f.exception(timeout=30) or f.result() for f in futures]
+    statements = statements[statements.index("COMMIT") + 1 :]  # the group's own
+    return answers, statements
+
+
+def test_a_group_that_succeeds_runs_once_without_savepoints(db: Database) -> None:
+    units = [_Counted(k) for k in range(1, 6)]
+    answers, statements = _one_group(db, units)
+    assert answers == [1, 2, 3, 4, 5]
+    assert [u.runs for u in units] == [1] * 5
+    assert not [s for s in statements if "SAVEPOINT" in s]
+    assert statements.count("BEGIN IMMEDIATE") == 1
+
+
+def test_a_unit_that_fails_before_changing_anything_costs_the_group_nothing(
+    db: Database,
+) -> None:
+    units = [_Counted(1), _Counted(2, ValueError("refused")), _Counted(3)]
+    answers, statements = _one_group(db, units)
+    assert answers[0] == 1 and answers[2] == 3
+    assert isinstance(answers[1], ValueError)
+    assert [u.runs for u in units] == [1, 1, 1]
+    assert not [s for s in statements if "SAVEPOINT" in s]
+    assert [k for k, _ in _rows(db)] == [1, 3]
+
+
+def test_a_unit_that_fails_after_a_change_has_the_group_run_again_guarded(
+    db: Database,
+) -> None:
+    units = [_Counted(1), _Counted(2, ValueError("changed my mind"), half=True), _Counted(3)]
+    answers, statements = _one_group(db, units)
+    assert answers[0] == 1 and answers[2] == 3
+    assert isinstance(answers[1], ValueError)
+    # The first run stopped at the failure; the guarded one ran every unit.
+    assert [u.runs for u in units] == [2, 2, 1]
+    assert statements.count("BEGIN IMMEDIATE") == 2  # the first transaction was rolled back
+    assert "ROLLBACK TO kessai_unit" in statements
+    assert [k for k, _ in _rows(db)] == [1, 3]
+
+
+def test_a_unit_that_fails_after_changing_the_schema_is_undone(db: Database) -> None:
+    # SQLite's count of changed rows leaves out CREATE TABLE: the schema's version tells.
+    def create_then_fail(conn: Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE u (k INTEGER)")
+        raise ValueError("changed my mind")
+
+    answers, _ = _one_group(db, [_Counted(1), create_then_fail, _Counted(3)])
+    assert isinstance(answers[1], ValueError)
+
+    def tables(conn: Connection) -> list[str]:
+        return [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")]
+
+    assert "u" not in db.run_sync(tables, write=False)
+    assert [k for k, _ in _rows(db)] == [1, 3]
