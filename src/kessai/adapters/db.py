@@ -8,12 +8,12 @@ The same unit runs on both engines:
   each statement. Units that queue up meanwhile are committed together (group commit) in one
   transaction; a failing unit is undone alone (should it have changed anything, the group runs
   again with each unit in a SAVEPOINT), and every unit of the group is answered after the single
-  COMMIT. Processes sharing the file take turns through
-  an ``flock`` on a lock file beside it, which wakes the next writer at once instead of SQLite's
-  sleeping busy handler. The writer fsyncs the WAL itself once it has let go of that lock, and
-  answers only then (``_WalFlush``): the next writer commits while this one waits for the disk.
-  The WAL is checkpointed by a thread of its own, outside the write lock, so that no commit waits
-  for pages to be copied back into the database file.
+  COMMIT. Processes sharing the file take turns through an ``flock`` on a lock file beside it,
+  which wakes the next writer at once instead of SQLite's sleeping busy handler. The writer
+  fsyncs the WAL itself once it has let go of that lock, and answers only then (``_WalFlush``):
+  the next writer commits while this one waits for the disk. The WAL is checkpointed by a thread
+  of its own, outside the write lock, so that no commit waits for pages to be copied back into
+  the database file.
 - PostgreSQL (asyncpg): through ``AsyncConnection.run_sync``, one transaction per unit, so service
   code stays synchronous and identical (the server groups concurrent commits itself).
 """
