@@ -582,7 +582,13 @@ def postgres_database(server_url: str, name: str, *, drop: bool = False) -> str:
             await conn.close()
 
     asyncio.run(change())
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    return database_url(server_url, name)
+
+
+def database_url(server_url: str, name: str) -> str:
+    """``server_url`` naming database ``name`` instead; its query (``?host=…``) is kept."""
+    base, _, query = server_url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
 
 
 def postgres_version(server_url: str) -> str:

@@ -93,3 +93,24 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
     # A quick run never overwrites the published figures.
     after = benchmarks.stat().st_mtime_ns if benchmarks.exists() else None
     assert after == before
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("postgresql://kessai@127.0.0.1:5432/postgres", "postgresql://kessai@127.0.0.1:5432/b1"),
+        # A query used to be cut at its last "/": a socket folder or any option broke the URL.
+        (
+            "postgresql://kessai@/postgres?host=/run/postgresql&port=5433",
+            "postgresql://kessai@/b1?host=/run/postgresql&port=5433",
+        ),
+        (
+            "postgresql://u@db.example/postgres?sslmode=require",
+            "postgresql://u@db.example/b1?sslmode=require",
+        ),
+    ],
+)
+def test_the_scratch_database_url_keeps_the_servers_query(server: str, expected: str) -> None:
+    import harness  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    assert harness.database_url(server, "b1") == expected
