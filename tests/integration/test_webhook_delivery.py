@@ -59,7 +59,9 @@ class Endpoint(RawServer):
             self.releases.released.set()
         if self.body == "held" and not self.released.wait(self.hold_seconds):
             return
-        if self.body in ("held", "quick"):
+        if self.body == "sluggish":
+            time.sleep(0.3)  # answers every time, but slowly
+        if self.body in ("held", "quick", "sluggish"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             return
         if self.body == "failing":
@@ -278,3 +280,46 @@ def test_an_endpoint_that_fails_keeps_its_later_events_waiting_behind_the_failed
         assert _deliver(h, 5.0) == (3, 3)
     finally:
         failing.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_slow_endpoint_keeps_a_pass_within_its_budget_and_loses_no_event(h: Harness) -> None:
+    # An endpoint that answers, but slowly, held the whole pass for as long as its queue lasted,
+    # and every other merchant's new events waited for the next pass; the worker's time bound
+    # then cut the pass off, its unattempted events still leased for a minute.
+    sluggish = Endpoint("sluggish")
+    try:
+        till = _endpoint_and_event(h, sluggish.url)
+        for amount in range(1001, 1005):
+            till.request(amount)
+
+        def pass_() -> tuple[int, int]:
+            async def deliver() -> tuple[int, int]:
+                async with httpx.AsyncClient(follow_redirects=False) as client:
+                    return await events.deliver_due(
+                        h.db, h.clock, 10, client, 0.3, timeout_seconds=5.0, budget_seconds=0.5
+                    )
+
+            return asyncio.run(deliver())
+
+        def rows(conn: Connection) -> list[tuple[str, int, object]]:
+            ev = t.webhook_events
+            query = sa.select(ev.c.status, ev.c.attempts, ev.c.next_attempt_at).order_by(ev.c.id)
+            return [(r.status, r.attempts, r.next_attempt_at) for r in conn.execute(query)]
+
+        attempted, delivered = pass_()
+        # Five answers of 0.3 s each do not fit in half a second: the pass stopped starting them.
+        assert 1 <= delivered == attempted < 5
+        after = h.db.run_sync(rows, write=False)
+        assert [status for status, _, _ in after[:attempted]] == [events.DELIVERED] * attempted
+        # The rest were released, not left leased: due again now, never attempted.
+        assert after[attempted:] == [(events.PENDING, 0, h.clock())] * (5 - attempted)
+        total = attempted
+        for _ in range(5):
+            if total == 5:
+                break
+            total += pass_()[1]
+        assert total == 5 and sluggish.requests == 5
+        assert {status for status, _, _ in h.db.run_sync(rows, write=False)} == {events.DELIVERED}
+    finally:
+        sluggish.close()

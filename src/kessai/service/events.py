@@ -51,6 +51,9 @@ LEASE_SECONDS: Final = 60
 DELIVERY_TIMEOUT_SECONDS: Final = 10.0
 # Endpoints a pass delivers to at the same time; each endpoint's events go one after another.
 DELIVERY_CONCURRENCY: Final = 16
+# What a worker's pass leaves of its time bound, beyond the last delivery it may start, for
+# recording that delivery (see ``deliver_due``'s ``budget_seconds``).
+PASS_MARGIN_SECONDS: Final = 1.0
 MAX_URL_LENGTH: Final = 500
 
 TYPES: Final[dict[PaymentStatus, str]] = {
@@ -271,13 +274,17 @@ async def deliver_due(
     first_retry_seconds: float,
     *,
     timeout_seconds: float = DELIVERY_TIMEOUT_SECONDS,
+    budget_seconds: float | None = None,
 ) -> tuple[int, int]:
     """Deliver due events once each; answers (attempted, delivered).
 
     A delivery counts when the endpoint's status is 2xx within ``timeout_seconds``. Different
-    endpoints are delivered to at the same time; one endpoint's events, in order.
+    endpoints are delivered to at the same time; one endpoint's events, in order. With
+    ``budget_seconds``, an endpoint starts no delivery after the pass has run that long beyond
+    its first one: its other claimed events are released, due again at once, for the next pass.
     """
     now = clock()
+    started = time.monotonic()
     skip_locked = db.dialect == "postgresql"
 
     def claim(conn: Connection) -> list[_Claimed]:
@@ -317,6 +324,14 @@ async def deliver_due(
     async def serve(queue: list[_Claimed]) -> tuple[int, int]:
         async with slots:
             for index, event in enumerate(queue):
+                spent = budget_seconds is not None and time.monotonic() - started > budget_seconds
+                if index > 0 and spent:
+                    # A slow endpoint (answering, but slowly) would otherwise hold the pass, and
+                    # every other merchant's new events behind it, for as long as its queue
+                    # lasts. Released rather than left leased, they wait for no lease to expire.
+                    rest = [e.pk for e in queue[index:]]
+                    await db.run(functools.partial(_postpone, pks=rest, until=clock()))
+                    return index, index
                 retry_at = await _deliver_one(
                     db, clock, client, event, rng, first_retry_seconds, timeout_seconds
                 )

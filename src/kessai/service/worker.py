@@ -182,6 +182,14 @@ class Worker:
             self.client,
             self.settings.webhook_first_retry_seconds,
             timeout_seconds=self.delivery_timeout_seconds,
+            # The last delivery a pass starts still ends, and is recorded, within the job's
+            # time bound: the bound then never cuts a delivery off, nor leaves events leased.
+            budget_seconds=max(
+                0.0,
+                self.settings.worker_job_seconds
+                - self.delivery_timeout_seconds
+                - events.PASS_MARGIN_SECONDS,
+            ),
         )
         report.webhooks_attempted += attempted
         report.webhooks_delivered += delivered
