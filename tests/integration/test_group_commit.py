@@ -234,3 +234,28 @@ def test_a_unit_that_fails_after_changing_the_schema_is_undone(db: Database) -> 
 
     assert "u" not in db.run_sync(tables, write=False)
     assert [k for k, _ in _rows(db)] == [1, 3]
+
+
+def test_a_schema_change_is_still_undone_after_the_schema_moved_on_between_groups(
+    db: Database,
+) -> None:
+    # The schema's version is read once per connection, not once per group: one that changed
+    # since (a committed CREATE TABLE here) must still never let a failed unit's DDL through.
+    def create_then_fail(name: str) -> Any:
+        def unit(conn: Connection) -> None:
+            conn.exec_driver_sql(f"CREATE TABLE {name} (k INTEGER)")
+            raise ValueError("changed my mind")
+
+        return unit
+
+    def tables(conn: Connection) -> list[str]:
+        return [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")]
+
+    _one_group(db, [_Counted(1), _Counted(2)])  # the version is read here
+    db.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE kept (k INTEGER)"))
+    first, _ = _one_group(db, [_Counted(3), create_then_fail("u1"), _Counted(4)])
+    second, _ = _one_group(db, [_Counted(5), create_then_fail("u2"), _Counted(6)])
+    assert isinstance(first[1], ValueError) and isinstance(second[1], ValueError)
+    names = db.run_sync(tables, write=False)
+    assert "kept" in names and "u1" not in names and "u2" not in names
+    assert [k for k, _ in _rows(db)] == [1, 2, 3, 4, 5, 6]

@@ -131,11 +131,19 @@ def _last_attempt(h: Harness) -> tuple[int | None, str | None]:
     return row.status_code, row.error
 
 
-def _deliver(h: Harness, timeout_seconds: float) -> tuple[int, int]:
+def _deliver(
+    h: Harness, timeout_seconds: float, budget_seconds: float | None = None
+) -> tuple[int, int]:
     async def deliver() -> tuple[int, int]:
         async with httpx.AsyncClient(follow_redirects=False) as client:
             return await events.deliver_due(
-                h.db, h.clock, 10, client, 0.3, timeout_seconds=timeout_seconds
+                h.db,
+                h.clock,
+                10,
+                client,
+                0.3,
+                timeout_seconds=timeout_seconds,
+                budget_seconds=budget_seconds,
             )
 
     return asyncio.run(deliver())
@@ -293,21 +301,12 @@ def test_a_slow_endpoint_keeps_a_pass_within_its_budget_and_loses_no_event(h: Ha
         for amount in range(1001, 1005):
             till.request(amount)
 
-        def pass_() -> tuple[int, int]:
-            async def deliver() -> tuple[int, int]:
-                async with httpx.AsyncClient(follow_redirects=False) as client:
-                    return await events.deliver_due(
-                        h.db, h.clock, 10, client, 0.3, timeout_seconds=5.0, budget_seconds=0.5
-                    )
-
-            return asyncio.run(deliver())
-
         def rows(conn: Connection) -> list[tuple[str, int, object]]:
             ev = t.webhook_events
             query = sa.select(ev.c.status, ev.c.attempts, ev.c.next_attempt_at).order_by(ev.c.id)
             return [(r.status, r.attempts, r.next_attempt_at) for r in conn.execute(query)]
 
-        attempted, delivered = pass_()
+        attempted, delivered = _deliver(h, 5.0, budget_seconds=0.5)
         # Five answers of 0.3 s each do not fit in half a second: the pass stopped starting them.
         assert 1 <= delivered == attempted < 5
         after = h.db.run_sync(rows, write=False)
@@ -318,8 +317,30 @@ def test_a_slow_endpoint_keeps_a_pass_within_its_budget_and_loses_no_event(h: Ha
         for _ in range(5):
             if total == 5:
                 break
-            total += pass_()[1]
+            total += _deliver(h, 5.0, budget_seconds=0.5)[1]
         assert total == 5 and sluggish.requests == 5
         assert {status for status, _, _ in h.db.run_sync(rows, write=False)} == {events.DELIVERED}
     finally:
+        sluggish.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_the_worker_gives_its_webhook_pass_the_budget_its_time_bound_leaves(
+    make_harness: Callable[..., Harness],
+) -> None:
+    # A 2 s bound less a 0.5 s deadline and the second's margin leaves 0.5 s: five answers of
+    # 0.3 s each are not all started, and the pass ends on its own, never cut off by the bound.
+    h = make_harness(worker_job_seconds=2.0)
+    sluggish = Endpoint("sluggish")
+    worker = Worker(h.gateway)
+    worker.delivery_timeout_seconds = 0.5
+    try:
+        till = _endpoint_and_event(h, sluggish.url)
+        for amount in range(1001, 1005):
+            till.request(amount)
+        report = asyncio.run(worker.run_once())
+        assert not report.errors  # no "time budget spent": nothing was cut off
+        assert 1 <= report.webhooks_delivered == report.webhooks_attempted < 5
+    finally:
+        asyncio.run(worker.aclose())
         sluggish.close()

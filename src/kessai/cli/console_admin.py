@@ -49,7 +49,7 @@ def _password(given: str | None, as_json: bool) -> tuple[str, bool]:
     try:
         return users.check_password(given), False
     except KessaiError as exc:
-        raise refused(exc.code, exc.message, exc.field, as_json) from exc
+        raise refused(exc, as_json) from exc
 
 
 @user_app.command("create")
@@ -66,7 +66,7 @@ def user_create(
         users.check_role(role)
         address = users.normalise_email(email)
     except KessaiError as exc:
-        raise refused(exc.code, exc.message, exc.field, as_json) from exc
+        raise refused(exc, as_json) from exc
     secret, issued = _password(password, as_json)
     digest = hash_secret(secret)
     now = system_clock()

@@ -64,4 +64,4 @@ def run_unit(url: str, fn: Callable[[Connection], T], as_json: bool) -> T:
         with opened(url) as db:
             return db.run_sync(fn)
     except KessaiError as exc:
-        raise output.refused(exc.code, exc.message, exc.field, as_json) from exc
+        raise output.refused(exc, as_json) from exc

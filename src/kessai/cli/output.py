@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from kessai.domain.errors import KessaiError
+
 # Exit status of a command refused for a domain error (a bad value, an unknown merchant).
 REFUSED_EXIT: Final = 2
 
@@ -40,14 +42,14 @@ def error(text: str) -> None:
     _err.print(Text.assemble(("error", "red"), " ", text))
 
 
-def refused(code: str, message: str, field: str | None, as_json: bool) -> typer.Exit:
+def refused(exc: KessaiError, as_json: bool) -> typer.Exit:
     """Report a refusal (JSON on stdout with ``--json``, else a line on stderr); raise the result.
 
     Answers the ``typer.Exit`` (status 2) for the caller to raise, so that its traceback chain
     keeps the error that caused it.
     """
     if as_json:
-        print(json.dumps({"error": {"code": code, "message": message, "field": field}}))
+        print(json.dumps({"error": {"code": exc.code, "message": exc.message, "field": exc.field}}))
     else:
-        error(f"{code}: {message}")
+        error(f"{exc.code}: {exc.message}")
     return typer.Exit(REFUSED_EXIT)

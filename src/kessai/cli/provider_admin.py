@@ -21,6 +21,7 @@ from kessai.cli.output import emit, refused
 from kessai.clock import system_clock
 from kessai.connectors import routing
 from kessai.connectors.secrets import SecretBox, SecretKeyInvalid
+from kessai.domain.errors import InvalidRequest
 
 provider_app = typer.Typer(
     help="Wallet providers: route a merchant's service to its PayPay, Alipay+ or WeChat Pay "
@@ -40,14 +41,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 def _read_secret(value: str | None, path: Path | None, as_json: bool) -> str | None:
     if value is not None and path is not None:
         message = "give --api-secret or --api-secret-file, not both"
-        raise refused("INVALID_FIELD", message, "api-secret", as_json)
+        raise refused(InvalidRequest(message, field="api-secret"), as_json)
     if path is not None:
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise refused(
-                "INVALID_FIELD", f"cannot read {path}: {exc.strerror}", "api-secret-file", as_json
-            ) from exc
+        return _read_file(path, "api-secret-file", as_json)
     if value == "-":
         return sys.stdin.read().strip()
     return value
@@ -59,9 +55,8 @@ def _read_file(path: Path | None, flag: str, as_json: bool) -> str | None:
     try:
         return path.read_text().strip()
     except OSError as exc:
-        raise refused(
-            "INVALID_FIELD", f"cannot read {path}: {exc.strerror}", flag, as_json
-        ) from exc
+        message = f"cannot read {path}: {exc.strerror}"
+        raise refused(InvalidRequest(message, field=flag), as_json) from exc
 
 
 @provider_app.command("set")
@@ -141,7 +136,7 @@ def provider_set(
     try:
         box = SecretBox.from_env()
     except SecretKeyInvalid as exc:
-        raise refused("INVALID_FIELD", str(exc), "KESSAI_SECRET_KEY", as_json) from exc
+        raise refused(InvalidRequest(str(exc), field="KESSAI_SECRET_KEY"), as_json) from exc
     now = system_clock()
     view = run_unit(
         database,

@@ -321,6 +321,11 @@ async def deliver_due(
         queues.setdefault(event.url, []).append(event)
     slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
 
+    async def hold_back(rest: list[_Claimed], until: datetime) -> None:
+        """Make an endpoint's events not attempted in this pass due at ``until``, in order."""
+        if rest:
+            await db.run(functools.partial(_postpone, pks=[e.pk for e in rest], until=until))
+
     async def serve(queue: list[_Claimed]) -> tuple[int, int]:
         async with slots:
             for index, event in enumerate(queue):
@@ -329,8 +334,7 @@ async def deliver_due(
                     # A slow endpoint (answering, but slowly) would otherwise hold the pass, and
                     # every other merchant's new events behind it, for as long as its queue
                     # lasts. Released rather than left leased, they wait for no lease to expire.
-                    rest = [e.pk for e in queue[index:]]
-                    await db.run(functools.partial(_postpone, pks=rest, until=clock()))
+                    await hold_back(queue[index:], clock())
                     return index, index
                 retry_at = await _deliver_one(
                     db, clock, client, event, rng, first_retry_seconds, timeout_seconds
@@ -340,9 +344,7 @@ async def deliver_due(
                 # The endpoint just failed. Its later events wait with the failed one: tried now,
                 # each would most likely wait out a deadline of its own, and any that got through
                 # would reach the merchant before the earlier one.
-                later = [e.pk for e in queue[index + 1 :]]
-                if later:
-                    await db.run(functools.partial(_postpone, pks=later, until=retry_at))
+                await hold_back(queue[index + 1 :], retry_at)
                 return index + 1, index
         return len(queue), len(queue)
 
