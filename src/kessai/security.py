@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import random
 import secrets
 import string
 from typing import Final
@@ -18,6 +20,24 @@ _hasher: Final = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
 
 SESSION_TOKEN_BYTES: Final = 32  # 256 bits, well over the 128 the design asks for
 _ALNUM: Final = string.ascii_letters + string.digits
+
+
+# Request ids need to be unique and not to betray how many requests came before, but they are no
+# secret: a Mersenne Twister seeded from the OS gives them without a system call per request
+# (``secrets`` reads the OS's random source each time, and that call lets the writer thread take
+# the GIL in the middle of serving a request). Reseeded in a forked child, so that two processes
+# never share a sequence.
+_request_ids = random.Random(os.urandom(32))  # noqa: S311 - an id, not a secret (above)
+os.register_at_fork(after_in_child=lambda: _request_ids.seed(os.urandom(32)))
+REQUEST_ID_BITS: Final = 80
+
+
+def new_request_id() -> str:
+    """An opaque id for one request: 20 hex digits (80 random bits), so unique in practice.
+
+    Not for anything that must stay unguessable (tokens, credentials): see ``secrets``.
+    """
+    return f"{_request_ids.getrandbits(REQUEST_ID_BITS):020x}"
 
 
 def hash_secret(value: str) -> str:

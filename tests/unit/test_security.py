@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import string
 
@@ -24,6 +25,7 @@ from kessai.security import (
     new_passcode,
     new_password,
     new_refund_id,
+    new_request_id,
     new_session_token,
     new_trans_id,
     random_digits,
@@ -104,6 +106,30 @@ def test_tokens_are_unique() -> None:
     assert len(set(tokens)) == len(tokens)
     # Not even a shared prefix longer than chance would give.
     assert len({t[:8] for t in tokens}) == len(tokens)
+
+
+def test_request_ids_are_twenty_hex_digits_and_unique() -> None:
+    ids = [new_request_id() for _ in range(50_000)]
+    assert all(re.fullmatch(r"[0-9a-f]{20}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    # Random, not counted: consecutive ids share no long prefix.
+    assert len({i[:8] for i in ids[:1000]}) == 1000
+
+
+def test_a_forked_process_gets_request_ids_of_its_own() -> None:
+    # Without the reseed at fork, parent and child would draw the very same next ids.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    ours = new_request_id()
+    with os.fdopen(read, "rb") as pipe:
+        theirs = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert re.fullmatch(r"[0-9a-f]{20}", theirs)
+    assert theirs != ours
 
 
 def test_token_hash_is_sha256_hex_and_never_the_token() -> None:

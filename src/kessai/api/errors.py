@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from typing import Any
 
 import msgspec
@@ -20,6 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from kessai.api.wire import ErrorBody, ErrorDetail
 from kessai.domain.errors import InvalidRequest, KessaiError
+from kessai.security import new_request_id
 
 log = logging.getLogger("kessai.api")
 
@@ -35,7 +35,7 @@ def request_id_of(scope: Scope) -> str:
     value = state.get("request_id")
     if not isinstance(value, str):
         # Requests that match no route never pass the middleware.
-        value = state["request_id"] = secrets.token_hex(10)
+        value = state["request_id"] = new_request_id()
     return value
 
 
@@ -46,7 +46,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        request_id = secrets.token_hex(10)
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:

@@ -18,7 +18,6 @@ checks both paths answer byte for byte alike.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -43,6 +42,7 @@ from kessai.api.errors import domain_error, internal_error
 from kessai.api.terminal import bearer_token, gateway_of, payment_out
 from kessai.api.wire import ErrorBody, RequestBody
 from kessai.domain.errors import KessaiError
+from kessai.security import new_request_id
 from kessai.service.gateway import Gateway, PaymentView
 
 _encoder: Final = msgspec.json.Encoder()
@@ -207,7 +207,7 @@ class Front:
                 return
             body = complete
             receive = _replaying(messages, receive)
-        request_id = secrets.token_hex(10)
+        request_id = new_request_id()
         extra: list[tuple[bytes, bytes]] = []
         try:
             view = await serve(self.gateway, scope, token, body, request_id)
