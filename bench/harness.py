@@ -15,6 +15,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -358,6 +359,114 @@ def run_wrk(
                 p999_ms=data["p999_us"] / 1000,
             )
     raise BenchError(f"wrk printed no result:\n{stdout}\n{stderr}")
+
+
+# --- CPU accounting -------------------------------------------------------------------------------
+
+_TICKS_PER_SECOND: Final = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time used so far: the machine's busy time (all cores), and each process's."""
+
+    at: float
+    busy: float
+    # pid -> (command name, user + system seconds)
+    processes: dict[int, tuple[str, float]]
+    # What this process's children that ended and were waited for used (wrk, once it is done).
+    reaped: float
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    """Read /proc: the machine's busy CPU seconds so far and every process's own."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:9]]
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait. Steal
+    # counts as busy: those are moments this machine wanted a core and had none.
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / _TICKS_PER_SECOND
+    processes: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name (in parentheses) may contain spaces: fields start after it.
+        name = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
+        fields = stat_line[stat_line.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+        processes[int(entry.name)] = (name, used)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CpuSnapshot(time.monotonic(), busy, processes, children.ru_utime + children.ru_stime)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """The CPU a window of the run used: in all, and by group of processes, in CPU seconds.
+
+    ``groups`` holds the named groups in the order given; what no group claimed (the bench's
+    own process, the kernel's network work, anything else running) is ``other``.
+    """
+
+    seconds: float
+    busy: float
+    groups: dict[str, float]
+
+    @property
+    def other(self) -> float:
+        """Busy CPU seconds no group accounts for."""
+        return max(0.0, self.busy - sum(self.groups.values()))
+
+    def cores_busy(self) -> float:
+        """How many of the machine's cores were busy on average."""
+        return self.busy / self.seconds if self.seconds > 0 else 0.0
+
+    def per_answer_us(self, answers: int) -> dict[str, float]:
+        """Microseconds of CPU per answer: ``all``, each group, and ``other``."""
+        if answers <= 0:
+            return {}
+        # Biggest group first, what no group claimed last.
+        ranked = sorted(self.groups.items(), key=lambda item: -item[1])
+        shares = {"all": self.busy, **dict(ranked), "other": self.other}
+        return {name: used / answers * 1e6 for name, used in shares.items()}
+
+    def text(self, answers: int, what: str) -> str:
+        """One sentence for a row's note."""
+        per = self.per_answer_us(answers)
+        if not per:
+            return f"CPU: {self.cores_busy():.2f} of {os.cpu_count()} cores busy."
+        parts = ", ".join(f"{name} {value:,.0f}" for name, value in per.items() if name != "all")
+        return (
+            f"CPU: {self.cores_busy():.2f} of {os.cpu_count()} cores busy; "
+            f"{per['all']:,.0f} µs of CPU per {what} ({parts})."
+        )
+
+
+def cpu_use(
+    before: CpuSnapshot,
+    after: CpuSnapshot,
+    classify: Callable[[int, str], str | None],
+    reaped: str | None = None,
+) -> CpuUse:
+    """The CPU used between two snapshots, grouped by ``classify(pid, command name)``.
+
+    A process counts in its group for what it used while it was seen: since ``before``, or
+    since it started if that was later. One that ended within the window is no longer in
+    /proc; ``reaped`` names the group of this process's children that ended and were waited
+    for meanwhile (wrk, run to completion between the two snapshots).
+    """
+    groups: dict[str, float] = {}
+    for pid, (name, used) in after.processes.items():
+        earlier = before.processes.get(pid)
+        start = earlier[1] if earlier is not None and earlier[0] == name else 0.0
+        group = classify(pid, name)
+        if group is not None:
+            groups[group] = groups.get(group, 0.0) + max(0.0, used - start)
+    if reaped is not None:
+        groups[reaped] = groups.get(reaped, 0.0) + max(0.0, after.reaped - before.reaped)
+    return CpuUse(after.at - before.at, max(0.0, after.busy - before.busy), groups)
 
 
 # --- the kessai CLI and the terminal API ---------------------------------------------------------

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import random
 import secrets
 import shutil
@@ -187,6 +188,8 @@ class Report:
     rows: dict[str, Row] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
+    # Throughput rows' CPU use and how many answers (or payments) it bought.
+    cpu: dict[str, tuple[harness.CpuUse, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         rate = f"{self.plan.rate:,.0f}/s"
@@ -259,9 +262,51 @@ run on the machine described here; the targets are ratios within that run. Load 
 
 {self.table()}
 
-## How each row was measured
+{self.cpu_section()}## How each row was measured
 
 {self.notes()}
+"""
+
+    def cpu_section(self) -> str:
+        """Where the CPU went in the throughput rows, and what that bounds (empty without them)."""
+        if not self.cpu:
+            return ""
+        cores = os.cpu_count() or 1
+        groups = ("server", "wrk", "PostgreSQL", "other")
+        lines = [
+            "| row | cores busy | CPU per answer | "
+            + " | ".join(groups)
+            + f" | answers/s with all {cores} cores busy |",
+            "|---|---|---|" + "---|" * (len(groups) + 1),
+        ]
+        for key, (use, answers) in self.cpu.items():
+            per = use.per_answer_us(answers)
+            if not per:
+                continue
+            cells = " | ".join(f"{per[g]:,.0f} µs" if g in per else "—" for g in groups)
+            lines.append(
+                f"| {self.rows[key].measure.split(' — ')[0]} | {use.cores_busy():.2f} | "
+                f"{per['all']:,.0f} µs | {cells} | {cores * 1e6 / per['all']:,.0f}/s |"
+            )
+        ceiling = self.cpu.get("ceiling")
+        needs = ""
+        if ceiling is not None and ceiling[0].per_answer_us(ceiling[1]):
+            ceiling_us = ceiling[0].per_answer_us(ceiling[1])["all"]
+            needs = (
+                "\nWith every core busy, REQUEST reaches 0.5 × the ceiling only if a payment "
+                f"costs at most\ntwice the CPU of a ceiling answer ({2 * ceiling_us:,.0f} µs "
+                "here, wrk's share included), and 0.3 × only if\n"
+                f"it costs at most {ceiling_us / 0.3:,.0f} µs."
+            )
+        return f"""## Where the CPU went
+
+Measured from /proc over each throughput row: the machine's busy time (idle and I/O wait left
+out), the server's own processes, wrk, PostgreSQL's processes, and the rest (the kernel's network
+work, the bench itself). A rate can rise until every core is busy; the last column is that bound
+at each row's CPU per answer.{needs}
+
+{chr(10).join(lines)}
+
 """
 
     def as_json(self) -> str:
@@ -272,6 +317,15 @@ run on the machine described here; the targets are ratios within that run. Load 
                 "plan": {k: v for k, v in asdict(self.plan).items() if k != "skip"},
                 "rows": [asdict(row) for row in self.rows.values()],
                 "failures": self.failures,
+                "cpu": {
+                    key: {
+                        "seconds": use.seconds,
+                        "busy": use.busy,
+                        "groups": use.groups,
+                        "answers": answers,
+                    }
+                    for key, (use, answers) in self.cpu.items()
+                },
             },
             ensure_ascii=False,
             indent=2,
@@ -379,6 +433,8 @@ class WrkRun:
     result: harness.WrkResult
     start: datetime
     end: datetime
+    # The machine's CPU over the run: the server's processes, wrk, PostgreSQL, the rest.
+    cpu: harness.CpuUse
 
 
 def _drive_wrk(
@@ -397,7 +453,15 @@ def _drive_wrk(
     that writing the files never counts as time the server had.
     """
     harness.write_lines(prefix, lines, plan.threads)
+    serving = {*server.worker_pids(), server.process.pid}
+
+    def classify(pid: int, name: str) -> str | None:
+        if pid in serving:
+            return "server"
+        return "PostgreSQL" if name == "postgres" else None
+
     start = utcnow()
+    before = harness.cpu_snapshot()
     result = harness.run_wrk(
         server.base_url,
         prefix,
@@ -407,7 +471,9 @@ def _drive_wrk(
         threads=plan.threads,
         stop_when=stop_when,
     )
-    return WrkRun(result, start, utcnow())
+    # wrk has ended and been waited for: its CPU is that of the children reaped meanwhile.
+    cpu = harness.cpu_use(before, harness.cpu_snapshot(), classify, reaped="wrk")
+    return WrkRun(result, start, utcnow(), cpu)
 
 
 def _status_200(status: int, body: bytes) -> bool:
@@ -458,8 +524,11 @@ def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
         code = "9" * 24
         bodies = [payment_body("H", i, code) for i in range(2_000)]
         lines = (f"POST\t/hello\t{token}\t{b}" for b in bodies)
-        result = _drive_wrk(plan, server, work / "hello", lines, "cycle", plan.seconds).result
+        ran = _drive_wrk(plan, server, work / "hello", lines, "cycle", plan.seconds)
+        result = ran.result
         rate = result.ok_per_second
+        answers = result.requests - result.status_errors
+        report.cpu["ceiling"] = (ran.cpu, answers)
         report.set(
             "ceiling",
             value=per_second(rate),
@@ -468,7 +537,8 @@ def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
             f"{result.seconds:.1f} s: {result.requests:,} answers, "
             f"{result.status_errors:,} of them ≥ 400, {result.socket_errors:,} socket errors; "
             f"wrk's own (closed-loop) p99 {result.p99_ms:.1f} ms. The body has the size and shape "
-            "of a REQUEST body, with an Authorization header, and is parsed as JSON.",
+            "of a REQUEST body, with an Authorization header, and is parsed as JSON. "
+            + ran.cpu.text(answers, "answer"),
         )
         log(f"ceiling: {rate:,.0f}/s; open loop at {plan.rate:,.0f}/s")
         host = f"{HOST}:{server.port}"
@@ -575,6 +645,8 @@ def _request_row(
         f"≥ 400, {result.socket_errors:,} socket errors, {result.timeouts:,} timeouts; "
         f"wrk's own (closed-loop) p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms."
     )
+    note += " " + ran.cpu.text(completed, "payment")
+    report.cpu[key] = (ran.cpu, completed)
     if result.threads_exhausted:
         note += " The code pool ran out before the end, so this figure is a floor."
     note += _restarts_note(server, restarts)

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -88,6 +89,15 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
         assert f"| {row['measure']} | {row['value']} |" in table
     for fact in ("date", "cpu", "cores", "memory", "kernel", "python", "database filesystem"):
         assert f"| {fact} | " in table
+    # Where the CPU went: every throughput row's CPU, split by process group.
+    assert "## Where the CPU went" in table
+    assert set(report["cpu"]) == {"ceiling", "request", "postgresql"}
+    for key, use in report["cpu"].items():
+        assert use["answers"] > 0 and use["busy"] > 0, key
+        assert use["groups"]["server"] > 0 and use["groups"]["wrk"] > 0, key
+        assert f"| {rows[key]['measure'].split(' — ')[0]} | " in table
+        assert "µs of CPU per" in rows[key]["note"]
+    assert report["cpu"]["postgresql"]["groups"]["PostgreSQL"] > 0
     # The table is printed too, for whoever ran the bench.
     assert f"| {rows['request']['measure']} | {rows['request']['value']} |" in done.stdout
     # A quick run never overwrites the published figures.
@@ -114,3 +124,61 @@ def test_the_scratch_database_url_keeps_the_servers_query(server: str, expected:
     import harness  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
 
     assert harness.database_url(server, "b1") == expected
+
+
+def test_cpu_use_groups_processes_and_counts_what_wrk_used_once_it_ended() -> None:
+    import harness  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    before = harness.CpuSnapshot(
+        at=10.0,
+        busy=100.0,
+        processes={1: ("python", 5.0), 2: ("python", 7.0), 3: ("postgres", 1.0), 4: ("sshd", 2.0)},
+        reaped=3.0,
+    )
+    after = harness.CpuSnapshot(
+        at=12.0,
+        busy=103.5,  # 1.75 of the cores busy over the 2 s
+        # 5 started in the window (counted from 0); 4 is in no group; 2 ended, and its pid
+        # number went to a new process, whose use is counted from 0, not from 2's 7 s.
+        processes={
+            1: ("python", 6.0),
+            2: ("sleep", 0.1),
+            3: ("postgres", 1.5),
+            4: ("sshd", 2.2),
+            5: ("postgres", 0.25),
+        },
+        reaped=3.5,  # wrk, ended and waited for meanwhile
+    )
+
+    def classify(pid: int, name: str) -> str | None:
+        if pid in {1, 2}:
+            return "server"
+        return "PostgreSQL" if name == "postgres" else None
+
+    use = harness.cpu_use(before, after, classify, reaped="wrk")
+    assert use.seconds == 2.0 and use.busy == 3.5 and use.cores_busy() == 1.75
+    assert use.groups == pytest.approx({"server": 1.1, "PostgreSQL": 0.75, "wrk": 0.5})
+    assert use.other == pytest.approx(1.15)
+    per = use.per_answer_us(1000)
+    assert per == pytest.approx(
+        {"all": 3500.0, "server": 1100.0, "PostgreSQL": 750.0, "wrk": 500.0, "other": 1150.0}
+    )
+    assert use.per_answer_us(0) == {}
+    assert "3,500 µs of CPU per payment (server 1,100, PostgreSQL 750, wrk 500, other 1,150)" in (
+        use.text(1000, "payment")
+    )
+
+
+def test_a_snapshot_of_this_machine_sees_this_process_use_cpu() -> None:
+    import harness  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    first = harness.cpu_snapshot()
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn a fifth of a second of CPU
+        pass
+    second = harness.cpu_snapshot()
+    mine = os.getpid()
+    assert first.processes[mine][0] == second.processes[mine][0]
+    used = second.processes[mine][1] - first.processes[mine][1]
+    assert used >= 0.1
+    assert second.busy - first.busy >= 0.1
