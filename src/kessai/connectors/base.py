@@ -222,8 +222,19 @@ class InDatabase(Protocol):
         """Whether this provider's books live in ``database``."""
         ...
 
-    def pay_within(self, conn: Connection, request: PayRequest, now: datetime) -> ProviderResult:
-        """``pay``, as part of the caller's unit of work (``request.ref`` is new in it)."""
+    def pay_within(
+        self,
+        conn: Connection,
+        request: PayRequest,
+        now: datetime,
+        *,
+        code_digest: str | None = None,
+    ) -> ProviderResult:
+        """``pay``, as part of the caller's unit of work (``request.ref`` is new in it).
+
+        ``code_digest``, when given, is the keyed hash of ``request.code`` under the database's
+        code key, made by the caller ahead of the unit; without it the provider makes it.
+        """
         ...
 
 

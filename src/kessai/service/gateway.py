@@ -110,6 +110,16 @@ class PaymentView:
 
 
 @dataclass(frozen=True, slots=True)
+class _Keyed:
+    """A new payment's keyed hashes, worked out before its unit, with the key they used."""
+
+    key: str
+    request_hash: str
+    # The customer's code (REQUEST), as the sandbox looks it up; None for GET-QR-CODE.
+    code_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Hop:
     """What the first unit of REQUEST or GET-QR-CODE found or wrote."""
 
@@ -141,6 +151,9 @@ class Gateway:
         self.catalog = load_catalog()
         # Per connector name: the connector last seen, and itself if its books are in our database.
         self._local: dict[str, tuple[Connector | None, InDatabase | None]] = {}
+        # The database's key for customer codes, as the last unit read it (it never changes once
+        # created): with it, a new payment's keyed hashes are made before its unit (``_keyed``).
+        self._code_key: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -351,6 +364,19 @@ class Gateway:
         self._local[name] = (connector, local)
         return local
 
+    def _keyed(self, fingerprint: str, code: str | None) -> _Keyed | None:
+        """A new payment's keyed hashes, made now if the database's code key is known.
+
+        Called before the payment's unit is queued, so that the hashing is done on the event
+        loop rather than in the unit, while the writer holds the lock every process waits for.
+        The unit uses them only if the key it reads is the one they were made with.
+        """
+        key = self._code_key
+        if key is None:
+            return None
+        code_digest = None if code is None else keyed_hash(key, code)
+        return _Keyed(key, keyed_hash(key, fingerprint), code_digest)
+
     def _new_payment_unit(
         self,
         trans_key: str,
@@ -361,8 +387,11 @@ class Gateway:
         build: Callable[[TerminalContext, str], Payment],
         fingerprint: str,
         request_id: str,
-        within: Callable[[Connection, InDatabase, Payment, TerminalContext], ProviderResult]
+        within: Callable[
+            [Connection, InDatabase, Payment, TerminalContext, str | None], ProviderResult
+        ]
         | None = None,
+        code: str | None = None,
     ) -> Callable[[Connection], _Hop]:
         """The first hop of REQUEST and GET-QR-CODE: replay, conflict, or a new PENDING payment.
 
@@ -370,10 +399,16 @@ class Gateway:
         connector is chosen (``kessai.connectors.routing``, the sandbox by default); a ``flow``
         the provider lacks is refused in this unit, before any payment exists. With ``within``,
         a provider whose books are in our database is asked in the same unit (its answer
-        recorded there too), so the payment and the charge commit together. ``build`` makes the
+        recorded there too), so the payment and the charge commit together; it is given the
+        keyed hash of the customer's ``code`` when that was made ahead. ``build`` makes the
         payment with ``now`` as its creation time.
+
+        Whatever needs no database is done here, before the unit is queued: the first transId
+        drawn and, once the code key is known, the keyed hashes (``_keyed``).
         """
         runs = 0
+        first_trans_id = new_trans_id()
+        ahead = self._keyed(fingerprint, code)
 
         def unit(conn: Connection) -> _Hop:
             nonlocal runs
@@ -381,7 +416,9 @@ class Gateway:
             ctx = sessions.authenticate(
                 conn, digest, now, self.settings, for_service=service.service_id
             )
-            request_hash = keyed_hash(repo.code_key(conn), fingerprint)
+            key = self._code_key = repo.code_key(conn)
+            keyed = ahead if ahead is not None and ahead.key == key else None
+            request_hash = keyed.request_hash if keyed is not None else keyed_hash(key, fingerprint)
             # No lookup on the first run: a transKey or transId already taken fails the insert
             # on its unique constraint, and the unit, run again, then finds what is there.
             existing = (
@@ -395,7 +432,8 @@ class Gateway:
                         field="transKey",
                     )
                 return _Hop(existing, ctx, True)
-            trans_id = new_trans_id()
+            # A run after the first draws afresh: the first transId may be the one that clashed.
+            trans_id = first_trans_id if runs == 1 else new_trans_id()
             payment = build(ctx, trans_id)
             provider = routing.choose(
                 ctx.account_of(service.service_id), service.service_id, flow, self.connectors
@@ -406,7 +444,9 @@ class Gateway:
             if within is not None and local is not None:
                 # Asked before the payment row is written, so that the row is written once, in
                 # its final state; the charge and the row commit together all the same.
-                move = _decide(payment, within(conn, local, payment, ctx), now, self.settings)
+                code_digest = keyed.code_digest if keyed is not None else None
+                answer = within(conn, local, payment, ctx, code_digest)
+                move = _decide(payment, answer, now, self.settings)
                 final = move.after or payment
             pk = repo.insert_payment(
                 conn,
@@ -478,6 +518,7 @@ class Gateway:
         now = self.clock()
         digest = token_hash(token)
         fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
+        masked = mask_code(code)
 
         def build(ctx: TerminalContext, trans_id: str) -> Payment:
             return Payment(
@@ -490,7 +531,7 @@ class Gateway:
                 amount=amount,
                 status=S.PENDING,
                 pending_reason=PendingReason.OUTCOME_UNKNOWN,
-                code_masked=mask_code(code),
+                code_masked=masked,
                 created_at=now,
                 updated_at=now,
             )
@@ -505,9 +546,13 @@ class Gateway:
             )
 
         def pay_within(
-            conn: Connection, local: InDatabase, payment: Payment, ctx: TerminalContext
+            conn: Connection,
+            local: InDatabase,
+            payment: Payment,
+            ctx: TerminalContext,
+            code_digest: str | None,
         ) -> ProviderResult:
-            return local.pay_within(conn, ask(payment, ctx), now)
+            return local.pay_within(conn, ask(payment, ctx), now, code_digest=code_digest)
 
         unit = self._new_payment_unit(
             trans_key,
@@ -519,6 +564,7 @@ class Gateway:
             fingerprint,
             request_id,
             within=pay_within,
+            code=code,
         )
         hop = await self._first_hop(unit)
         stored, ctx, replayed = hop.stored, hop.ctx, hop.replayed

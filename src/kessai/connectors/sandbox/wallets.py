@@ -239,9 +239,19 @@ class SandboxWallets:
         """Whether the sandbox's books are in ``database`` (they are in the gateway's own)."""
         return database is self.db
 
-    def pay_within(self, conn: Connection, request: PayRequest, now: datetime) -> ProviderResult:
-        """Charge a customer code inside the caller's unit of work (``request.ref`` is new)."""
-        digest = keyed_hash(code_key(conn), request.code)
+    def pay_within(
+        self,
+        conn: Connection,
+        request: PayRequest,
+        now: datetime,
+        *,
+        code_digest: str | None = None,
+    ) -> ProviderResult:
+        """Charge a customer code inside the caller's unit of work (``request.ref`` is new).
+
+        ``code_digest`` is the code's keyed hash if the caller made it already (see ``InDatabase``).
+        """
+        digest = code_digest or keyed_hash(code_key(conn), request.code)
         # Spending the code is one conditional update, so two payments racing with one code
         # cannot both use it; its outcome comes back with it.
         spent = _SPEND_CODE.run(conn, {"digest": digest, "used_at": now}).first()
