@@ -406,6 +406,24 @@ def payment_lines(codes: Sequence[str], tokens: dict[str, str], tag: str) -> Ite
         yield f"POST\t/v1/payments\t{tokens[mids[i % len(mids)]]}\t{payment_body(tag, i, code)}"
 
 
+def payment_requests(
+    server: Server, tokens: dict[str, str], codes: Sequence[str], tag: str
+) -> list[bytes]:
+    """One REQUEST per code as raw HTTP for the open-loop generator, terminals taken in turn."""
+    host = f"{HOST}:{server.port}"
+    mids = sorted(tokens)
+    return [
+        openloop.http_request(
+            "POST",
+            "/v1/payments",
+            host,
+            token=tokens[mids[i % len(mids)]],
+            body=payment_body(tag, i, code).encode(),
+        )
+        for i, code in enumerate(codes)
+    ]
+
+
 def settle(books: Books, quiet_seconds: float = 1.0, limit: float = 60.0) -> None:
     """Wait until no payment has been added for ``quiet_seconds`` (requests still in flight)."""
     deadline = time.monotonic() + limit
@@ -774,18 +792,7 @@ def part_latency(
     count = max(1, round(plan.rate * plan.latency_seconds))
     codes = harness.issue_codes(url, count)
     log(f"sqlite: REQUEST at {plan.rate:,.0f}/s, open loop, {count:,} payments")
-    host = f"{HOST}:{server.port}"
-    mids = sorted(tokens)
-    requests = [
-        openloop.http_request(
-            "POST",
-            "/v1/payments",
-            host,
-            token=tokens[mids[i % len(mids)]],
-            body=payment_body("L", i, code).encode(),
-        )
-        for i, code in enumerate(codes)
-    ]
+    requests = payment_requests(server, tokens, codes, "L")
     restarts = harness.worker_restarts(server)
     measured = _drive_open_loop(
         plan,

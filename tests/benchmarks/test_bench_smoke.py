@@ -39,6 +39,25 @@ def _load_bench() -> ModuleType:
 
 
 bench = _load_bench()
+
+
+def _run_script(
+    script: str, args: list[str], *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run bench/SCRIPT as a user would, without our KESSAI_* settings; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=bench.harness.clean_env(),
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr[-6000:]}"
+    return done
+
+
 ROWS = set(bench.ROW_KEYS)
 # Rows whose figure is a count, a rate or a size: always above zero. (The gateway-added latency
 # is a difference of two measurements and may come out at or below zero on a quiet machine.)
@@ -60,18 +79,8 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
     plan, out, json_out, workdir, keep = bench.parse_plan(args)
     assert (plan.quick, plan.skip, plan.postgres_url) == (True, frozenset(), postgres or None)
     assert (out, json_out, workdir, keep) == (markdown, rows_json, work, False)
-    command = [sys.executable, str(BENCH / "run.py"), *args]
     # Generous: on a loaded two-core machine each server takes many seconds to start.
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=840,
-        cwd=ROOT,
-        env=bench.harness.clean_env(),
-        check=False,
-    )
-    assert done.returncode == 0, f"bench failed:\n{done.stdout}\n{done.stderr[-6000:]}"
+    done = _run_script("run.py", args, timeout=840)
 
     report = json.loads(rows_json.read_text())
     rows = {row["key"]: row for row in report["rows"]}
@@ -182,3 +191,48 @@ def test_a_snapshot_of_this_machine_sees_this_process_use_cpu() -> None:
     used = second.processes[mine][1] - first.processes[mine][1]
     assert used >= 0.1
     assert second.busy - first.busy >= 0.1
+
+
+def test_a_hotspots_profile_reads_py_spys_stacks_by_thread() -> None:
+    import hotspots  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    lines = [
+        "thread (11): MainThread;<module> (<string>:1);Runner.run (asyncio/runners.py:118) 6",
+        "thread (11): MainThread;<module> (<string>:1);Runner.run (asyncio/runners.py:118);"
+        "Front.__call__ (kessai/api/express.py:213) 3",
+        "thread (12): kessai-db;Thread.run (threading.py:982);unit (kessai/service/gateway.py:380);"
+        "Hot.run (kessai/adapters/hot.py:160) 4",
+        "thread (12): kessai-db;Thread.run (threading.py:982);unit (kessai/service/gateway.py:401);"
+        "unit (kessai/service/gateway.py:380);Hot.run (kessai/adapters/hot.py:161) 1",
+        "thread (21): MainThread;<module> (<string>:1);Runner.run (asyncio/runners.py:120) 1",
+        "not a stack line",
+    ]
+    profiles = hotspots.read_profiles(lines)
+    assert set(profiles) == {"event loop", "writer"}
+    loop, writer = profiles["event loop"], profiles["writer"]
+    # Both workers' event loops are summed; line numbers are dropped.
+    assert loop.samples == 10
+    assert loop.own["Runner.run (asyncio/runners.py)"] == 7
+    assert loop.within["Runner.run (asyncio/runners.py)"] == 10
+    assert loop.own["Front.__call__ (api/express.py)"] == 3
+    # A function twice in one stack counts once for that stack.
+    assert writer.samples == 5
+    assert writer.within["unit (service/gateway.py)"] == 5
+    assert writer.own["Hot.run (adapters/hot.py)"] == 5
+    text = hotspots.table(writer, 3)
+    assert "100.0% Hot.run (adapters/hot.py)" in text
+    # A frame under every sample that does nothing itself is no news: left out of "incl.".
+    assert "Thread.run" not in text.split("incl.")[1]
+
+
+@pytest.mark.timeout(600)
+def test_hotspots_profiles_the_serving_workers_under_load() -> None:
+    done = _run_script("hotspots.py", ["--rate", "200", "--seconds", "2"], timeout=540)
+    out = done.stdout
+    assert "400 sent, 400 answered with HTTP 200" in out
+    assert "µs of CPU per payment (" in out and "server" in out
+    for role in ("== event loop:", "== writer:"):
+        assert role in out
+    # The writer's samples lead to the payment's unit of work.
+    writer = out.split("== writer:")[1]
+    assert "_new_payment_unit.<locals>.unit (service/gateway.py)" in writer

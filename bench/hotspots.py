@@ -1,0 +1,201 @@
+"""Where a REQUEST's time goes: py-spy on both gateway workers under open-loop load.
+
+    .venv/bin/python bench/hotspots.py                      # 4,000 REQUEST/s for 10 s
+    .venv/bin/python bench/hotspots.py --rate 1000 --seconds 20 --top 30
+
+Starts `kessai serve` (2 workers, SQLite, the sandbox approving at once) on 127.0.0.1, pays with
+fresh codes at a fixed rate (bench/openloop.py), samples both workers with py-spy meanwhile, and
+prints, per thread (the event loop, the writer thread that holds the database's write lock, the
+checkpointer), the functions with the largest share of that thread's samples: on their own
+("self") and with what they call ("incl."). py-spy samples what each thread is doing, whether it
+computes or waits (for the GIL, for the disk, for the write lock); the CPU line above the tables
+says how busy the machine was and what a payment cost in CPU (as in BENCHMARKS.md). Sampling
+costs CPU too (py-spy's own share is on that line): latency and throughput measured here are not
+the bench's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import harness
+import openloop
+from harness import HOST, BenchError, log
+from run import payment_requests
+
+# py-spy names a thread in its raw output as "thread (ID): NAME"; the roles we report.
+ROLES = {"MainThread": "event loop", "kessai-db": "writer", "kessai-checkpoint": "checkpointer"}
+# "Class.method (path/to/file.py:123)": the line is dropped, so a function is counted once.
+_FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+@dataclass
+class ThreadProfile:
+    """The samples of one role of thread, summed over the workers."""
+
+    samples: int = 0
+    own: Counter[str] = field(default_factory=Counter)
+    within: Counter[str] = field(default_factory=Counter)
+
+
+def _function(frame: str) -> str:
+    """A frame without its line number, its file shortened to the last two parts of its path."""
+    matched = _FRAME.match(frame)
+    if matched is None:
+        return frame
+    parts = matched["file"].split("/")
+    return f"{matched['name']} ({'/'.join(parts[-2:])})"
+
+
+def read_profiles(lines: Iterable[str]) -> dict[str, ThreadProfile]:
+    """Sum py-spy's raw (collapsed) stacks by thread role: "FRAMES COUNT" per line."""
+    profiles: dict[str, ThreadProfile] = {}
+    for line in lines:
+        stack, _, count_text = line.rstrip("\n").rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        first, *frames = stack.split(";")
+        thread = first.partition(": ")[2] or first
+        role = ROLES.get(thread, thread)
+        profile = profiles.setdefault(role, ThreadProfile())
+        count = int(count_text)
+        profile.samples += count
+        names = [_function(frame) for frame in frames]
+        if names:
+            profile.own[names[-1]] += count
+            for name in set(names):  # a recursive function counts once per sample
+                profile.within[name] += count
+    return profiles
+
+
+def table(profile: ThreadProfile, top: int) -> str:
+    """The ``top`` functions by self share, then the ``top`` by inclusive share.
+
+    Frames under which most samples fall while doing little themselves (the thread's
+    bootstrap, the worker's start-up chain) say nothing and are left out of the inclusive list.
+    """
+    total = profile.samples or 1
+    lines = ["  self   function"]
+    for name, count in profile.own.most_common(top):
+        lines.append(f"  {100 * count / total:5.1f}% {name}")
+    lines.append("  incl.  function")
+    shown = 0
+    for name, count in profile.within.most_common():
+        if count / total >= 0.8 and profile.own[name] / total < 0.05:
+            continue
+        lines.append(f"  {100 * count / total:5.1f}% {name}")
+        shown += 1
+        if shown == top:
+            break
+    return "\n".join(lines)
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rate", type=float, default=4000.0, help="REQUEST/s (default 4,000)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="sampling time (default 10)")
+    parser.add_argument(
+        "--samples", type=int, default=200, help="py-spy samples/s per worker (default 200)"
+    )
+    parser.add_argument("--top", type=int, default=20, help="functions per list (default 20)")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0 or args.top <= 0 or args.samples <= 0:
+        parser.error("--rate, --seconds, --samples and --top must be above zero")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load, profile the workers, print the tables."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    spy = shutil.which("py-spy") or str(harness.BIN / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy is missing: scripts/bootstrap --bench installs it", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="kessai-hotspots-"))
+    try:
+        url = f"sqlite:///{work / 'kessai.db'}"
+        log("provisioning")
+        fleet = harness.provision(url, 4, 4)
+        count = max(1, round(args.rate * args.seconds))
+        codes = harness.issue_codes(url, count)
+        server = harness.kessai_server("hotspots", url, work)
+        try:
+            tokens = harness.login_all(server.base_url, fleet)
+            requests = payment_requests(server, tokens, codes, "S")
+            pids = server.worker_pids()
+            outputs = [work / f"spy-{pid}.txt" for pid in pids]
+            log(f"{args.rate:,.0f} REQUEST/s for {args.seconds:g} s; py-spy on workers {pids}")
+            spies = [
+                subprocess.Popen(
+                    [
+                        spy, "record", "--pid", str(pid), "--threads", "--format", "raw",
+                        "--rate", str(args.samples), "--duration", str(round(args.seconds)),
+                        "--nonblocking", "--output", str(out),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for pid, out in zip(pids, outputs, strict=True)
+            ]  # fmt: skip
+            before = harness.cpu_snapshot()
+            time.sleep(0.3)  # py-spy attaches
+            result = openloop.run(
+                HOST,
+                server.port,
+                requests,
+                rate=args.rate,
+                seconds=args.seconds,
+                drain_seconds=5.0,
+            )
+            serving, generator = {*pids, server.process.pid}, os.getpid()
+
+            def classify(pid: int, name: str) -> str | None:
+                if pid in serving:
+                    return "server"
+                if pid == generator:
+                    return "load generator"
+                return "py-spy" if name == "py-spy" else None
+
+            cpu = harness.cpu_use(before, harness.cpu_snapshot(), classify)
+            for process in spies:
+                _, errors = process.communicate(timeout=args.seconds + 60)
+                if process.returncode != 0:
+                    raise BenchError(f"py-spy failed ({process.returncode}): {errors.strip()}")
+        finally:
+            server.stop()
+        profiles = read_profiles(
+            line for out in outputs for line in out.read_text(encoding="utf-8").splitlines()
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    answered = result.statuses.get(200, 0)
+    print(
+        f"REQUEST at {args.rate:,.0f}/s for {args.seconds:g} s: {result.scheduled:,} sent, "
+        f"{answered:,} answered with HTTP 200, "
+        f"p50 {result.quantile(0.5) * 1000:.1f} ms, p99 {result.quantile(0.99) * 1000:.1f} ms"
+    )
+    print(cpu.text(answered, "payment"))
+    for role in ("event loop", "writer", "checkpointer"):
+        profile = profiles.get(role)
+        if profile is None:
+            continue
+        print(f"\n== {role}: {profile.samples:,} samples over {len(outputs)} workers")
+        print(table(profile, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
