@@ -17,7 +17,6 @@ from kessai.adapters.db import DEFAULT_DATABASE_URL
 from kessai.cli import console_admin, output, provider_admin
 from kessai.cli.database import opened, run_unit
 from kessai.cli.demo import seed_and_describe
-from kessai.cli.output import emit
 from kessai.clock import system_clock
 from kessai.config import Settings, SettingsError
 from kessai.connectors.sandbox import OUTCOMES, wallets
@@ -115,7 +114,7 @@ def worker_command(
         try:
             if once:
                 report = await runner.run_once()
-                emit(
+                output.emit(
                     {
                         "checked": report.checked,
                         "finished": report.finished,
@@ -196,7 +195,9 @@ def merchant_create(
     """Create a merchant."""
     now = system_clock()
     merchant_id = run_unit(database, lambda c: admin_service.create_merchant(c, name, now), as_json)
-    emit({"merchantId": merchant_id, "name": name}, as_json, f"merchant {merchant_id}: {name}")
+    output.emit(
+        {"merchantId": merchant_id, "name": name}, as_json, f"merchant {merchant_id}: {name}"
+    )
 
 
 @integration_app.command("create")
@@ -208,7 +209,7 @@ def integration_create(
     """Register an integration; prints its os."""
     now = system_clock()
     os_value = run_unit(database, lambda c: admin_service.create_integration(c, name, now), as_json)
-    emit({"os": os_value, "name": name}, as_json, f"os {os_value}: {name}")
+    output.emit({"os": os_value, "name": name}, as_json, f"os {os_value}: {name}")
 
 
 @terminal_app.command("create")
@@ -228,7 +229,7 @@ def terminal_create(
         lambda c: admin_service.create_terminal(c, merchant, now, passcode=passcode, name=name),
         as_json,
     )
-    emit(
+    output.emit(
         {
             "mid": issued.mid,
             "password": issued.password,
@@ -257,7 +258,7 @@ def terminal_list(
         f"{'  REFUNDS LOCKED' if r['refundsLocked'] else ''}"
         for r in rows
     ]
-    emit(rows, as_json, "\n".join(lines) or "no terminals")
+    output.emit(rows, as_json, "\n".join(lines) or "no terminals")
 
 
 MidArg = Annotated[str, typer.Argument(help="The terminal's 16-digit mid.")]
@@ -270,7 +271,7 @@ def terminal_disable(
     """Disable a terminal (its session ends; LOGIN is refused)."""
     now = system_clock()
     run_unit(database, lambda c: admin_service.set_enabled(c, mid, False, now), as_json)
-    emit({"mid": mid, "enabled": False}, as_json, f"{mid} disabled")
+    output.emit({"mid": mid, "enabled": False}, as_json, f"{mid} disabled")
 
 
 @terminal_app.command("enable")
@@ -280,7 +281,7 @@ def terminal_enable(
     """Enable a terminal again."""
     now = system_clock()
     run_unit(database, lambda c: admin_service.set_enabled(c, mid, True, now), as_json)
-    emit({"mid": mid, "enabled": True}, as_json, f"{mid} enabled")
+    output.emit({"mid": mid, "enabled": True}, as_json, f"{mid} enabled")
 
 
 @terminal_app.command("reset-password")
@@ -290,7 +291,7 @@ def terminal_reset_password(
     """Issue a new login password (shown once); the terminal's session ends."""
     now = system_clock()
     password = run_unit(database, lambda c: admin_service.reset_password(c, mid, now), as_json)
-    emit({"mid": mid, "password": password}, as_json, f"mid {mid}\npassword {password}")
+    output.emit({"mid": mid, "password": password}, as_json, f"mid {mid}\npassword {password}")
 
 
 @terminal_app.command("unlock")
@@ -300,7 +301,7 @@ def terminal_unlock(
     """Lift the refund lock (wrong passCodes) and the login lock."""
     now = system_clock()
     run_unit(database, lambda c: admin_service.unlock(c, mid, now), as_json)
-    emit({"mid": mid, "unlocked": True}, as_json, f"{mid} unlocked")
+    output.emit({"mid": mid, "unlocked": True}, as_json, f"{mid} unlocked")
 
 
 @terminal_app.command("logout")
@@ -310,7 +311,7 @@ def terminal_logout(
     """End the terminal's session (for a lost or replaced device)."""
     now = system_clock()
     ended = run_unit(database, lambda c: admin_service.force_logout(c, mid, now), as_json)
-    emit(
+    output.emit(
         {"mid": mid, "sessionEnded": ended},
         as_json,
         f"{mid}: session ended" if ended else f"{mid}: no live session",
@@ -327,7 +328,7 @@ def webhook_set(
     """Set a merchant's webhook endpoint; prints its new signing secret (shown only now)."""
     now = system_clock()
     secret = run_unit(database, lambda c: events.set_endpoint(c, merchant, url, now), as_json)
-    emit(
+    output.emit(
         {"merchantId": merchant, "url": url, "secret": secret},
         as_json,
         f"endpoint {url}\nsecret {secret}\n(the secret is not shown again)",
@@ -353,7 +354,7 @@ def webhook_events(
         )
         for r in rows
     ]
-    emit(rows, as_json, "\n".join(lines) or "no events")
+    output.emit(rows, as_json, "\n".join(lines) or "no events")
 
 
 @webhook_app.command("resend")
@@ -365,14 +366,14 @@ def webhook_resend(
     """Queue an event for delivery again."""
     now = system_clock()
     run_unit(database, lambda c: events.resend(c, event_id, now), as_json)
-    emit({"eventId": event_id, "status": "PENDING"}, as_json, f"{event_id} queued")
+    output.emit({"eventId": event_id, "status": "PENDING"}, as_json, f"{event_id} queued")
 
 
 @key_app.command("generate")
 def key_generate(as_json: JsonOpt = False) -> None:
     """Print a new master key for KESSAI_SECRET_KEY (give every instance the same one)."""
     key = keys.generate_key()
-    emit({"key": key}, as_json, key)
+    output.emit({"key": key}, as_json, key)
 
 
 # -- sandbox ------------------------------------------------------------------------------------
@@ -391,13 +392,15 @@ def sandbox_code(
     codes = run_unit(
         database, lambda c: wallets.issue_codes(c, service, outcome, count, now), as_json
     )
-    emit({"serviceId": service, "outcome": outcome, "codes": codes}, as_json, "\n".join(codes))
+    output.emit(
+        {"serviceId": service, "outcome": outcome, "codes": codes}, as_json, "\n".join(codes)
+    )
 
 
 def _settle(trans_id: str, approve: bool, database: str, as_json: bool) -> None:
     now = system_clock()
     status = run_unit(database, lambda c: wallets.settle(c, trans_id, approve, now), as_json)
-    emit({"transId": trans_id, "sandboxStatus": status}, as_json, f"{trans_id}: {status}")
+    output.emit({"transId": trans_id, "sandboxStatus": status}, as_json, f"{trans_id}: {status}")
 
 
 @sandbox_app.command("approve")
@@ -428,14 +431,14 @@ def sandbox_services(as_json: JsonOpt = False) -> None:
         for s in load_catalog()
     ]
     lines = [f"{r['serviceId']}  {r['name']}{'' if r['active'] else '  (ended)'}" for r in rows]
-    emit(rows, as_json, "\n".join(lines))
+    output.emit(rows, as_json, "\n".join(lines))
 
 
 @sandbox_app.command("ledger")
 def sandbox_ledger(database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = True) -> None:
     """Print the sandbox wallets' own books."""
     rows = run_unit(database, wallets.ledger, as_json)
-    emit(rows, True, "")
+    output.emit(rows, True, "")
 
 
 # -- demo ---------------------------------------------------------------------------------------
