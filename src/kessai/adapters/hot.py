@@ -47,8 +47,10 @@ class _Compiled:
     defaults: Mapping[str, Any]
     # (position, conversion) of each parameter that needs one.
     converts: tuple[tuple[int, Callable[[Any], Any]], ...]
-    row: Callable[..., Any] | None
-    results: tuple[_Processor, ...]
+    # The row type of what the statement reads, with the ``_make`` of a named tuple.
+    row: Any
+    # (position, conversion) of each column read that needs one: the others are kept as read.
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]
     # PostgreSQL: the INSERT returns its new primary key (SQLite has ``lastrowid``).
     returns_pk: bool = False
 
@@ -118,8 +120,8 @@ class Hot:
                 raise ValueError(f"no value and no scalar default for {name}")
             # A literal written into the statement (``status == "PENDING"``).
             defaults[name] = bind.value
-        row: Callable[..., Any] | None = None
-        results: tuple[_Processor, ...] = ()
+        row: Any = None
+        results: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
         # What a SELECT selects, or what an INSERT/UPDATE … RETURNING returns.
         columns = list(
             getattr(self.statement, "selected_columns", None)
@@ -128,12 +130,13 @@ class Hot:
         )
         if columns:
             row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc,no-redef]
-            results = tuple(
+            processors = (
                 _utc_datetime
                 if sqlite and isinstance(c.type, UTCDateTime)
                 else _result_processor(c, dialect)
                 for c in columns
             )
+            results = tuple((i, proc) for i, proc in enumerate(processors) if proc is not None)
         converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
         # An INSERT on PostgreSQL is compiled with ``RETURNING`` its primary key.
         returns_pk = not sqlite and bool(getattr(compiled, "implicit_returning", None))
@@ -221,12 +224,16 @@ class HotResult:
     def _convert(self, raw: Sequence[Any]) -> Any:
         compiled = self._compiled
         assert compiled.row is not None
-        return compiled.row(
-            *(
-                value if proc is None or value is None else proc(value)
-                for value, proc in zip(raw, compiled.results, strict=True)
-            )
-        )
+        # Only the columns that need a conversion are visited (a read runs on every request);
+        # ``_make`` refuses a row of another length.
+        if not compiled.results:
+            return compiled.row._make(raw)
+        values = list(raw)
+        for index, convert in compiled.results:
+            value = values[index]
+            if value is not None:
+                values[index] = convert(value)
+        return compiled.row._make(values)
 
     def first(self) -> Any:
         """The first row, or None."""
