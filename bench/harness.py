@@ -86,18 +86,15 @@ class Server:
     def worker_pids(self) -> list[int]:
         """The uvicorn worker processes (children started by multiprocessing's spawn)."""
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+        for pid, _name, fields in processes():
+            if int(fields[1]) != self.process.pid:
                 continue
             try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
-                continue
-            # The command name (in parentheses) may contain spaces: fields start after it.
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid and b"spawn_main" in cmdline:
-                found.append(int(entry.name))
+                continue  # gone meanwhile
+            if b"spawn_main" in cmdline:
+                found.append(pid)
         return sorted(found)
 
     def stop(self) -> None:
@@ -256,6 +253,23 @@ def hello_server(workdir: Path, workers: int = 2) -> Server:
     return start_servers([("hello", command, clean_env())], workdir, workers)[0]
 
 
+def processes() -> Iterator[tuple[int, str, list[str]]]:
+    """Every process in /proc: its pid, command name, and the fields of its stat after the name.
+
+    In those fields, [1] is the parent's pid, [11] and [12] the user and system CPU in ticks.
+    """
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name (in parentheses) may contain spaces: fields start after it.
+        close = stat.rindex(")")
+        yield int(entry.name), stat[stat.index("(") + 1 : close], stat[close + 2 :].split()
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB (VmRSS of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -385,29 +399,20 @@ def cpu_snapshot() -> CpuSnapshot:
     # user nice system idle iowait irq softirq steal: busy is all but idle and iowait. Steal
     # counts as busy: those are moments this machine wanted a core and had none.
     busy = (sum(ticks) - ticks[3] - ticks[4]) / _TICKS_PER_SECOND
-    processes: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # The command name (in parentheses) may contain spaces: fields start after it.
-        name = stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")]
-        fields = stat_line[stat_line.rindex(")") + 2 :].split()
-        used = (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
-        processes[int(entry.name)] = (name, used)
+    used = {
+        pid: (name, (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND)
+        for pid, name, fields in processes()
+    }
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return CpuSnapshot(time.monotonic(), busy, processes, children.ru_utime + children.ru_stime)
+    return CpuSnapshot(time.monotonic(), busy, used, children.ru_utime + children.ru_stime)
 
 
 @dataclass(frozen=True)
 class CpuUse:
     """The CPU a window of the run used: in all, and by group of processes, in CPU seconds.
 
-    ``groups`` holds the named groups in the order given; what no group claimed (the bench's
-    own process, the kernel's network work, anything else running) is ``other``.
+    ``groups`` holds what each named group used; what no group claimed (the bench's own
+    process, the kernel's network work, processes that came and went) is ``other``.
     """
 
     seconds: float

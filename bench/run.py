@@ -289,9 +289,9 @@ run on the machine described here; the targets are ratios within that run. Load 
                 f"{per['all']:,.0f} µs | {cells} | {cores * 1e6 / per['all']:,.0f}/s |"
             )
         ceiling = self.cpu.get("ceiling")
+        ceiling_us = ceiling[0].per_answer_us(ceiling[1]).get("all") if ceiling else None
         needs = ""
-        if ceiling is not None and ceiling[0].per_answer_us(ceiling[1]):
-            ceiling_us = ceiling[0].per_answer_us(ceiling[1])["all"]
+        if ceiling_us is not None:
             needs = (
                 "\nWith every core busy, REQUEST reaches 0.5 × the ceiling only if a payment "
                 f"costs at most\ntwice the CPU of a ceiling answer ({2 * ceiling_us:,.0f} µs "

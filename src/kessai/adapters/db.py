@@ -465,16 +465,17 @@ class _SqliteWriter:
         # Savepoints and the schema's version go straight to the driver: bookkeeping, not the
         # unit's SQL.
         driver: Any = conn.connection.driver_connection
+        # Unguarded, a failed unit must be shown to have changed nothing: no row (SQLite's count
+        # of changed rows, triggers included) and no schema (its version number, read once per
+        # connection rather than once per group: one statement less under the lock).
+        checked = not (lone or guarded)
         with conn.begin():
-            # Unguarded, a failed unit must be shown to have changed nothing: no row (SQLite's
-            # count of changed rows, triggers included) and no schema (its version number, read
-            # once per connection rather than once per group: one statement less under the lock).
-            if not (lone or guarded) and self._schema is None:
+            if checked and self._schema is None:
                 self._schema = _schema_version(driver)
             for unit in group:
                 if guarded and not lone:
                     driver.execute("SAVEPOINT kessai_unit")
-                changes = driver.total_changes
+                changes = driver.total_changes if checked else 0
                 try:
                     value = unit.fn(conn)
                 except sa.exc.OperationalError:

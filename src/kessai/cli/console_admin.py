@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from kessai.adapters.db import DEFAULT_DATABASE_URL
+from kessai.cli import output
 from kessai.cli.database import run_unit
-from kessai.cli.output import emit, refused
 from kessai.clock import system_clock
 from kessai.console import users
 from kessai.domain.errors import KessaiError
@@ -49,7 +49,7 @@ def _password(given: str | None, as_json: bool) -> tuple[str, bool]:
     try:
         return users.check_password(given), False
     except KessaiError as exc:
-        raise refused(exc, as_json) from exc
+        raise output.refused(exc, as_json) from exc
 
 
 @user_app.command("create")
@@ -66,7 +66,7 @@ def user_create(
         users.check_role(role)
         address = users.normalise_email(email)
     except KessaiError as exc:
-        raise refused(exc, as_json) from exc
+        raise output.refused(exc, as_json) from exc
     secret, issued = _password(password, as_json)
     digest = hash_secret(secret)
     now = system_clock()
@@ -89,7 +89,7 @@ def user_create(
     text = f"console user {user_id}: {address} ({role}) of merchant {merchant}"
     if issued:
         text += f"\npassword {secret}\n(the password is not shown again)"
-    emit(data, as_json, text)
+    output.emit(data, as_json, text)
 
 
 @user_app.command("list")
@@ -105,7 +105,7 @@ def user_list(
         f"{'' if r['enabled'] else '  DISABLED'}{'  LOCKED' if r['lockedUntil'] else ''}"
         for r in rows
     ]
-    emit(rows, as_json, "\n".join(lines) or "no console users")
+    output.emit(rows, as_json, "\n".join(lines) or "no console users")
 
 
 @user_app.command("unlock")
@@ -115,7 +115,7 @@ def user_unlock(
     """Lift the login lock after repeated wrong passwords."""
     now = system_clock()
     run_unit(database, lambda conn: users.unlock_user(conn, email, now), as_json)
-    emit({"email": email.strip().lower(), "unlocked": True}, as_json, f"{email} unlocked")
+    output.emit({"email": email.strip().lower(), "unlocked": True}, as_json, f"{email} unlocked")
 
 
 @user_app.command("reset-password")
@@ -133,4 +133,6 @@ def user_reset_password(
     data: dict[str, Any] = {"email": email.strip().lower(), "passwordIssued": issued}
     if issued:
         data["password"] = secret
-    emit(data, as_json, f"{email}: new password {secret}" if issued else f"{email}: password set")
+    output.emit(
+        data, as_json, f"{email}: new password {secret}" if issued else f"{email}: password set"
+    )

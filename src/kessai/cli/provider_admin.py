@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from kessai.adapters.db import DEFAULT_DATABASE_URL
+from kessai.cli import output
 from kessai.cli.database import run_unit
-from kessai.cli.output import emit, refused
 from kessai.clock import system_clock
 from kessai.connectors import routing
 from kessai.connectors.secrets import SecretBox, SecretKeyInvalid
@@ -41,7 +41,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 def _read_secret(value: str | None, path: Path | None, as_json: bool) -> str | None:
     if value is not None and path is not None:
         message = "give --api-secret or --api-secret-file, not both"
-        raise refused(InvalidRequest(message, field="api-secret"), as_json)
+        raise output.refused(InvalidRequest(message, field="api-secret"), as_json)
     if path is not None:
         return _read_file(path, "api-secret-file", as_json)
     if value == "-":
@@ -56,7 +56,7 @@ def _read_file(path: Path | None, flag: str, as_json: bool) -> str | None:
         return path.read_text().strip()
     except OSError as exc:
         message = f"cannot read {path}: {exc.strerror}"
-        raise refused(InvalidRequest(message, field=flag), as_json) from exc
+        raise output.refused(InvalidRequest(message, field=flag), as_json) from exc
 
 
 @provider_app.command("set")
@@ -136,7 +136,7 @@ def provider_set(
     try:
         box = SecretBox.from_env()
     except SecretKeyInvalid as exc:
-        raise refused(InvalidRequest(str(exc), field="KESSAI_SECRET_KEY"), as_json) from exc
+        raise output.refused(InvalidRequest(str(exc), field="KESSAI_SECRET_KEY"), as_json) from exc
     now = system_clock()
     view = run_unit(
         database,
@@ -145,7 +145,9 @@ def provider_set(
         ),
         as_json,
     )
-    emit(view, as_json, f"serviceId {view['serviceId']} of merchant {merchant} → {_route(view)}")
+    output.emit(
+        view, as_json, f"serviceId {view['serviceId']} of merchant {merchant} → {_route(view)}"
+    )
 
 
 @provider_app.command("list")
@@ -160,7 +162,9 @@ def provider_list(
         f"{row['serviceId']}  {_route(row):<22} {'active' if row['active'] else 'inactive'}"
         for row in rows
     ]
-    emit(rows, as_json, "\n".join(lines) or "no provider accounts: every service uses sandbox")
+    output.emit(
+        rows, as_json, "\n".join(lines) or "no provider accounts: every service uses sandbox"
+    )
 
 
 def _route(view: dict[str, Any]) -> str:

@@ -329,8 +329,11 @@ async def deliver_due(
     async def serve(queue: list[_Claimed]) -> tuple[int, int]:
         async with slots:
             for index, event in enumerate(queue):
-                spent = budget_seconds is not None and time.monotonic() - started > budget_seconds
-                if index > 0 and spent:
+                if (
+                    index > 0
+                    and budget_seconds is not None
+                    and time.monotonic() - started > budget_seconds
+                ):
                     # A slow endpoint (answering, but slowly) would otherwise hold the pass, and
                     # every other merchant's new events behind it, for as long as its queue
                     # lasts. Released rather than left leased, they wait for no lease to expire.
