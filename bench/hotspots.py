@@ -2,30 +2,34 @@
 
     .venv/bin/python bench/hotspots.py                      # 4,000 REQUEST/s for 10 s
     .venv/bin/python bench/hotspots.py --rate 1000 --seconds 20 --top 30
+    .venv/bin/python bench/hotspots.py --postgres --rate 500   # on a private PostgreSQL cluster
 
-Starts `kessai serve` (2 workers, SQLite, the sandbox approving at once) on 127.0.0.1, pays with
-fresh codes at a fixed rate (bench/openloop.py), samples both workers with py-spy meanwhile, and
-prints, per thread (the event loop, the writer thread that holds the database's write lock, the
-checkpointer), the functions with the largest share of that thread's samples: on their own
-("self") and with what they call ("incl."). py-spy samples what each thread is doing, whether it
-computes or waits (for the GIL, for the disk, for the write lock); the CPU line above the tables
-says how busy the machine was and what a payment cost in CPU (as in BENCHMARKS.md). Sampling
-costs CPU too (py-spy's own share is on that line): latency and throughput measured here are not
-the bench's figures.
+Starts `kessai serve` (2 workers on SQLite, or with --postgres on PostgreSQL, the sandbox
+approving at once) on 127.0.0.1, pays with fresh codes at a fixed rate (bench/openloop.py),
+samples both workers with py-spy meanwhile, and prints, per thread (the event loop, the writer
+thread that holds SQLite's write lock, the checkpointer; on PostgreSQL the event loop alone runs
+the units), the functions with the largest share of that thread's samples: on their own ("self")
+and with what they call ("incl."). py-spy samples what each thread is doing, whether it computes
+or waits (for the GIL, for the disk, for the write lock); the CPU line above the tables says how
+busy the machine was and what a payment cost in CPU (as in BENCHMARKS.md), PostgreSQL's own
+processes apart. Sampling costs CPU too (py-spy's own share is on that line): latency and
+throughput measured here are not the bench's figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +40,8 @@ from run import payment_requests
 
 # py-spy names a thread in its raw output as "thread (ID): NAME"; the roles we report.
 ROLES = {"MainThread": "event loop", "kessai-db": "writer", "kessai-checkpoint": "checkpointer"}
+# The roles whose tables are printed, in this order.
+SHOWN = ("event loop", "writer", "checkpointer")
 # "Class.method (path/to/file.py:123)": the line is dropped, so a function is counted once.
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -110,22 +116,25 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         "--samples", type=int, default=200, help="py-spy samples/s per worker (default 200)"
     )
     parser.add_argument("--top", type=int, default=20, help="functions per list (default 20)")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="pay on PostgreSQL: the server at URL, or a private cluster started for the run",
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.top <= 0 or args.samples <= 0:
         parser.error("--rate, --seconds, --samples and --top must be above zero")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the load, profile the workers, print the tables."""
-    args = parse(sys.argv[1:] if argv is None else argv)
-    spy = shutil.which("py-spy") or str(harness.BIN / "py-spy")
-    if not Path(spy).exists():
-        print("py-spy is missing: scripts/bootstrap --bench installs it", file=sys.stderr)
-        return 2
-    work = Path(tempfile.mkdtemp(prefix="kessai-hotspots-"))
-    try:
-        url = f"sqlite:///{work / 'kessai.db'}"
+def _profile(
+    args: argparse.Namespace, spy: str, work: Path
+) -> tuple[dict[str, ThreadProfile], openloop.OpenLoopResult, harness.CpuUse, int]:
+    """Serve, load and sample; answer the profiles by role, the load's result and the CPU used."""
+    with database(args.postgres, work) as url:
         log("provisioning")
         fleet = harness.provision(url, 4, 4)
         count = max(1, round(args.rate * args.seconds))
@@ -167,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return "server"
                 if pid == generator:
                     return "load generator"
+                if name == "postgres":
+                    return "PostgreSQL"
                 return "py-spy" if name == "py-spy" else None
 
             cpu = harness.cpu_use(before, harness.cpu_snapshot(), classify)
@@ -179,6 +190,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles = read_profiles(
             line for out in outputs for line in out.read_text(encoding="utf-8").splitlines()
         )
+    return profiles, result, cpu, len(outputs)
+
+
+@contextlib.contextmanager
+def database(postgres: str | None, work: Path) -> Iterator[str]:
+    """The gateway's database: a fresh SQLite file, or a fresh database on a PostgreSQL server."""
+    if postgres is None:
+        yield f"sqlite:///{work / 'kessai.db'}"
+        return
+    with harness.postgres_server(postgres or None) as server_url:
+        name = f"kessai_hotspots_{secrets.token_hex(4)}"
+        url = harness.postgres_database(server_url, name)
+        try:
+            yield url
+        finally:
+            harness.postgres_database(server_url, name, drop=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load, profile the workers, print the tables."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    spy = shutil.which("py-spy") or str(harness.BIN / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy is missing: scripts/bootstrap --bench installs it", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="kessai-hotspots-"))
+    try:
+        profiles, result, cpu, workers = _profile(args, spy, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     answered = result.statuses.get(200, 0)
@@ -188,11 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"p50 {result.quantile(0.5) * 1000:.1f} ms, p99 {result.quantile(0.99) * 1000:.1f} ms"
     )
     print(cpu.text(answered, "payment"))
-    for role in ("event loop", "writer", "checkpointer"):
+    for role in SHOWN:
         profile = profiles.get(role)
         if profile is None:
             continue
-        print(f"\n== {role}: {profile.samples:,} samples over {len(outputs)} workers")
+        print(f"\n== {role}: {profile.samples:,} samples over {workers} workers")
         print(table(profile, args.top))
     return 0
 

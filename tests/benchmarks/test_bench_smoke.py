@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,21 @@ def test_hotspots_profiles_the_serving_workers_under_load() -> None:
     # The writer's samples lead to the payment's unit of work.
     writer = out.split("== writer:")[1]
     assert "_new_payment_unit.<locals>.unit (service/gateway.py)" in writer
+
+
+@pytest.mark.timeout(600)
+def test_hotspots_profiles_the_workers_on_postgresql() -> None:
+    postgres = os.environ.get("KESSAI_TEST_POSTGRES_URL")
+    if not postgres:
+        pytest.skip("KESSAI_TEST_POSTGRES_URL is not set (scripts/test sets it)")
+    args = ["--rate", "100", "--seconds", "2", "--postgres", postgres]
+    done = _run_script("hotspots.py", args, timeout=540)
+    out = done.stdout
+    assert "200 sent, 200 answered with HTTP 200" in out
+    # PostgreSQL's own processes are counted apart from the gateway's.
+    shares = out.split("µs of CPU per payment (")[1].splitlines()[0]
+    found = re.search(r"PostgreSQL ([\d,]+)", shares)
+    assert found is not None and int(found[1].replace(",", "")) > 0, shares
+    # No writer thread on PostgreSQL: the unit runs from the event loop.
+    assert "== event loop:" in out and "== writer:" not in out
+    assert "_new_payment_unit.<locals>.unit (service/gateway.py)" in out.split("incl.")[1]

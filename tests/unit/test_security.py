@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import collections
+import hmac
 import os
 import re
 import string
@@ -28,6 +30,7 @@ from kessai.security import (
     new_request_id,
     new_session_token,
     new_trans_id,
+    random_below,
     random_digits,
     token_hash,
     verify_secret,
@@ -226,6 +229,46 @@ def test_trans_id_and_refund_id_formats() -> None:
         assert len(refund_id) <= 12  # refunds.refund_id is a String(12)
 
 
+def test_random_below_stays_in_range_and_reaches_every_value() -> None:
+    draws = collections.Counter(random_below(7) for _ in range(7_000))
+    assert set(draws) == set(range(7))
+    # Each value 1,000 times on average; six standard deviations either side (about 30 each).
+    assert all(800 < count < 1_200 for count in draws.values())
+    assert all(0 <= random_below(9_000_000_000) < 9_000_000_000 for _ in range(SAMPLES))
+    assert random_below(1) == 0
+
+
+def test_random_below_rejects_the_uneven_top_of_its_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two bytes for a bound of 3: 65,536 values, and the last (65,535) would make 0 likelier than
+    # 1 and 2. It is drawn again; keeping it would answer 65,535 % 3 == 0.
+    given = iter([b"\xff\xff", b"\x00\x05"])
+    monkeypatch.setattr(security.ssl, "RAND_bytes", lambda size: next(given))
+    assert random_below(3) == 2
+
+
+@pytest.mark.parametrize("bound", [0, -1])
+def test_random_below_refuses_an_empty_range(bound: int) -> None:
+    with pytest.raises(ValueError, match="above zero"):
+        random_below(bound)
+
+
+def test_a_forked_process_draws_trans_ids_of_its_own() -> None:
+    # OpenSSL's generator reseeds in a forked child; should it not, parent and child would hand
+    # out the same transIds.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, " ".join(new_trans_id() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    ours = [new_trans_id() for _ in range(4)]
+    with os.fdopen(read, "rb") as pipe:
+        theirs = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    assert len(theirs) == 4
+    assert not set(theirs) & set(ours)
+
+
 @pytest.mark.parametrize("count", [0, 1, 4, 16, 100])
 def test_random_digits(count: int) -> None:
     value = random_digits(count)
@@ -247,6 +290,20 @@ def test_keyed_hash_depends_on_key_and_value() -> None:
     assert digest == keyed_hash("k1", "900081818811241768175934")
     assert digest != keyed_hash("k2", "900081818811241768175934")
     assert digest != keyed_hash("k1", "900081818811241768175935")
+
+
+@settings(max_examples=200)
+@given(key=st.text(max_size=80), value=st.text(max_size=600))
+def test_keyed_hash_is_hmac_sha256(key: str, value: str) -> None:
+    expected = hmac.digest(key.encode(), value.encode(), "sha256").hex()
+    assert keyed_hash(key, value) == expected
+    assert keyed_hash(key, value) == expected  # from the kept keyed state, unchanged by use
+
+
+def test_keyed_hash_keeps_few_keys() -> None:
+    for n in range(50):
+        assert keyed_hash(f"key {n}", "v") == hmac.digest(f"key {n}".encode(), b"v", "sha256").hex()
+    assert len(security._macs) <= security._MAC_KEYS_KEPT
 
 
 def test_constant_time_equal() -> None:
