@@ -1,4 +1,4 @@
-"""Hot statements on PostgreSQL: through asyncpg's DBAPI cursor, inside the unit's transaction.
+"""Hot statements on PostgreSQL: asyncpg's prepared statements, inside the unit's transaction.
 
 The same statements as on SQLite (``tests/integration/test_hot.py``) must read back exactly what
 SQLAlchemy's own execution reads, write only within the unit's transaction, raise SQLAlchemy's
@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from kessai.adapters import hot
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
@@ -176,3 +177,63 @@ def test_a_column_whose_conversion_needs_the_drivers_type_code_is_refused(
     )
     with pytest.raises(TypeError, match="price"):
         db.run_sync(lambda conn: priced.run(conn, {"pk": pk}).first())
+
+
+async def _alter(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def test_statements_run_on_asyncpg_prepared_once_per_connection(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _ = pg
+
+    def no_cursor(*_args: object) -> None:
+        raise AssertionError("the adapter's cursor was used")
+
+    monkeypatch.setattr(hot, "_run_on_dbapi", no_cursor)
+    pk = _integration(db)
+    prepared: list[str] = []
+
+    def read(conn: Connection) -> str:
+        driver = conn.connection.driver_connection
+        known = hot._prepared.get(driver, {})
+        prepared.append(str(len(known)))
+        return str(_BY_ID.run(conn, {"pk": pk}).one().os)
+
+    assert db.run_sync(read) == "HOT001"
+    assert db.run_sync(read) == "HOT001"
+    # The second unit found the SELECT already prepared on its connection (the INSERT too).
+    assert int(prepared[1]) >= 2 and int(prepared[1]) == int(prepared[0]) + 1
+
+
+def test_a_statement_stale_after_a_schema_change_is_prepared_anew(pg: tuple[Database, str]) -> None:
+    db, url = pg
+    pk = _integration(db)
+    name = Hot(sa.select(t.integrations.c.name).where(t.integrations.c.id == sa.bindparam("pk")))
+    assert db.run_sync(lambda conn: name.run(conn, {"pk": pk}).scalar_one()) == "Hot POS"
+    # The prepared SELECT answers the column as VARCHAR; as TEXT its plan no longer fits it.
+    asyncio.run(_alter(url, "ALTER TABLE integrations ALTER COLUMN name TYPE text"))
+    stale = "cached statement plan is invalid|cached plan must not change result type"
+    with pytest.raises(sa.exc.DBAPIError, match=stale):
+        db.run_sync(lambda conn: name.run(conn, {"pk": pk}).scalar_one())
+    # The failed unit forgot its connection's statements: the next one prepares them again.
+    assert db.run_sync(lambda conn: name.run(conn, {"pk": pk}).scalar_one()) == "Hot POS"
+
+
+def test_a_duplicate_key_keeps_the_connections_prepared_statements(
+    pg: tuple[Database, str],
+) -> None:
+    db, _ = pg
+    _integration(db, "HOT001")
+    with pytest.raises(sa.exc.IntegrityError):
+        _integration(db, "HOT001")
+
+    def known(conn: Connection) -> int:
+        return len(hot._prepared.get(conn.connection.driver_connection, {}))
+
+    assert db.run_sync(known) >= 1
