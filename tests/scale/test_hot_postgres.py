@@ -237,3 +237,40 @@ def test_a_duplicate_key_keeps_the_connections_prepared_statements(
         return len(hot._prepared.get(conn.connection.driver_connection, {}))
 
     assert db.run_sync(known) >= 1
+
+
+def test_a_unit_cancelled_midway_commits_nothing_and_frees_its_connection(
+    pg: tuple[Database, str],
+) -> None:
+    _, url = pg
+    sleep = Hot(sa.select(sa.func.pg_sleep(sa.bindparam("s", type_=sa.Float)).label("slept")))
+
+    async def scenario() -> tuple[bool, bool, int]:
+        database = Database(url)
+        try:
+
+            def written_then_slow(conn: Connection) -> None:
+                _INSERT.run(conn, {"os": "HOT009", "name": "Cancelled", "created_at": AT})
+                conn.exec_driver_sql("SELECT pg_sleep(5)")
+
+            task = asyncio.ensure_future(database.run(written_then_slow))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            kept = await database.run(
+                lambda conn: _BY_OS.run(conn, {"os": "HOT009"}).first() is not None
+            )
+            # Every pooled connection is usable again: as many units at once as the pool holds.
+            answers = await asyncio.gather(
+                *(database.run(lambda conn: sleep.run(conn, {"s": 0.05}).first()) for _ in range(4))
+            )
+            checked_out = database._pg.pool.checkedout()  # type: ignore[union-attr]
+            return kept, all(a is not None for a in answers), checked_out
+        finally:
+            await database.aclose()
+
+    kept, answered, checked_out = asyncio.run(scenario())
+    assert not kept
+    assert answered
+    assert checked_out == 0
