@@ -95,3 +95,30 @@ def test_audit_entries_appended_together_keep_their_order(db: Database, count: i
     assert [row.action for row in rows] == [f"test.{i}" for i in range(count)]
     assert [row.detail for row in rows] == [f'{{"i":{i}}}' for i in range(count)]
     assert {row.at for row in rows} == {AT}
+
+
+def test_values_given_in_order_run_as_the_same_values_by_name(db: Database) -> None:
+    keys = ("os", "name", "created_at")
+    pk = db.run_sync(
+        lambda conn: _INSERT.run_ordered(conn, keys, ["HOT010", "Ordered", AT]).inserted_pk
+    )
+    row = db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one(), write=False)
+    assert (row.os, row.name, row.created_at) == ("HOT010", "Ordered", AT)
+    # A column the INSERT was not given still takes its default (through the mapping path).
+    assert row.enabled is True
+
+
+def test_values_in_another_order_than_the_statements_are_matched_by_name(db: Database) -> None:
+    pk = _integration(db)
+    # The UPDATE binds "name" (SET) before "b_id" (WHERE); the caller gives them the other way.
+    keys = ("b_id", "name")
+    changed = db.run_sync(lambda conn: _RENAME.run_ordered(conn, keys, [pk, "Renamed"]).rowcount)
+    assert changed == 1
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one().name) == "Renamed"
+
+
+def test_values_that_do_not_match_their_names_are_refused(db: Database) -> None:
+    with pytest.raises(ValueError, match="2 values for 3 parameters"):
+        db.run_sync(
+            lambda conn: _INSERT.run_ordered(conn, ("os", "name", "created_at"), ["HOT011", "X"])
+        )

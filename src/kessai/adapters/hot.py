@@ -153,15 +153,32 @@ class Hot:
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> HotResult:
         """Execute with ``params`` inside the unit's transaction."""
         params = params or {}
-        dialect = conn.dialect
         # Callers give their parameters in a fixed order, so the order itself is the key.
         keys = tuple(params)
-        compiled = self._compiled.get((dialect.name, keys)) or self._compile(conn, keys)
+        compiled = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
         if compiled.defaults:
             params = {**compiled.defaults, **params}
-        values = [params[name] for name in compiled.names]
+        return self._execute(conn, compiled, [params[name] for name in compiled.names])
+
+    def run_ordered(self, conn: Connection, keys: tuple[str, ...], values: list[Any]) -> HotResult:
+        """Execute with the values of the parameters ``keys``, given in that order.
+
+        For a caller that binds many parameters at once (a multi-row INSERT): no mapping is
+        built only to be read back in the statement's order. ``values`` is converted in place.
+        """
+        if len(values) != len(keys):
+            raise ValueError(f"{len(values)} values for {len(keys)} parameters")
+        compiled = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
+        if compiled.defaults or compiled.names != keys:
+            return self.run(conn, dict(zip(keys, values, strict=True)))
+        return self._execute(conn, compiled, values)
+
+    @staticmethod
+    def _execute(conn: Connection, compiled: _Compiled, values: list[Any]) -> HotResult:
+        """Convert ``values`` (in the statement's order) and execute."""
         for index, convert in compiled.converts:
             values[index] = convert(values[index])
+        dialect = conn.dialect
         if dialect.name != "sqlite":
             return HotResult(_run_on_postgresql(conn, compiled.sql, values), compiled)
         driver: Any = conn.connection.driver_connection

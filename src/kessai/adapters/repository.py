@@ -7,6 +7,7 @@ are written by the same unit, so they commit together or not at all.
 from __future__ import annotations
 
 import functools
+import operator
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,6 +121,13 @@ AUDIT_ROWS_PER_STATEMENT: Final = 16
 _AUDIT_PARAMS: Final = tuple(
     tuple(f"{name}_{i}" for name in _AUDIT_COLUMNS) for i in range(AUDIT_ROWS_PER_STATEMENT)
 )
+# All the parameter names of an INSERT of ``n`` rows, in order, by ``n``; and an entry's values in
+# the order of its row's names.
+_AUDIT_KEYS: Final = tuple(
+    tuple(name for row in _AUDIT_PARAMS[:n] for name in row)
+    for n in range(AUDIT_ROWS_PER_STATEMENT + 1)
+)
+_audit_row: Final = operator.itemgetter(*_AUDIT_COLUMNS)
 
 
 @functools.cache
@@ -394,10 +402,10 @@ def append_audit(conn: Connection, *entries: Mapping[str, Any]) -> None:
     """
     for start in range(0, len(entries), AUDIT_ROWS_PER_STATEMENT):
         chunk = entries[start : start + AUDIT_ROWS_PER_STATEMENT]
-        values: dict[str, Any] = {}
-        for params, entry in zip(_AUDIT_PARAMS, chunk, strict=False):
-            values.update(zip(params, (entry[name] for name in _AUDIT_COLUMNS), strict=True))
-        _insert_audit_rows(len(chunk)).run(conn, values)
+        values: list[Any] = []
+        for entry in chunk:
+            values.extend(_audit_row(entry))
+        _insert_audit_rows(len(chunk)).run_ordered(conn, _AUDIT_KEYS[len(chunk)], values)
 
 
 def audit(conn: Connection, **fields: Unpack[AuditFields]) -> None:
