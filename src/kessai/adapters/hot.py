@@ -194,8 +194,9 @@ class Hot:
 
 
 # asyncpg's prepared statements, by asyncpg connection and then by SQL text: a statement is
-# prepared on a connection's first use of it and forgotten with the connection, or after any
-# error on it (a statement the server no longer knows, once the schema changed, is prepared anew).
+# prepared on a connection's first use of it, and a connection's are forgotten with it, when it is
+# found dead, or when the server refuses one as stale (after a schema change): they are then
+# prepared anew.
 _prepared: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 # SQLSTATEs after which a connection's prepared statements are prepared anew: a plan whose result
 # no longer matches the schema (feature_not_supported, as PostgreSQL reports it) and a statement
