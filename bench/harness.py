@@ -449,6 +449,23 @@ class CpuUse:
         )
 
 
+def classifier(
+    server: Server, others: dict[int, str] | None = None
+) -> Callable[[int, str], str | None]:
+    """The ``classify`` of ``cpu_use``: the server's processes, PostgreSQL's, and ``others``.
+
+    ``others`` names further processes by pid (the load generator, a profiler); PostgreSQL's
+    processes are known by their command name.
+    """
+    groups = {pid: "server" for pid in (*server.worker_pids(), server.process.pid)}
+    groups.update(others or {})
+
+    def classify(pid: int, name: str) -> str | None:
+        return groups.get(pid) or ("PostgreSQL" if name == "postgres" else None)
+
+    return classify
+
+
 def cpu_use(
     before: CpuSnapshot,
     after: CpuSnapshot,

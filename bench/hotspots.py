@@ -169,17 +169,8 @@ def _profile(
                 seconds=args.seconds,
                 drain_seconds=5.0,
             )
-            serving, generator = {*pids, server.process.pid}, os.getpid()
-
-            def classify(pid: int, name: str) -> str | None:
-                if pid in serving:
-                    return "server"
-                if pid == generator:
-                    return "load generator"
-                if name == "postgres":
-                    return "PostgreSQL"
-                return "py-spy" if name == "py-spy" else None
-
+            others = {os.getpid(): "load generator", **{spy.pid: "py-spy" for spy in spies}}
+            classify = harness.classifier(server, others)
             cpu = harness.cpu_use(before, harness.cpu_snapshot(), classify)
             for process in spies:
                 _, errors = process.communicate(timeout=args.seconds + 60)

@@ -471,13 +471,7 @@ def _drive_wrk(
     that writing the files never counts as time the server had.
     """
     harness.write_lines(prefix, lines, plan.threads)
-    serving = {*server.worker_pids(), server.process.pid}
-
-    def classify(pid: int, name: str) -> str | None:
-        if pid in serving:
-            return "server"
-        return "PostgreSQL" if name == "postgres" else None
-
+    classify = harness.classifier(server)
     start = utcnow()
     before = harness.cpu_snapshot()
     result = harness.run_wrk(

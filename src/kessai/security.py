@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import random
 import secrets
 import ssl
 import string
@@ -23,22 +21,16 @@ SESSION_TOKEN_BYTES: Final = 32  # 256 bits, well over the 128 the design asks f
 _ALNUM: Final = string.ascii_letters + string.digits
 
 
-# Request ids need to be unique and not to betray how many requests came before, but they are no
-# secret: a Mersenne Twister seeded from the OS gives them without a system call per request
-# (``secrets`` reads the OS's random source each time, and that call lets the writer thread take
-# the GIL in the middle of serving a request). Reseeded in a forked child, so that two processes
-# never share a sequence.
-_request_ids = random.Random(os.urandom(32))  # noqa: S311 - an id, not a secret (above)
-os.register_at_fork(after_in_child=lambda: _request_ids.seed(os.urandom(32)))
 REQUEST_ID_BITS: Final = 80
 
 
 def new_request_id() -> str:
     """An opaque id for one request: 20 hex digits (80 random bits), so unique in practice.
 
-    Not for anything that must stay unguessable (tokens, credentials): see ``secrets``.
+    Drawn like transIds (``random_below``): no system call per request, and random rather than
+    counted, so an id does not tell how many requests came before it.
     """
-    return f"{_request_ids.getrandbits(REQUEST_ID_BITS):020x}"
+    return f"{random_below(1 << REQUEST_ID_BITS):020x}"
 
 
 def hash_secret(value: str) -> str:
@@ -70,7 +62,7 @@ def token_hash(token: str) -> str:
 def random_digits(count: int) -> str:
     """``count`` random decimal digits (a leading zero allowed)."""
     # One draw for all the digits: uniform over 10**count, so every digit is uniform too.
-    return f"{secrets.randbelow(10**count):0{count}d}" if count else ""
+    return f"{random_below(10**count):0{count}d}" if count else ""
 
 
 def new_mid() -> str:
@@ -102,8 +94,10 @@ def random_below(bound: int) -> int:
     ``secrets`` reads the OS's random source on every draw: a system call that lets another
     thread take the GIL (on the event loop, the database's writer thread) and then waits to get
     it back. OpenSSL's generator is seeded from the OS, reseeds itself, including in a forked
-    child, and answers from memory while the GIL is held. Drawing one byte more than ``bound``
-    needs makes the rejection below rare; it keeps every value equally likely.
+    child, and answers from memory while the GIL is held. Request ids, transIds and every digit
+    string are drawn here; passwords and session tokens still come from ``secrets``. Drawing one
+    byte more than ``bound`` needs makes the rejection below rare; it keeps every value equally
+    likely.
     """
     if bound <= 0:
         raise ValueError("bound must be above zero")
@@ -123,7 +117,7 @@ def new_trans_id() -> str:
 
 def new_refund_id() -> str:
     """A refund's identifier: ``R`` and 11 digits."""
-    return f"R{random_below(10**11):011d}"
+    return "R" + random_digits(11)
 
 
 def mask_code(code: str) -> str:

@@ -42,6 +42,19 @@ def pg(postgres_url: str) -> Iterator[tuple[Database, str]]:
     database.close()
 
 
+def _on_server(url: str, statement: str) -> list[asyncpg.Record]:
+    """Run ``statement`` on a connection of its own, outside the database's pool."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetch(statement)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def _integration(db: Database, os_value: str = "HOT001", name: str = "Hot POS") -> int:
     row = {"os": os_value, "name": name, "created_at": AT}
     return db.run_sync(lambda conn: _INSERT.run(conn, row).inserted_pk)
@@ -114,18 +127,12 @@ def test_a_connection_the_server_dropped_is_replaced_and_the_unit_run_anew(
     db, url = pg
     _integration(db, "HOT004")  # the pool now holds one connection
 
-    async def terminate_the_others() -> int:
-        conn = await asyncpg.connect(url)
-        try:
-            rows = await conn.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await conn.close()
-        return len(rows)
-
-    assert asyncio.run(terminate_the_others()) >= 1
+    terminated = _on_server(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    assert len(terminated) >= 1
     attempts = 0
 
     def read(conn: Connection) -> int:
@@ -179,14 +186,6 @@ def test_a_column_whose_conversion_needs_the_drivers_type_code_is_refused(
         db.run_sync(lambda conn: priced.run(conn, {"pk": pk}).first())
 
 
-async def _alter(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def test_statements_run_on_asyncpg_prepared_once_per_connection(
     pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,7 +216,7 @@ def test_a_statement_stale_after_a_schema_change_is_prepared_anew(pg: tuple[Data
     name = Hot(sa.select(t.integrations.c.name).where(t.integrations.c.id == sa.bindparam("pk")))
     assert db.run_sync(lambda conn: name.run(conn, {"pk": pk}).scalar_one()) == "Hot POS"
     # The prepared SELECT answers the column as VARCHAR; as TEXT its plan no longer fits it.
-    asyncio.run(_alter(url, "ALTER TABLE integrations ALTER COLUMN name TYPE text"))
+    _on_server(url, "ALTER TABLE integrations ALTER COLUMN name TYPE text")
     stale = "cached statement plan is invalid|cached plan must not change result type"
     with pytest.raises(sa.exc.DBAPIError, match=stale):
         db.run_sync(lambda conn: name.run(conn, {"pk": pk}).scalar_one())
@@ -274,3 +273,24 @@ def test_a_unit_cancelled_midway_commits_nothing_and_frees_its_connection(
     assert not kept
     assert answered
     assert checked_out == 0
+
+
+def test_an_adapter_without_the_fast_paths_needs_runs_through_its_cursor(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _ = pg
+    through_cursor: list[str] = []
+    cursor_run = hot._run_on_dbapi
+
+    def recorded(conn: Connection, sql: str, values: list[object]) -> object:
+        through_cursor.append(sql)
+        return cursor_run(conn, sql, values)
+
+    monkeypatch.setattr(hot, "_fast_path", lambda _adapted: False)
+    monkeypatch.setattr(hot, "_run_on_dbapi", recorded)
+    pk = _integration(db)
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one().os) == "HOT001"
+    assert db.run_sync(lambda conn: _RENAME.run(conn, {"b_id": pk, "name": "N"}).rowcount) == 1
+    with pytest.raises(sa.exc.IntegrityError):
+        _integration(db)
+    assert len(through_cursor) == 4

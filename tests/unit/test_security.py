@@ -120,7 +120,8 @@ def test_request_ids_are_twenty_hex_digits_and_unique() -> None:
 
 
 def test_a_forked_process_gets_request_ids_of_its_own() -> None:
-    # Without the reseed at fork, parent and child would draw the very same next ids.
+    # Should the generator not reseed in a forked child, parent and child would draw the very
+    # same next ids.
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next id and leave at once

@@ -42,6 +42,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from kessai.adapters.hot import sqlstate
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -159,7 +161,7 @@ class Database:
                 # sent: nothing was applied then. A COMMIT that got no answer may have been
                 # applied, so running the unit again could apply it twice.
                 dropped = exc.connection_invalidated and not committing
-                if not (dropped or _pg_sqlstate(exc) in _PG_RETRYABLE) or attempt == MAX_RETRIES:
+                if not (dropped or sqlstate(exc.orig) in _PG_RETRYABLE) or attempt == MAX_RETRIES:
                     raise
                 await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -735,12 +737,3 @@ def _begin_sqlite(conn: Connection) -> None:
 def _is_sqlite_busy(exc: sa.exc.OperationalError) -> bool:
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text
-
-
-def _pg_sqlstate(exc: sa.exc.DBAPIError) -> str | None:
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    cause = getattr(orig, "__cause__", None)
-    if code is None and cause is not None:
-        code = getattr(cause, "sqlstate", None)
-    return code if isinstance(code, str) else None

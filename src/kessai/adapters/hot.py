@@ -204,13 +204,22 @@ _prepared: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDicti
 _STALE_STATEMENT = frozenset({"0A000", "26000"})
 
 
-def _sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of a DBAPI error from the asyncpg adapter, or of the asyncpg error under it."""
-    for candidate in (error, error.__cause__):
-        code = getattr(candidate, "sqlstate", None)
+def sqlstate(error: BaseException | None) -> str | None:
+    """The SQLSTATE of a PostgreSQL driver's error, or of the driver error it was raised from.
+
+    ``error`` is a DBAPI error (SQLAlchemy's ``DBAPIError.orig``): asyncpg's adapter keeps the
+    code as ``sqlstate``, psycopg's as ``pgcode``.
+    """
+    for candidate in (error, getattr(error, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
         if isinstance(code, str):
             return code
     return None
+
+
+def _fast_path(adapted: Any) -> bool:
+    """Whether SQLAlchemy's asyncpg adapter has what ``_run_on_postgresql`` uses of it."""
+    return hasattr(adapted, "_start_transaction")
 
 
 class _Fetched:
@@ -244,7 +253,7 @@ class _Fetched:
 def _run_on_postgresql(conn: Connection, sql: str, values: list[Any]) -> Any:
     """Execute on the asyncpg connection of the unit's transaction, from its greenlet."""
     adapted: Any = conn.connection.dbapi_connection
-    if not hasattr(adapted, "_start_transaction"):
+    if not _fast_path(adapted):
         return _run_on_dbapi(conn, sql, values)
     driver: Any = conn.connection.driver_connection
     dialect = conn.dialect
@@ -269,7 +278,7 @@ def _run_on_postgresql(conn: Connection, sql: str, values: list[Any]) -> Any:
             raise
     except dialect.loaded_dbapi.Error as exc:
         gone = dialect.is_disconnect(exc, adapted, None)
-        if gone or _sqlstate(exc) in _STALE_STATEMENT:
+        if gone or sqlstate(exc) in _STALE_STATEMENT:
             _prepared.pop(driver, None)
         raise _driver_error(conn, sql, values, exc, gone=gone) from exc
 

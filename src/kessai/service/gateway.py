@@ -364,16 +364,15 @@ class Gateway:
         self._local[name] = (connector, local)
         return local
 
-    def _keyed(self, fingerprint: str, code: str | None) -> _Keyed | None:
-        """A new payment's keyed hashes, made now if the database's code key is known.
+    @staticmethod
+    def _keyed(key: str, fingerprint: str, code: str | None) -> _Keyed:
+        """A new payment's keyed hashes under ``key``: its request's and its customer code's.
 
-        Called before the payment's unit is queued, so that the hashing is done on the event
-        loop rather than in the unit, while the writer holds the lock every process waits for.
-        The unit uses them only if the key it reads is the one they were made with.
+        Made before the payment's unit is queued once the database's code key is known, so that
+        the hashing is done on the event loop rather than in the unit, while the writer holds
+        the lock every process waits for. The unit uses them only if the key it reads is the one
+        they were made with, and otherwise makes them again itself.
         """
-        key = self._code_key
-        if key is None:
-            return None
         code_digest = None if code is None else keyed_hash(key, code)
         return _Keyed(key, keyed_hash(key, fingerprint), code_digest)
 
@@ -400,15 +399,16 @@ class Gateway:
         the provider lacks is refused in this unit, before any payment exists. With ``within``,
         a provider whose books are in our database is asked in the same unit (its answer
         recorded there too), so the payment and the charge commit together; it is given the
-        keyed hash of the customer's ``code`` when that was made ahead. ``build`` makes the
-        payment with ``now`` as its creation time.
+        keyed hash of the customer's ``code``. ``build`` makes the payment with ``now`` as its
+        creation time.
 
         Whatever needs no database is done here, before the unit is queued: the first transId
         drawn and, once the code key is known, the keyed hashes (``_keyed``).
         """
         runs = 0
         first_trans_id = new_trans_id()
-        ahead = self._keyed(fingerprint, code)
+        known = self._code_key
+        ahead = None if known is None else self._keyed(known, fingerprint, code)
 
         def unit(conn: Connection) -> _Hop:
             nonlocal runs
@@ -418,7 +418,9 @@ class Gateway:
             )
             key = self._code_key = repo.code_key(conn)
             keyed = ahead if ahead is not None and ahead.key == key else None
-            request_hash = keyed.request_hash if keyed is not None else keyed_hash(key, fingerprint)
+            if keyed is None:
+                keyed = self._keyed(key, fingerprint, code)
+            request_hash = keyed.request_hash
             # No lookup on the first run: a transKey or transId already taken fails the insert
             # on its unique constraint, and the unit, run again, then finds what is there.
             existing = (
@@ -444,8 +446,7 @@ class Gateway:
             if within is not None and local is not None:
                 # Asked before the payment row is written, so that the row is written once, in
                 # its final state; the charge and the row commit together all the same.
-                code_digest = keyed.code_digest if keyed is not None else None
-                answer = within(conn, local, payment, ctx, code_digest)
+                answer = within(conn, local, payment, ctx, keyed.code_digest)
                 move = _decide(payment, answer, now, self.settings)
                 final = move.after or payment
             pk = repo.insert_payment(
