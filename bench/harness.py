@@ -217,12 +217,16 @@ def worker_restarts(server: Server) -> int:
 
 
 def kessai_spec(
-    name: str, database_url: str, workdir: Path, workers: int = 2
+    name: str,
+    database_url: str,
+    workdir: Path,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[str, Callable[[int], list[str]], dict[str, str]]:
     """`kessai serve --workers N` on 127.0.0.1 with default settings, for ``start_servers``."""
     metrics = workdir / f"metrics-{name}"
     metrics.mkdir(parents=True, exist_ok=True)
-    env = clean_env(PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    env = clean_env(PROMETHEUS_MULTIPROC_DIR=str(metrics), **(extra_env or {}))
 
     def command(port: int) -> list[str]:
         return [
@@ -233,9 +237,16 @@ def kessai_spec(
     return name, command, env
 
 
-def kessai_server(name: str, database_url: str, workdir: Path, workers: int = 2) -> Server:
+def kessai_server(
+    name: str,
+    database_url: str,
+    workdir: Path,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     """Start `kessai serve --workers N` and wait until every worker is ready."""
-    return start_servers([kessai_spec(name, database_url, workdir, workers)], workdir, workers)[0]
+    spec = kessai_spec(name, database_url, workdir, workers, extra_env)
+    return start_servers([spec], workdir, workers)[0]
 
 
 def hello_server(workdir: Path, workers: int = 2) -> Server:

@@ -257,3 +257,63 @@ def test_hotspots_profiles_the_workers_on_postgresql() -> None:
     # No writer thread on PostgreSQL: the unit runs from the event loop.
     assert "== event loop:" in out and "== writer:" not in out
     assert "_new_payment_unit.<locals>.unit (service/gateway.py)" in out.split("incl.")[1]
+
+
+def _group(queued: list[float], base: float, *, size_ms: float = 1.0) -> dict[str, object]:
+    """A group as bench/phasehook writes it: stamps ``size_ms`` apart from ``base`` (seconds)."""
+    step = size_ms / 1000
+    return {
+        "queued": queued,
+        "taken": base + step,
+        "locked": base + 2 * step,
+        "locked_cpu": 10.0,
+        "unlocking": base + 3 * step,
+        "unlocking_cpu": 10.0 + step / 2,
+        "unlocked": base + 3 * step,
+        "flushed": base + 4 * step,
+        "answered": base + 5 * step,
+    }
+
+
+def test_the_phases_of_a_payment_add_up_to_its_time_in_the_gateway() -> None:
+    import phases  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    lines = [
+        json.dumps(_group([100.0, 100.0005], 100.0)),
+        json.dumps(_group([200.0], 200.0, size_ms=3.0)),
+        json.dumps({"checkpoint": [200.001, 200.002]}),
+        # Read-only (no lock stamps), queued outside the window, never answered: left out.
+        json.dumps({"queued": [100.1], "taken": 100.2, "flushed": 100.3, "answered": 100.4}),
+        json.dumps(_group([50.0], 50.0)),
+        json.dumps({k: v for k, v in _group([150.0], 150.0).items() if k != "answered"}),
+    ]
+    groups, checkpoints = phases.read_records(lines)
+    assert checkpoints == [(200.001, 200.002)]
+    found = phases.payments(groups, 60.0, 300.0)
+    # Sorted by time in the gateway: the unit queued half a millisecond after its group's first.
+    assert [round(p.total * 1000, 3) for p in found] == [4.5, 5.0, 15.0]
+    for payment in found:
+        parts = sum(
+            payment.phase(start, end) for name, start, end in phases.PHASES if "CPU" not in name
+        )
+        assert math.isclose(parts, payment.total)
+    text = phases.report(found, checkpoints)
+    assert "3 payments" in text
+    assert "| queued | 1.50 | " in text  # (1 + 0.5 + 3) / 3 ms over all
+    assert "|   of which the writer's CPU | 0.83 | " in text
+    assert "| units in its group | 1.7 | " in text
+    # Only the slow one overlapped the checkpoint: a third over all, all of the slowest.
+    assert "| overlapped a checkpoint | 33 % | 100 % | 100 % |" in text
+    assert "checkpoints in the window: 1, 1.00 ms on average" in text
+    assert phases.report([], []) == "no timed payments in the window"
+
+
+@pytest.mark.timeout(600)
+def test_phases_times_every_payment_of_a_short_run() -> None:
+    done = _run_script("phases.py", ["--rate", "200", "--seconds", "2"], timeout=540)
+    out = done.stdout
+    assert "400 sent, 400 answered with HTTP 200" in out
+    # The hook in the server's workers timed every one of them, in every phase.
+    assert "400 payments, queued for the writer thread" in out
+    for row in ("| queued |", "| lock wait |", "| under the lock |", "| WAL flush |", "| answer |"):
+        assert row in out

@@ -1,0 +1,210 @@
+"""Where a REQUEST's latency goes inside the gateway, phase by phase, at a fixed rate.
+
+    .venv/bin/python bench/phases.py                        # 1,000 REQUEST/s for 20 s
+    .venv/bin/python bench/phases.py --rate 2000 --seconds 10
+
+Starts `kessai serve` (2 workers on SQLite, the sandbox approving at once) on 127.0.0.1 with
+bench/phasehook on its path, which times each group of units on the writer thread; pays with
+fresh codes at a fixed rate (bench/openloop.py); then splits each payment's time from being
+queued for the writer thread to its answer being handed back to the event loop into phases:
+
+- queued: waiting for the writer thread, busy with the groups before;
+- lock wait: waiting for the writer lock while another process commits;
+- under the lock: BEGIN, every unit of the group, COMMIT;
+- WAL flush: the fsync that makes the group durable, after the lock is let go;
+- answer: until the event loop runs the answer.
+
+It prints each phase's mean over all payments, over those between the 90th and 99th percentile,
+and over the slowest 1 %, with the group size and how many overlapped a checkpoint. What comes
+before (HTTP, the express lane) and after (the response) is the difference to the client's
+latency, printed above the table. Timing adds a little work per group; figures are close to,
+not the same as, the bench's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness
+import openloop
+from harness import BENCH, HOST, log
+from run import payment_requests
+
+HOOK = BENCH / "phasehook"
+# Each phase: its name in the table, and the two stamps it lies between.
+PHASES = (
+    ("queued", "queued", "taken"),
+    ("lock wait", "taken", "locked"),
+    ("under the lock", "locked", "unlocked"),
+    ("of which the writer's CPU", "locked_cpu", "unlocking_cpu"),
+    ("WAL flush", "unlocked", "flushed"),
+    ("answer", "flushed", "answered"),
+)
+
+
+@dataclass(frozen=True)
+class Payment:
+    """One unit's stamps (monotonic seconds) and the group it ran in."""
+
+    queued: float
+    group: dict[str, Any]
+
+    def stamp(self, name: str) -> float:
+        """A stamp of this payment: its own queuing, or its group's."""
+        return self.queued if name == "queued" else float(self.group[name])
+
+    @property
+    def total(self) -> float:
+        """From queued to the event loop running its answer."""
+        return self.stamp("answered") - self.queued
+
+    def phase(self, start: str, end: str) -> float:
+        """Seconds between two stamps."""
+        return self.stamp(end) - self.stamp(start)
+
+
+def read_records(lines: Iterable[str]) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
+    """Groups and checkpoints from the hook's JSON lines."""
+    groups: list[dict[str, Any]] = []
+    checkpoints: list[tuple[float, float]] = []
+    for line in lines:
+        record = json.loads(line)
+        if "checkpoint" in record:
+            start, end = record["checkpoint"]
+            checkpoints.append((float(start), float(end)))
+        else:
+            groups.append(record)
+    return groups, checkpoints
+
+
+def payments(groups: Iterable[dict[str, Any]], start: float, end: float) -> list[Payment]:
+    """The units queued within [start, end) of groups that wrote and were answered, by total."""
+    stamps = ("locked", "unlocked", "flushed", "answered")
+    found = [
+        Payment(queued, group)
+        for group in groups
+        if all(name in group for name in stamps)
+        for queued in group["queued"]
+        if queued is not None and start <= queued < end
+    ]
+    found.sort(key=lambda payment: payment.total)
+    return found
+
+
+def _overlaps(payment: Payment, checkpoints: Sequence[tuple[float, float]]) -> bool:
+    answered = payment.stamp("answered")
+    return any(start < answered and end > payment.queued for start, end in checkpoints)
+
+
+def report(found: Sequence[Payment], checkpoints: Sequence[tuple[float, float]]) -> str:
+    """The table: percentiles of the in-gateway time, then each phase's mean per slice."""
+    if not found:
+        return "no timed payments in the window"
+    count = len(found)
+
+    def at(q: float) -> float:
+        return found[min(count - 1, max(0, math.ceil(q * count) - 1))].total * 1000
+
+    slices = {
+        "all": found,
+        "p90–p99": found[int(count * 0.9) : int(count * 0.99)] or found[-1:],
+        "slowest 1 %": found[int(count * 0.99) :] or found[-1:],
+    }
+    lines = [
+        f"{count:,} payments, queued for the writer thread → answer on the event loop: "
+        f"p50 {at(0.5):.2f} ms, p90 {at(0.9):.2f} ms, p99 {at(0.99):.2f} ms, "
+        f"p99.9 {at(0.999):.2f} ms",
+        "",
+        "| mean, ms | " + " | ".join(slices) + " |",
+        "|---|" + "---:|" * len(slices),
+    ]
+    for name, start, end in PHASES:
+        means = [sum(p.phase(start, end) for p in part) / len(part) for part in slices.values()]
+        label = f"  {name}" if start.endswith("_cpu") else name  # a part of the row above
+        lines.append(f"| {label} | " + " | ".join(f"{m * 1000:.2f}" for m in means) + " |")
+    totals = [sum(p.total for p in part) / len(part) for part in slices.values()]
+    lines.append("| **in all** | " + " | ".join(f"{t * 1000:.2f}" for t in totals) + " |")
+    sizes = [sum(len(p.group["queued"]) for p in part) / len(part) for part in slices.values()]
+    lines.append("| units in its group | " + " | ".join(f"{s:.1f}" for s in sizes) + " |")
+    shares = [
+        100 * sum(_overlaps(p, checkpoints) for p in part) / len(part) for part in slices.values()
+    ]
+    lines.append("| overlapped a checkpoint | " + " | ".join(f"{s:.0f} %" for s in shares) + " |")
+    window = (found[0].queued, max(p.stamp("answered") for p in found))
+    inside = [end - start for start, end in checkpoints if window[0] <= start < window[1]]
+    if inside:
+        lines.append(
+            f"\ncheckpoints in the window: {len(inside):,}, "
+            f"{1000 * sum(inside) / len(inside):.2f} ms on average, longest "
+            f"{1000 * max(inside):.2f} ms"
+        )
+    return "\n".join(lines)
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="REQUEST/s (default 1,000)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load time (default 20)")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0:
+        parser.error("--rate and --seconds must be above zero")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve with the hook, load at a fixed rate, print the phases."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    work = Path(tempfile.mkdtemp(prefix="kessai-phases-"))
+    try:
+        url = f"sqlite:///{work / 'kessai.db'}"
+        traces = work / "phases"
+        traces.mkdir()
+        log("provisioning")
+        fleet = harness.provision(url, 4, 4)
+        codes = harness.issue_codes(url, max(1, round(args.rate * args.seconds)))
+        path = os.pathsep.join(filter(None, [str(HOOK), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": path, "KESSAI_BENCH_PHASES": str(traces)}
+        server = harness.kessai_server("phases", url, work, extra_env=env)
+        try:
+            tokens = harness.login_all(server.base_url, fleet)
+            requests = payment_requests(server, tokens, codes, "P")
+            log(f"{args.rate:,.0f} REQUEST/s for {args.seconds:g} s")
+            start = time.monotonic()  # the hook's clock, shared by every process
+            result = openloop.run(HOST, server.port, requests, rate=args.rate, seconds=args.seconds)
+            end = time.monotonic()
+            time.sleep(1.5)  # the hook writes what was answered every half second
+        finally:
+            server.stop()
+        lines = [
+            line
+            for trace in sorted(traces.glob("phases-*.jsonl"))
+            for line in trace.read_text(encoding="utf-8").splitlines()
+        ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    groups, checkpoints = read_records(lines)
+    answered = result.statuses.get(200, 0)
+    print(
+        f"REQUEST at {args.rate:,.0f}/s for {args.seconds:g} s: {result.scheduled:,} sent, "
+        f"{answered:,} answered with HTTP 200; at the client p50 "
+        f"{result.quantile(0.5) * 1000:.2f} ms, p99 {result.quantile(0.99) * 1000:.2f} ms, "
+        f"p99.9 {result.quantile(0.999) * 1000:.2f} ms"
+    )
+    print(report(payments(groups, start, end), checkpoints))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
