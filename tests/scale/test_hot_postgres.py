@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters import hot
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
-from kessai.adapters.db import Database
+from kessai.adapters.db import PG_POOL_SIZE, Database
 from kessai.adapters.hot import Hot
 from kessai.adapters.migrate import upgrade
 
@@ -294,3 +294,25 @@ def test_an_adapter_without_the_fast_paths_needs_runs_through_its_cursor(
     with pytest.raises(sa.exc.IntegrityError):
         _integration(db)
     assert len(through_cursor) == 4
+
+
+def test_units_share_the_pools_connections_and_open_no_more(pg: tuple[Database, str]) -> None:
+    # Bursts of more units at once than the pool holds: the units beyond it wait for a connection
+    # to come back, rather than each burst opening connections closed again on return (a new
+    # server process every time, which cost PostgreSQL more than the units themselves).
+    database, _ = pg
+    wanted = PG_POOL_SIZE * 3
+
+    def backend(conn: Connection) -> int:
+        # Long enough that the whole burst is in flight together.
+        return int(conn.exec_driver_sql("SELECT pg_backend_pid() FROM pg_sleep(0.02)").scalar_one())
+
+    async def bursts() -> set[int]:
+        seen: set[int] = set()
+        for _ in range(4):
+            pids = await asyncio.gather(*(database.run(backend) for _ in range(wanted)))
+            seen.update(pids)
+        return seen
+
+    seen = asyncio.run(bursts())
+    assert 1 < len(seen) <= PG_POOL_SIZE

@@ -61,9 +61,10 @@ CHECKPOINT_PAUSE_SECONDS: Final = 0.05
 # Should the checkpointer fall far behind, the committing connection checkpoints at this many WAL
 # pages (about 40 MB), as SQLite does by default at 1,000.
 WAL_BACKSTOP_PAGES: Final = 10_000
-# Connections each gateway process keeps to PostgreSQL.
+# Connections each gateway process keeps to PostgreSQL, and the most it opens: a unit beyond
+# that many at once waits for one to come back. No overflow connections: under steady load they
+# were closed on return and opened again a moment later, a new server process each time.
 PG_POOL_SIZE: Final = 10
-PG_POOL_OVERFLOW: Final = 10
 # Pooled PostgreSQL connections are replaced after this long, before firewalls forget them.
 PG_POOL_RECYCLE_SECONDS: Final = 300
 
@@ -128,7 +129,7 @@ class Database:
         return create_async_engine(
             self.url,
             pool_size=PG_POOL_SIZE,
-            max_overflow=PG_POOL_OVERFLOW,
+            max_overflow=0,
             # No ping on every checkout (two extra round trips per unit of work): a connection
             # the server dropped fails its unit, which is then run again on a fresh connection.
             pool_recycle=PG_POOL_RECYCLE_SECONDS,
