@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -705,6 +706,17 @@ def postgres_server(given: str | None) -> Iterator[str]:
     finally:
         subprocess.run([script, "stop", folder], capture_output=True, check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new database on the server, named ``prefix`` and a random suffix, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    url = postgres_database(server_url, name)
+    try:
+        yield url
+    finally:
+        postgres_database(server_url, name, drop=True)
 
 
 def postgres_database(server_url: str, name: str, *, drop: bool = False) -> str:

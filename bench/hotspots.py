@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import harness
 import openloop
 from harness import HOST, BenchError, log
-from run import payment_requests
+from run import paying_server
 
 # py-spy names a thread in its raw output as "thread (ID): NAME"; the roles we report.
 ROLES = {"MainThread": "event loop", "kessai-db": "writer", "kessai-checkpoint": "checkpointer"}
@@ -134,15 +133,9 @@ def _profile(
     args: argparse.Namespace, spy: str, work: Path
 ) -> tuple[dict[str, ThreadProfile], openloop.OpenLoopResult, harness.CpuUse, int]:
     """Serve, load and sample; answer the profiles by role, the load's result and the CPU used."""
+    count = max(1, round(args.rate * args.seconds))
     with database(args.postgres, work) as url:
-        log("provisioning")
-        fleet = harness.provision(url, 4, 4)
-        count = max(1, round(args.rate * args.seconds))
-        codes = harness.issue_codes(url, count)
-        server = harness.kessai_server("hotspots", url, work)
-        try:
-            tokens = harness.login_all(server.base_url, fleet)
-            requests = payment_requests(server, tokens, codes, "S")
+        with paying_server("hotspots", url, work, count, "S") as (server, requests):
             pids = server.worker_pids()
             outputs = [work / f"spy-{pid}.txt" for pid in pids]
             log(f"{args.rate:,.0f} REQUEST/s for {args.seconds:g} s; py-spy on workers {pids}")
@@ -176,8 +169,6 @@ def _profile(
                 _, errors = process.communicate(timeout=args.seconds + 60)
                 if process.returncode != 0:
                     raise BenchError(f"py-spy failed ({process.returncode}): {errors.strip()}")
-        finally:
-            server.stop()
         profiles = read_profiles(
             line for out in outputs for line in out.read_text(encoding="utf-8").splitlines()
         )
@@ -190,13 +181,11 @@ def database(postgres: str | None, work: Path) -> Iterator[str]:
     if postgres is None:
         yield f"sqlite:///{work / 'kessai.db'}"
         return
-    with harness.postgres_server(postgres or None) as server_url:
-        name = f"kessai_hotspots_{secrets.token_hex(4)}"
-        url = harness.postgres_database(server_url, name)
-        try:
-            yield url
-        finally:
-            harness.postgres_database(server_url, name, drop=True)
+    with (
+        harness.postgres_server(postgres or None) as server_url,
+        harness.scratch_database(server_url, "kessai_hotspots") as url,
+    ):
+        yield url
 
 
 def main(argv: Sequence[str] | None = None) -> int:

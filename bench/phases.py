@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import harness
 import openloop
 from harness import BENCH, HOST, log
-from run import payment_requests
+from run import paying_server
 
 HOOK = BENCH / "phasehook"
 # Each phase: its name in the table, and the two stamps it lies between.
@@ -171,22 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = f"sqlite:///{work / 'kessai.db'}"
         traces = work / "phases"
         traces.mkdir()
-        log("provisioning")
-        fleet = harness.provision(url, 4, 4)
-        codes = harness.issue_codes(url, max(1, round(args.rate * args.seconds)))
+        count = max(1, round(args.rate * args.seconds))
         path = os.pathsep.join(filter(None, [str(HOOK), os.environ.get("PYTHONPATH")]))
         env = {"PYTHONPATH": path, "KESSAI_BENCH_PHASES": str(traces)}
-        server = harness.kessai_server("phases", url, work, extra_env=env)
-        try:
-            tokens = harness.login_all(server.base_url, fleet)
-            requests = payment_requests(server, tokens, codes, "P")
+        with paying_server("phases", url, work, count, "P", env) as (server, requests):
             log(f"{args.rate:,.0f} REQUEST/s for {args.seconds:g} s")
             start = time.monotonic()  # the hook's clock, shared by every process
             result = openloop.run(HOST, server.port, requests, rate=args.rate, seconds=args.seconds)
             end = time.monotonic()
-            time.sleep(1.5)  # the hook writes what was answered every half second
-        finally:
-            server.stop()
+            # The hook writes what was answered every half second; what it still held when the
+            # server stops is not always written, so three of its rounds go by first.
+            time.sleep(1.5)
         lines = [
             line
             for trace in sorted(traces.glob("phases-*.jsonl"))

@@ -424,6 +424,31 @@ def payment_requests(
     ]
 
 
+@contextlib.contextmanager
+def paying_server(
+    name: str,
+    url: str,
+    work: Path,
+    count: int,
+    tag: str,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[Server, list[bytes]]]:
+    """`kessai serve` on a freshly provisioned ``url``, and ``count`` REQUESTs ready for it.
+
+    For the profiling tools: 4 merchants of 4 terminals each, every terminal logged in, one
+    fresh code per REQUEST (raw HTTP for the open-loop generator). The server stops afterwards.
+    """
+    log("provisioning")
+    fleet = harness.provision(url, 4, 4)
+    codes = harness.issue_codes(url, count)
+    server = harness.kessai_server(name, url, work, extra_env=extra_env)
+    try:
+        tokens = harness.login_all(server.base_url, fleet)
+        yield server, payment_requests(server, tokens, codes, tag)
+    finally:
+        server.stop()
+
+
 def settle(books: Books, quiet_seconds: float = 1.0, limit: float = 60.0) -> None:
     """Wait until no payment has been added for ``quiet_seconds`` (requests still in flight)."""
     deadline = time.monotonic() + limit
@@ -1012,9 +1037,7 @@ def part_postgresql(plan: Plan, report: Report, work: Path, ceiling: Ceiling | N
     """REQUEST per second with the gateway on PostgreSQL."""
     with harness.postgres_server(plan.postgres_url) as server_url:
         report.machine["postgresql"] = harness.postgres_version(server_url)
-        name = f"kessai_bench_{secrets.token_hex(4)}"
-        url = harness.postgres_database(server_url, name)
-        try:
+        with harness.scratch_database(server_url, "kessai_bench") as url:
             log("postgresql: provisioning")
             fleet = harness.provision(url, plan.merchants, plan.terminals_per_merchant)
             serving = _serving(plan, ceiling, "postgresql", url, fleet, work)
@@ -1033,8 +1056,6 @@ def part_postgresql(plan: Plan, report: Report, work: Path, ceiling: Ceiling | N
                     0.3,
                 )
                 log(f"postgresql: REQUEST {rate:,.0f}/s")
-        finally:
-            harness.postgres_database(server_url, name, drop=True)
 
 
 # --- main -----------------------------------------------------------------------------------------

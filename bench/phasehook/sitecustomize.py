@@ -40,9 +40,13 @@ def _install(folder: str) -> None:
 
     def write() -> None:
         stale = clock() - _GIVE_UP_SECONDS
+        done: list[dict[str, Any]] = []
+        waiting: list[dict[str, Any]] = []
         with lock:
-            done = [r for r in records if "answered" in r or r["taken"] < stale]
-            records[:] = [r for r in records if not ("answered" in r or r["taken"] < stale)]
+            for record in records:
+                finished = "answered" in record or record["taken"] < stale
+                (done if finished else waiting).append(record)
+            records[:] = waiting
             spans = checkpoints[:]
             checkpoints.clear()
         if not done and not spans:
