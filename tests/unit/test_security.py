@@ -8,6 +8,7 @@ import hmac
 import os
 import re
 import string
+from collections.abc import Callable
 
 import pytest
 from argon2.exceptions import VerifyMismatchError
@@ -119,19 +120,25 @@ def test_request_ids_are_twenty_hex_digits_and_unique() -> None:
     assert len({i[:8] for i in ids[:1000]}) == 1000
 
 
+def _drawn_here_and_in_a_fork(draw: Callable[[], str], count: int) -> tuple[list[str], list[str]]:
+    """``count`` draws in this process and ``count`` in a child forked just before them."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its draws and leave at once
+        os.write(write, " ".join(draw() for _ in range(count)).encode())
+        os._exit(0)
+    os.close(write)
+    ours = [draw() for _ in range(count)]
+    with os.fdopen(read, "rb") as pipe:
+        theirs = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    return ours, theirs
+
+
 def test_a_forked_process_gets_request_ids_of_its_own() -> None:
     # Should the generator not reseed in a forked child, parent and child would draw the very
     # same next ids.
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its next id and leave at once
-        os.write(write, new_request_id().encode())
-        os._exit(0)
-    os.close(write)
-    ours = new_request_id()
-    with os.fdopen(read, "rb") as pipe:
-        theirs = pipe.read().decode()
-    os.waitpid(pid, 0)
+    [ours], [theirs] = _drawn_here_and_in_a_fork(new_request_id, 1)
     assert re.fullmatch(r"[0-9a-f]{20}", theirs)
     assert theirs != ours
 
@@ -256,16 +263,7 @@ def test_random_below_refuses_an_empty_range(bound: int) -> None:
 def test_a_forked_process_draws_trans_ids_of_its_own() -> None:
     # OpenSSL's generator reseeds in a forked child; should it not, parent and child would hand
     # out the same transIds.
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.write(write, " ".join(new_trans_id() for _ in range(4)).encode())
-        os._exit(0)
-    os.close(write)
-    ours = [new_trans_id() for _ in range(4)]
-    with os.fdopen(read, "rb") as pipe:
-        theirs = pipe.read().decode().split()
-    os.waitpid(pid, 0)
+    ours, theirs = _drawn_here_and_in_a_fork(new_trans_id, 4)
     assert len(theirs) == 4
     assert not set(theirs) & set(ours)
 
