@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
+from kessai.adapters import hot
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
@@ -122,3 +124,39 @@ def test_values_that_do_not_match_their_names_are_refused(db: Database) -> None:
         db.run_sync(
             lambda conn: _INSERT.run_ordered(conn, ("os", "name", "created_at"), ["HOT011", "X"])
         )
+
+
+def test_a_deferred_insert_runs_at_once_on_sqlite(db: Database) -> None:
+    # No round trip to save: the INSERT runs where it is deferred, and its error is raised there.
+    _integration(db, os_value="HOT010")
+
+    def unit(conn: Connection) -> tuple[bool, str]:
+        _INSERT.defer(conn, {"os": "HOT011", "name": "At once", "created_at": AT})
+        seen = conn.execute(
+            sa.select(t.integrations.c.id).where(t.integrations.c.os == "HOT011")
+        ).first()
+        try:
+            _INSERT.defer(conn, {"os": "HOT010", "name": "Twice", "created_at": AT})
+        except sa.exc.IntegrityError:
+            return seen is not None, "raised where deferred"
+        return seen is not None, "not raised"
+
+    assert db.run_sync(unit) == (True, "raised where deferred")
+    with pytest.raises(TypeError, match="only an INSERT"):
+        db.run_sync(lambda conn: _RENAME.defer(conn, {"b_id": 1, "name": "N"}))
+
+
+def test_inserts_are_combined_into_one_statement_with_their_placeholders_renumbered() -> None:
+    first = "INSERT INTO a (x, y) VALUES ($1::VARCHAR, $2::INTEGER) RETURNING a.id"
+    second = "INSERT INTO b (z) VALUES ($1::VARCHAR), ($2::VARCHAR), ($3::VARCHAR)"
+    third = "INSERT INTO c (w) VALUES ($1::INTEGER)"
+    assert hot._together((first, second, third), (2, 3, 1)) == (
+        "WITH kessai_w0 AS (INSERT INTO a (x, y) VALUES ($1::VARCHAR, $2::INTEGER) RETURNING a.id"
+        "), kessai_w1 AS (INSERT INTO b (z) VALUES ($3::VARCHAR), ($4::VARCHAR), ($5::VARCHAR)) "
+        "INSERT INTO c (w) VALUES ($6::INTEGER)"
+    )
+    # A statement whose placeholders are not exactly $1…$n for its n values is refused.
+    with pytest.raises(ValueError, match="cannot combine"):
+        hot._together((first, third), (3, 1))
+    with pytest.raises(ValueError, match="cannot combine"):
+        hot._together(("INSERT INTO d (v) VALUES ('$1')", third), (0, 1))

@@ -105,7 +105,7 @@ def _both_ways(
     """The route from the session lookup's read, and the route from routing's own read."""
 
     def unit(conn: Connection) -> tuple[str, str]:
-        ctx = sessions.authenticate(conn, digest, NOW, Settings(), for_service=service_id)
+        ctx, _ = sessions.authenticate_for_payment(conn, digest, NOW, Settings(), service_id)
         folded = routing.choose(ctx.account_of(service_id), service_id, flow, connectors)
         own = route_by_own_read(conn, ctx.merchant_id, service_id, flow, connectors)
         return folded, own
@@ -128,9 +128,9 @@ def test_the_account_read_with_the_session_routes_as_routing_itself_would(
     folded, own = _both_ways(db, connectors, my_digest, "01", Flow.CREATE_QR)
     assert folded == own and folded.startswith("paypay:")
     routed = db.run_sync(
-        lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings(), for_service="01"),
+        lambda conn: sessions.authenticate_for_payment(conn, my_digest, NOW, Settings(), "01"),
         write=False,
-    )
+    )[0]
     assert routed.account is not None and routed.account.secret_ciphertext
     assert "secret" not in repr(routed)  # the sealed secret stays out of logs and tracebacks
     # Another service of the same merchant, and the same service of another merchant: sandbox.
@@ -154,9 +154,9 @@ def test_the_account_read_with_the_session_routes_as_routing_itself_would(
     with pytest.raises(LookupError, match="read for no serviceId, not for serviceId 01"):
         ctx.account_of("01")
     other = db.run_sync(
-        lambda conn: sessions.authenticate(conn, my_digest, NOW, Settings(), for_service="02"),
+        lambda conn: sessions.authenticate_for_payment(conn, my_digest, NOW, Settings(), "02"),
         write=False,
-    )
+    )[0]
     with pytest.raises(LookupError, match="read for 02, not for serviceId 01"):
         other.account_of("01")
 

@@ -22,6 +22,12 @@ from kessai.adapters import schema as t
 from kessai.adapters.db import PG_POOL_SIZE, Database
 from kessai.adapters.hot import Hot
 from kessai.adapters.migrate import upgrade
+from kessai.api.app import build_gateway
+from kessai.config import Settings
+from kessai.connectors.sandbox import wallets
+from kessai.domain.model import Payment
+from kessai.service import admin
+from kessai.service.admin import IssuedTerminal
 
 from .support import create_database
 
@@ -316,3 +322,183 @@ def test_units_share_the_pools_connections_and_open_no_more(pg: tuple[Database, 
 
     seen = asyncio.run(bursts())
     assert 1 < len(seen) <= PG_POOL_SIZE
+
+
+# -- deferred INSERTs ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement the hot path sends to PostgreSQL, in order."""
+    statements: list[str] = []
+    send = hot._run_on_postgresql
+
+    def recorded(conn: Connection, sql: str, values: list[object]) -> object:
+        statements.append(sql)
+        return send(conn, sql, values)
+
+    monkeypatch.setattr(hot, "_run_on_postgresql", recorded)
+    return statements
+
+
+def _entry(action: str) -> dict[str, object]:
+    return repo.audit_entry(at=AT, actor="test", action=action)
+
+
+def _actions(db: Database) -> list[str]:
+    query = sa.select(t.audit_events.c.action).order_by(t.audit_events.c.id)
+    return db.run_sync(lambda conn: list(conn.execute(query).scalars()))
+
+
+def test_deferred_inserts_travel_together_in_one_statement_before_the_commit(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+
+    def unit(conn: Connection) -> None:
+        _INSERT.defer(conn, {"os": "HOT020", "name": "Deferred", "created_at": AT})
+        repo.append_audit(conn, _entry("test.deferred"))
+        # Nothing has gone yet: both wait for the unit's end.
+        assert sent == []
+
+    db.run_sync(unit)
+    assert len(sent) == 1
+    assert sent[0].startswith("WITH kessai_w0 AS (INSERT INTO integrations ")
+    assert "INSERT INTO audit_events " in sent[0]
+    assert _exists(db, "HOT020")
+    assert _actions(db) == ["test.deferred"]
+
+
+def test_the_units_next_statement_sees_what_it_deferred(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+
+    def unit(conn: Connection) -> tuple[bool, bool]:
+        _INSERT.defer(conn, {"os": "HOT021", "name": "Seen", "created_at": AT})
+        by_hot = _BY_OS.run(conn, {"os": "HOT021"}).first() is not None
+        _INSERT.defer(conn, {"os": "HOT022", "name": "Seen too", "created_at": AT})
+        by_core = conn.execute(
+            sa.select(t.integrations.c.id).where(t.integrations.c.os == "HOT022")
+        ).first()
+        return by_hot, by_core is not None
+
+    assert db.run_sync(unit) == (True, True)
+    # Each deferred INSERT went alone, just before the statement that followed it (SQLAlchemy's
+    # own SELECT is not on this list).
+    assert [sql.split()[0] for sql in sent] == ["INSERT", "SELECT", "INSERT"]
+
+
+def test_a_deferred_insert_that_fails_fails_its_unit_and_leaves_nothing(
+    pg: tuple[Database, str],
+) -> None:
+    db, _ = pg
+    _integration(db, "HOT023")
+
+    def unit(conn: Connection) -> None:
+        repo.append_audit(conn, _entry("test.lost"))
+        _INSERT.defer(conn, {"os": "HOT023", "name": "Twice", "created_at": AT})
+
+    with pytest.raises(sa.exc.IntegrityError):
+        db.run_sync(unit)
+    assert _actions(db) == []
+
+
+def test_a_unit_that_raises_after_deferring_sends_nothing_and_leaves_nothing_behind(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+
+    def unit(conn: Connection) -> None:
+        _INSERT.defer(conn, {"os": "HOT024", "name": "Never", "created_at": AT})
+        raise ValueError("changed its mind")
+
+    with pytest.raises(ValueError, match="changed its mind"):
+        db.run_sync(unit)
+    assert sent == []
+    # The next unit, on the same pooled connection, sends only its own statement.
+    assert not _exists(db, "HOT024")
+    assert len(sent) == 1 and sent[0].startswith("SELECT")
+    assert len(hot._deferred) == 0
+
+
+def test_many_deferred_inserts_go_in_bounded_statements_in_their_order(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+    count = hot.DEFERRED_MAX * 2 + 3
+
+    def unit(conn: Connection) -> None:
+        for i in range(count):
+            _INSERT.defer(conn, {"os": f"HOT1{i:02}", "name": "Many", "created_at": AT})
+            repo.append_audit(conn, _entry(f"test.{i}"))
+
+    db.run_sync(unit)
+    # An INSERT into a table already waiting sends what waits first: one integration and one
+    # audit entry per statement, so that the ids keep the order the unit wrote them in.
+    assert len(sent) == count
+    assert _actions(db) == [f"test.{i}" for i in range(count)]
+
+
+def test_only_an_insert_can_be_deferred(pg: tuple[Database, str]) -> None:
+    db, _ = pg
+    pk = _integration(db, "HOT025")
+    with pytest.raises(TypeError, match="only an INSERT"):
+        db.run_sync(lambda conn: _RENAME.defer(conn, {"b_id": pk, "name": "N"}))
+
+
+def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statement(
+    postgres_url: str, sent: list[str]
+) -> None:
+    url = create_database(postgres_url)
+    db = Database(url)
+    upgrade(db)
+    now = datetime.now(UTC)
+
+    def seed(conn: Connection) -> tuple[IssuedTerminal, str, str]:
+        merchant = admin.create_merchant(conn, "Deferred Shop", now)
+        os_value = admin.create_integration(conn, "Deferred POS", now)
+        code = wallets.issue_codes(conn, "01", "success", 1, now)[0]
+        return admin.create_terminal(conn, merchant, now), os_value, code
+
+    terminal, os_value, code = db.run_sync(seed)
+
+    async def scenario() -> tuple[Payment, list[str]]:
+        gateway = build_gateway(url, Settings())
+        try:
+            session = await gateway.login(
+                mid=terminal.mid,
+                key="AA:BB:CC:DD:EE:01",
+                password=terminal.password,
+                os_value=os_value,
+                request_id="req-login",
+            )
+            sent.clear()
+            view = await gateway.request(
+                session.session_token,
+                trans_key="DEFER1",
+                amount=1200,
+                code=code,
+                service_id=None,
+                request_id="req-pay",
+            )
+            return view.payment, list(sent)
+        finally:
+            await gateway.aclose()
+
+    payment, statements = asyncio.run(scenario())
+    assert payment.status.value == "COMPLETED"
+    # The session (with the payment's new key), the code's spending, then every row at once.
+    assert [sql.split()[0] for sql in statements] == ["SELECT", "UPDATE", "WITH"]
+    written = statements[2]
+    for table in ("sandbox_charges", "payments", "audit_events"):
+        assert f"INSERT INTO {table} " in written
+    try:
+        stored = db.run_sync(
+            lambda conn: repo.find_payment(conn, payment.merchant_id, trans_id=payment.trans_id)
+        )
+        assert stored is not None and stored.payment.status == payment.status
+        trail = [row["action"] for row in db.run_sync(lambda c: repo.audit_trail(c, stored.pk))]
+        assert trail == ["payment.created", "payment.completed"]
+    finally:
+        db.close()

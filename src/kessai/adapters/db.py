@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from kessai.adapters import hot
 from kessai.adapters.hot import sqlstate
 
 T = TypeVar("T")
@@ -126,7 +127,7 @@ class Database:
             self._pg = self._pg_engine()
 
     def _pg_engine(self) -> AsyncEngine:
-        return create_async_engine(
+        engine = create_async_engine(
             self.url,
             pool_size=PG_POOL_SIZE,
             max_overflow=0,
@@ -135,6 +136,12 @@ class Database:
             pool_recycle=PG_POOL_RECYCLE_SECONDS,
             isolation_level="READ COMMITTED",
         )
+        # A unit's deferred INSERTs (``Hot.defer``) are sent before SQLAlchemy runs any other
+        # statement of the unit, as ``Hot`` does before its own, and ``_pg_unit`` before the
+        # COMMIT. A unit that raises leaves them unsent: they are kept by the unit's connection
+        # object (``_pg_unit`` opens one per unit), and forgotten with it.
+        event.listen(engine.sync_engine, "before_cursor_execute", _send_deferred)
+        return engine
 
     # -- PostgreSQL -----------------------------------------------------------------------------
 
@@ -152,6 +159,9 @@ class Database:
                 with sync_engine.connect() as conn:
                     with conn.begin():
                         result = fn(conn)
+                        # The unit's deferred INSERTs are sent here rather than by the COMMIT's
+                        # listener, so that their failure counts as one before the COMMIT.
+                        hot.flush(conn)
                         committing = True
                     return result
 
@@ -652,6 +662,11 @@ class _Checkpointer:
             # FULL: the checkpoint fsyncs the WAL before copying and the database file after.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _send_deferred(conn: Connection, *_: Any) -> None:
+    """Send a unit's deferred INSERTs before SQLAlchemy runs another of its statements."""
+    hot.flush(conn)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,16 @@ databases.
   this uses gets the adapter's cursor instead. An INSERT returns its new primary key
   (``RETURNING``), as SQLAlchemy compiles it.
 
+An INSERT whose answer the unit does not read may be deferred (``Hot.defer``). On SQLite it runs
+at once: a statement there costs no round trip. On PostgreSQL it waits, and the unit's deferred
+INSERTs travel together as one statement, each but the last as a data-modifying ``WITH`` clause,
+just before the unit's next other statement or its COMMIT. Every statement the unit runs after
+them, by ``Hot`` or by SQLAlchemy, thus still sees their rows, and one failing fails the unit as
+before, only later. The clauses of one statement run in no defined order, so a second INSERT into
+a table already waiting sends the waiting ones first: ids keep the order of the unit's writes. A
+REQUEST on PostgreSQL writes its sandbox charge, its payment, its audit entries and its webhook
+event with one round trip instead of four.
+
 Driver errors are raised as SQLAlchemy's (``IntegrityError`` for a duplicate key, and so on), and a
 PostgreSQL connection found dead is invalidated as SQLAlchemy would do it, so callers and
 ``Database`` handle one kind of error.
@@ -26,13 +36,15 @@ PostgreSQL connection found dead is invalidated as SQLAlchemy would do it, so ca
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -150,15 +162,32 @@ class Hot:
         self._compiled[dialect.name, keys] = entry
         return entry
 
-    def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> HotResult:
-        """Execute with ``params`` inside the unit's transaction."""
+    def _bound(
+        self, conn: Connection, params: Mapping[str, Any] | None
+    ) -> tuple[_Compiled, list[Any]]:
+        """The compiled form for ``params``' names and their values in its order, converted."""
         params = params or {}
         # Callers give their parameters in a fixed order, so the order itself is the key.
         keys = tuple(params)
         compiled = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
         if compiled.defaults:
             params = {**compiled.defaults, **params}
-        return self._execute(conn, compiled, [params[name] for name in compiled.names])
+        return compiled, _converted(compiled, [params[name] for name in compiled.names])
+
+    def _bound_ordered(
+        self, conn: Connection, keys: tuple[str, ...], values: list[Any]
+    ) -> tuple[_Compiled, list[Any]]:
+        """As ``_bound``, for values given in the order of ``keys`` (converted in place)."""
+        if len(values) != len(keys):
+            raise ValueError(f"{len(values)} values for {len(keys)} parameters")
+        compiled = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
+        if compiled.defaults or compiled.names != keys:
+            return self._bound(conn, dict(zip(keys, values, strict=True)))
+        return compiled, _converted(compiled, values)
+
+    def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> HotResult:
+        """Execute with ``params`` inside the unit's transaction."""
+        return self._execute(conn, *self._bound(conn, params))
 
     def run_ordered(self, conn: Connection, keys: tuple[str, ...], values: list[Any]) -> HotResult:
         """Execute with the values of the parameters ``keys``, given in that order.
@@ -166,20 +195,50 @@ class Hot:
         For a caller that binds many parameters at once (a multi-row INSERT): no mapping is
         built only to be read back in the statement's order. ``values`` is converted in place.
         """
-        if len(values) != len(keys):
-            raise ValueError(f"{len(values)} values for {len(keys)} parameters")
-        compiled = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
-        if compiled.defaults or compiled.names != keys:
-            return self.run(conn, dict(zip(keys, values, strict=True)))
-        return self._execute(conn, compiled, values)
+        return self._execute(conn, *self._bound_ordered(conn, keys, values))
+
+    def defer(self, conn: Connection, params: Mapping[str, Any] | None = None) -> None:
+        """Run this INSERT in the unit, on PostgreSQL with the unit's other deferred writes.
+
+        For an INSERT whose answer (its new key, its row count) the unit does not read. See the
+        module's description for when it is sent.
+        """
+        self._defer(conn, *self._bound(conn, params))
+
+    def defer_ordered(self, conn: Connection, keys: tuple[str, ...], values: list[Any]) -> None:
+        """``defer`` with the values of the parameters ``keys``, as ``run_ordered`` takes them."""
+        self._defer(conn, *self._bound_ordered(conn, keys, values))
+
+    def _defer(self, conn: Connection, compiled: _Compiled, values: list[Any]) -> None:
+        if not isinstance(self.statement, sa.Insert):
+            # An UPDATE or DELETE in a WITH clause would not see a row written by its neighbour
+            # in the same statement, and which of two changes to one row wins is undefined.
+            raise TypeError("only an INSERT can be deferred")
+        if conn.dialect.name == "sqlite":
+            self._execute(conn, compiled, values)
+            return
+        table = self.statement.table.name
+        waiting = _deferred.get(conn)
+        if waiting is None:
+            waiting = _deferred[conn] = []
+        elif (
+            len(waiting) >= DEFERRED_MAX
+            or sum(len(v) for _, _, v in waiting) + len(values) > DEFERRED_MAX_PARAMETERS
+            # The clauses of one statement run in no defined order: two INSERTs into one table
+            # would take their ids (an audit trail's order) in either.
+            or any(table == other for other, _, _ in waiting)
+        ):
+            flush(conn)
+            waiting = _deferred[conn] = []
+        waiting.append((table, compiled.sql, values))
 
     @staticmethod
     def _execute(conn: Connection, compiled: _Compiled, values: list[Any]) -> HotResult:
-        """Convert ``values`` (in the statement's order) and execute."""
-        for index, convert in compiled.converts:
-            values[index] = convert(values[index])
+        """Execute with ``values``, converted and in the statement's order."""
         dialect = conn.dialect
         if dialect.name != "sqlite":
+            if conn in _deferred:
+                flush(conn)
             return HotResult(_run_on_postgresql(conn, compiled.sql, values), compiled)
         driver: Any = conn.connection.driver_connection
         try:
@@ -191,6 +250,71 @@ class Hot:
                 compiled.sql, values, exc, sqlite3.Error, dialect=dialect
             ) from exc
         return HotResult(cursor, compiled)
+
+
+def _converted(compiled: _Compiled, values: list[Any]) -> list[Any]:
+    """``values``, in the statement's order, converted in place for the database."""
+    for index, convert in compiled.converts:
+        values[index] = convert(values[index])
+    return values
+
+
+# PostgreSQL: the INSERTs a unit deferred and has not sent, by the unit's connection, in order:
+# (table, SQL, values).
+_deferred: weakref.WeakKeyDictionary[Connection, list[tuple[str, str, list[Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+# Deferred INSERTs sent as one statement at most, and bound parameters in it: a unit that defers
+# more (a sweep writing many audit entries) sends them in several.
+DEFERRED_MAX: Final = 8
+DEFERRED_MAX_PARAMETERS: Final = 2000
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def flush(conn: Connection) -> None:
+    """Send the unit's deferred INSERTs now, as one statement (PostgreSQL; nothing to do else).
+
+    ``Database`` calls it before a unit's COMMIT, ``Hot`` before the unit's next statement of its
+    own, and a listener on the engine before SQLAlchemy's.
+    """
+    waiting = _deferred.pop(conn, None)
+    if not waiting:
+        return
+    if len(waiting) == 1:
+        _, sql, values = waiting[0]
+    else:
+        sql = _together(tuple(sql for _, sql, _ in waiting), tuple(len(v) for _, _, v in waiting))
+        values = [value for _, _, part in waiting for value in part]
+    _run_on_postgresql(conn, sql, values)
+
+
+@lru_cache(maxsize=256)
+def _together(statements: tuple[str, ...], counts: tuple[int, ...]) -> str:
+    """Several INSERTs as one statement: each but the last a ``WITH`` clause.
+
+    Each statement's ``$n`` placeholders are renumbered after the ones before it. SQLAlchemy's
+    INSERTs bind every value, so ``$`` appears in their text as a placeholder only; the count
+    check below refuses a statement where that would not hold.
+    """
+    parts: list[str] = []
+    offset = 0
+    for sql, count in zip(statements, counts, strict=True):
+        numbers = {int(n) for n in _PLACEHOLDER.findall(sql)}
+        if numbers != set(range(1, count + 1)):
+            raise ValueError(f"cannot combine a statement with {count} values: {sql}")
+        parts.append(_renumbered(sql, offset))
+        offset += count
+    clauses = ", ".join(f"kessai_w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
+    return f"WITH {clauses} {parts[-1]}"
+
+
+def _renumbered(sql: str, offset: int) -> str:
+    """``sql`` with each placeholder ``$n`` turned into ``$(n + offset)``."""
+
+    def shifted(match: re.Match[str]) -> str:
+        return f"${int(match[1]) + offset}"
+
+    return _PLACEHOLDER.sub(shifted, sql)
 
 
 # asyncpg's prepared statements, by asyncpg connection and then by SQL text: a statement is

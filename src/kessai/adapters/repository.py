@@ -246,41 +246,44 @@ def insert_payment(
     *,
     provider: str,
     request_hash: str,
+    pk: int | None = None,
     **extra: Any,
 ) -> int:
     """Insert a new payment; answers its primary key.
 
     ``extra`` sets the provider bookkeeping of a payment written after its provider answered
-    (``provider_checked_at``, ``provider_ref``).
+    (``provider_checked_at``, ``provider_ref``). With ``pk``, a key drawn beforehand
+    (``sessions.authenticate_for_payment`` on PostgreSQL), the INSERT is deferred (``Hot.defer``):
+    it travels with the unit's other writes.
     """
-    result = _INSERT_PAYMENT.run(
-        conn,
-        dict(
-            trans_id=payment.trans_id,
-            merchant_id=payment.merchant_id,
-            terminal_id=payment.terminal_id,
-            trans_key=payment.trans_key,
-            kind=payment.kind.value,
-            service_id=payment.service_id,
-            amount=payment.amount,
-            status=payment.status.value,
-            pending_reason=payment.pending_reason.value if payment.pending_reason else None,
-            failure_code=payment.failure_code,
-            failure_message=payment.failure_message,
-            refunded_amount=0,
-            voucher_no=payment.voucher_no,
-            code_masked=payment.code_masked,
-            request_hash=request_hash,
-            qr_data=payment.qr_data,
-            qr_expires_at=payment.qr_expires_at,
-            provider=provider,
-            version=payment.version,
-            created_at=payment.created_at,
-            updated_at=payment.updated_at,
-            **extra,
-        ),
+    row = dict(
+        trans_id=payment.trans_id,
+        merchant_id=payment.merchant_id,
+        terminal_id=payment.terminal_id,
+        trans_key=payment.trans_key,
+        kind=payment.kind.value,
+        service_id=payment.service_id,
+        amount=payment.amount,
+        status=payment.status.value,
+        pending_reason=payment.pending_reason.value if payment.pending_reason else None,
+        failure_code=payment.failure_code,
+        failure_message=payment.failure_message,
+        refunded_amount=0,
+        voucher_no=payment.voucher_no,
+        code_masked=payment.code_masked,
+        request_hash=request_hash,
+        qr_data=payment.qr_data,
+        qr_expires_at=payment.qr_expires_at,
+        provider=provider,
+        version=payment.version,
+        created_at=payment.created_at,
+        updated_at=payment.updated_at,
+        **extra,
     )
-    return result.inserted_pk
+    if pk is None:
+        return _INSERT_PAYMENT.run(conn, row).inserted_pk
+    _INSERT_PAYMENT.defer(conn, {"id": pk, **row})
+    return pk
 
 
 def save_payment(
@@ -398,14 +401,15 @@ def append_audit(conn: Connection, *entries: Mapping[str, Any]) -> None:
     """Append entries to the audit trail in their order (the table refuses updates and deletes).
 
     The entries come from ``audit_entry``. Several are written by one statement per
-    ``AUDIT_ROWS_PER_STATEMENT``, whose rows take their ids in the order given.
+    ``AUDIT_ROWS_PER_STATEMENT``, whose rows take their ids in the order given. On PostgreSQL the
+    statements are deferred (``Hot.defer``): they travel with the unit's other writes.
     """
     for start in range(0, len(entries), AUDIT_ROWS_PER_STATEMENT):
         chunk = entries[start : start + AUDIT_ROWS_PER_STATEMENT]
         values: list[Any] = []
         for entry in chunk:
             values.extend(_audit_row(entry))
-        _insert_audit_rows(len(chunk)).run_ordered(conn, _AUDIT_KEYS[len(chunk)], values)
+        _insert_audit_rows(len(chunk)).defer_ordered(conn, _AUDIT_KEYS[len(chunk)], values)
 
 
 def audit(conn: Connection, **fields: Unpack[AuditFields]) -> None:

@@ -123,7 +123,7 @@ def record(
             "payment": msgspec.to_builtins(payment_wire(payment, service.name if service else None))
         },
     }
-    _INSERT_EVENT.run(
+    _INSERT_EVENT.defer(
         conn,
         dict(
             event_id=event_id,

@@ -413,8 +413,8 @@ class Gateway:
         def unit(conn: Connection) -> _Hop:
             nonlocal runs
             runs += 1
-            ctx = sessions.authenticate(
-                conn, digest, now, self.settings, for_service=service.service_id
+            ctx, new_pk = sessions.authenticate_for_payment(
+                conn, digest, now, self.settings, service.service_id
             )
             key = self._code_key = repo.code_key(conn)
             keyed = ahead if ahead is not None and ahead.key == key else None
@@ -454,6 +454,7 @@ class Gateway:
                 final,
                 provider=provider,
                 request_hash=request_hash,
+                pk=new_pk,
                 **(move.extra if move is not None else {}),
             )
             created = repo.audit_entry(

@@ -31,7 +31,7 @@ class TerminalContext:
     merchant_id: int
     merchant_name: str
     session_id: int
-    # What a unit that creates a payment reads with the session (``authenticate(for_service=)``):
+    # What a unit that creates a payment reads with the session (``authenticate_for_payment``):
     # whether the merchant has an enabled webhook endpoint (None: not asked, and the outbox then
     # asks itself), and the merchant's active provider account for ``account_for``, the serviceId
     # asked about (None: the merchant has none there, and the sandbox serves it).
@@ -261,50 +261,69 @@ _SESSION_OF_TOKEN = Hot(_SESSION_QUERY)
 # whether the merchant listens for webhooks (the endpoint's unique index answers) and the
 # merchant's active account for the payment's service (at most one, by a partial unique index),
 # which routing then needs no read of its own for.
-_SESSION_FOR_PAYMENT = Hot(
-    _SESSION_QUERY.add_columns(
-        sa.exists()
-        .where(
-            t.webhook_endpoints.c.merchant_id == t.merchants.c.id,
-            t.webhook_endpoints.c.enabled.is_(True),
-        )
-        .label("listening"),
-        *(
-            t.provider_settings.c[name].label(f"account_{name}")
-            for name in PROVIDER_SETTINGS_ROW_FIELDS
-        ),
-    ).outerjoin(
-        t.provider_settings,
-        sa.and_(
-            t.provider_settings.c.merchant_id == t.merchants.c.id,
-            t.provider_settings.c.service_id == sa.bindparam("service_id"),
-            t.provider_settings.c.active.is_(True),
-        ),
+_SESSION_FOR_PAYMENT_QUERY = _SESSION_QUERY.add_columns(
+    sa.exists()
+    .where(
+        t.webhook_endpoints.c.merchant_id == t.merchants.c.id,
+        t.webhook_endpoints.c.enabled.is_(True),
     )
+    .label("listening"),
+    *(
+        t.provider_settings.c[name].label(f"account_{name}")
+        for name in PROVIDER_SETTINGS_ROW_FIELDS
+    ),
+).outerjoin(
+    t.provider_settings,
+    sa.and_(
+        t.provider_settings.c.merchant_id == t.merchants.c.id,
+        t.provider_settings.c.service_id == sa.bindparam("service_id"),
+        t.provider_settings.c.active.is_(True),
+    ),
 )
+# On PostgreSQL the same statement also draws the new payment's primary key from its sequence, so
+# that the payment's INSERT needs no answer and travels with the unit's other writes
+# (``Hot.defer``). A key drawn by a unit that then writes nothing is skipped: ids have gaps.
+_SESSION_FOR_PAYMENT = {
+    "sqlite": Hot(_SESSION_FOR_PAYMENT_QUERY),
+    "postgresql": Hot(
+        _SESSION_FOR_PAYMENT_QUERY.add_columns(
+            sa.func.nextval(
+                sa.func.pg_get_serial_sequence("payments", "id"), type_=sa.BigInteger
+            ).label("payment_pk")
+        )
+    ),
+}
 _TOUCH_SESSION = Hot(t.sessions.update().where(t.sessions.c.id == sa.bindparam("b_id")))
 _TOUCH_TERMINAL = Hot(t.terminals.update().where(t.terminals.c.id == sa.bindparam("b_id")))
 
 
 def authenticate(
-    conn: Connection,
-    token_digest: str,
-    now: datetime,
-    settings: Settings,
-    *,
-    for_service: str | None = None,
+    conn: Connection, token_digest: str, now: datetime, settings: Settings
 ) -> TerminalContext:
-    """Resolve a bearer token to its terminal, inside the operation's own unit of work.
+    """Resolve a bearer token to its terminal, inside the operation's own unit of work."""
+    row = _SESSION_OF_TOKEN.run(conn, {"digest": token_digest}).first()
+    return _context(conn, row, now, settings, None)
 
-    With ``for_service`` (a unit about to create a payment of that serviceId), the same statement
-    also reads whether the merchant listens for webhooks and its active provider account for the
-    service, and the context carries both.
+
+def authenticate_for_payment(
+    conn: Connection, token_digest: str, now: datetime, settings: Settings, service_id: str
+) -> tuple[TerminalContext, int | None]:
+    """``authenticate`` for a unit about to create a payment of ``service_id``.
+
+    The same statement also reads whether the merchant listens for webhooks and its active
+    provider account for the service, and the context carries both. On PostgreSQL it also draws
+    the new payment's primary key, answered beside the context (None on SQLite).
     """
-    if for_service is None:
-        row = _SESSION_OF_TOKEN.run(conn, {"digest": token_digest}).first()
-    else:
-        params = {"digest": token_digest, "service_id": for_service}
-        row = _SESSION_FOR_PAYMENT.run(conn, params).first()
+    params = {"digest": token_digest, "service_id": service_id}
+    row = _SESSION_FOR_PAYMENT[conn.dialect.name].run(conn, params).first()
+    ctx = _context(conn, row, now, settings, service_id)
+    return ctx, getattr(row, "payment_pk", None)
+
+
+def _context(
+    conn: Connection, row: Any, now: datetime, settings: Settings, for_service: str | None
+) -> TerminalContext:
+    """The context of a session's row, once the session is shown to be live and usable."""
     if row is None:
         raise Unauthenticated("the session token is not valid; LOGIN again")
     if row.ended_at is not None:

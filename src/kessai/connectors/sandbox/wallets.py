@@ -280,7 +280,7 @@ class SandboxWallets:
             "created_at": now,
             "updated_at": now,
         }
-        _INSERT_CHARGE.run(conn, row)
+        _INSERT_CHARGE.defer(conn, row)
         if visible_at is not None:
             # The wallet did the work but its answer never reached us.
             return ProviderResult(ProviderOutcome.UNKNOWN, provider_ref=request.ref)
