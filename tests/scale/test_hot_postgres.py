@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Connection
 
 from kessai.adapters import hot
@@ -329,15 +330,24 @@ def test_units_share_the_pools_connections_and_open_no_more(pg: tuple[Database, 
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The SQL of every statement the hot path sends to PostgreSQL, in order."""
+    """The SQL of every statement the hot path sends to PostgreSQL, in order, and each BEGIN."""
     statements: list[str] = []
     send = hot._run_on_postgresql
+    start = AsyncAdapt_asyncpg_connection._start_transaction
 
-    def recorded(conn: Connection, sql: str, values: list[object]) -> object:
-        statements.append(sql)
-        return send(conn, sql, values)
+    def recorded(conn: Connection, sql: str, values: list[object], **options: bool) -> object:
+        try:
+            return send(conn, sql, values, **options)
+        finally:
+            # After the BEGIN the statement may send first, whether it then succeeds or not.
+            statements.append(sql)
+
+    async def begun(adapted: AsyncAdapt_asyncpg_connection) -> None:
+        statements.append("BEGIN")
+        await start(adapted)
 
     monkeypatch.setattr(hot, "_run_on_postgresql", recorded)
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", begun)
     return statements
 
 
@@ -362,6 +372,7 @@ def test_deferred_inserts_travel_together_in_one_statement_before_the_commit(
         assert sent == []
 
     db.run_sync(unit)
+    # The unit's only write, alone: it commits by itself, with no BEGIN and COMMIT around it.
     assert len(sent) == 1
     assert sent[0].startswith("WITH kessai_w0 AS (INSERT INTO integrations ")
     assert "INSERT INTO audit_events " in sent[0]
@@ -386,7 +397,7 @@ def test_the_units_next_statement_sees_what_it_deferred(
     assert db.run_sync(unit) == (True, True)
     # Each deferred INSERT went alone, just before the statement that followed it (SQLAlchemy's
     # own SELECT is not on this list).
-    assert [sql.split()[0] for sql in sent] == ["INSERT", "SELECT", "INSERT"]
+    assert [sql.split()[0] for sql in sent] == ["BEGIN", "INSERT", "SELECT", "INSERT"]
 
 
 def test_a_deferred_insert_that_fails_fails_its_unit_and_leaves_nothing(
@@ -418,7 +429,7 @@ def test_a_unit_that_raises_after_deferring_sends_nothing_and_leaves_nothing_beh
     assert sent == []
     # The next unit, on the same pooled connection, sends only its own statement.
     assert not _exists(db, "HOT024")
-    assert len(sent) == 1 and sent[0].startswith("SELECT")
+    assert [sql.split()[0] for sql in sent] == ["SELECT"]
     assert len(hot._deferred) == 0
 
 
@@ -436,7 +447,7 @@ def test_many_deferred_inserts_go_in_bounded_statements_in_their_order(
     db.run_sync(unit)
     # An INSERT into a table already waiting sends what waits first: one integration and one
     # audit entry per statement, so that the ids keep the order the unit wrote them in.
-    assert len(sent) == count
+    assert sent.count("BEGIN") == 1 and len(sent) == count + 1
     assert _actions(db) == [f"test.{i}" for i in range(count)]
 
 
@@ -463,7 +474,7 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
 
     terminal, os_value, code = db.run_sync(seed)
 
-    async def scenario() -> tuple[Payment, list[str]]:
+    async def scenario() -> tuple[Payment, list[str], list[str]]:
         gateway = build_gateway(url, Settings())
         try:
             session = await gateway.login(
@@ -482,15 +493,25 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
                 service_id=None,
                 request_id="req-pay",
             )
-            return view.payment, list(sent)
+            paid = list(sent)
+            sent.clear()
+            checked = await gateway.paycheck(
+                session.session_token, view.payment.trans_id, "req-check"
+            )
+            assert checked.payment == view.payment
+            return view.payment, paid, list(sent)
         finally:
             await gateway.aclose()
 
-    payment, statements = asyncio.run(scenario())
+    payment, statements, check = asyncio.run(scenario())
+    # PAYCHECK: the session, the payment and its refunds, and no transaction (the session
+    # needed no touch).
+    assert [sql.split()[0] for sql in check] == ["SELECT", "SELECT", "SELECT"]
     assert payment.status.value == "COMPLETED"
-    # The session (with the payment's new key), the code's spending, then every row at once.
-    assert [sql.split()[0] for sql in statements] == ["SELECT", "UPDATE", "WITH"]
-    written = statements[2]
+    # The session (with the payment's new key, before any BEGIN), the code's spending, then
+    # every row at once.
+    assert [sql.split()[0] for sql in statements] == ["SELECT", "BEGIN", "UPDATE", "WITH"]
+    written = statements[3]
     for table in ("sandbox_charges", "payments", "audit_events"):
         assert f"INSERT INTO {table} " in written
     try:
@@ -502,3 +523,60 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
         assert trail == ["payment.created", "payment.completed"]
     finally:
         db.close()
+
+
+def test_plain_reads_begin_no_transaction_and_a_write_or_a_locking_read_does(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+    pk = _integration(db, "HOT030")
+    sent.clear()
+    locked = Hot(
+        sa.select(t.integrations.c.name)
+        .where(t.integrations.c.id == sa.bindparam("pk"))
+        .with_for_update()
+    )
+
+    def reads(conn: Connection) -> tuple[str, bool]:
+        row = _BY_ID.run(conn, {"pk": pk}).one()
+        again = _BY_OS.run(conn, {"os": "HOT030"}).one()
+        return row.name, again.id == pk and not hot.began(conn)
+
+    assert db.run_sync(reads) == ("Hot POS", True)
+    assert [sql.split()[0] for sql in sent] == ["SELECT", "SELECT"]
+    sent.clear()
+
+    def locks(conn: Connection) -> bool:
+        locked.run(conn, {"pk": pk}).one()
+        return hot.began(conn)
+
+    assert db.run_sync(locks)
+    assert [sql.split()[0] for sql in sent] == ["BEGIN", "SELECT"]
+    sent.clear()
+
+    def renames(conn: Connection) -> int:
+        _BY_ID.run(conn, {"pk": pk}).one()
+        return _RENAME.run(conn, {"b_id": pk, "name": "Renamed"}).rowcount
+
+    assert db.run_sync(renames) == 1
+    assert [sql.split()[0] for sql in sent] == ["SELECT", "BEGIN", "UPDATE"]
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one().name) == "Renamed"
+
+
+def test_deferred_inserts_sent_without_a_transaction_still_fail_as_a_whole(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+    _integration(db, "HOT031")
+    sent.clear()
+
+    def unit(conn: Connection) -> None:
+        _BY_OS.run(conn, {"os": "HOT031"}).one()
+        repo.append_audit(conn, _entry("test.not.kept"))
+        _INSERT.defer(conn, {"os": "HOT031", "name": "Twice", "created_at": AT})
+
+    with pytest.raises(sa.exc.IntegrityError):
+        db.run_sync(unit)
+    assert [sql.split()[0] for sql in sent] == ["SELECT", "WITH"]
+    # The audit entry's clause ran before the duplicate failed the statement: undone with it.
+    assert _actions(db) == []

@@ -159,10 +159,16 @@ class Database:
                 with sync_engine.connect() as conn:
                     with conn.begin():
                         result = fn(conn)
-                        # The unit's deferred INSERTs are sent here rather than by the COMMIT's
-                        # listener, so that their failure counts as one before the COMMIT.
-                        hot.flush(conn)
-                        committing = True
+                        if hot.began(conn):
+                            # The unit's deferred INSERTs, before its COMMIT, inside it.
+                            hot.flush(conn)
+                            committing = True
+                        else:
+                            # Nothing written yet: the deferred INSERTs, if any, are the unit's
+                            # only write, and as one statement they commit by themselves. No
+                            # BEGIN and COMMIT; sending it counts as committing.
+                            committing = True
+                            hot.flush(conn, begin=False)
                     return result
 
             try:

@@ -12,8 +12,9 @@ databases.
   dialect stores them (UTC text), by one C call each way.
 - PostgreSQL: asyncpg's own prepared statements, on the asyncpg connection under the unit's
   SQLAlchemy connection. The transaction is the one SQLAlchemy's asyncpg adapter starts, commits
-  and rolls back (started here on the unit's first statement, as the adapter's cursor would), and
-  asyncpg's errors are translated by that adapter. Going around the adapter's cursor saves its
+  and rolls back (started here as the adapter's cursor would, but only on the unit's first write
+  or locking read: plain reads before it need none, see ``began``), and asyncpg's errors are
+  translated by that adapter. Going around the adapter's cursor saves its
   per-statement work (a lock, the column description, a regular expression for the row count):
   about 30 µs of a statement's 90 µs of CPU here. A SQLAlchemy release whose adapter lacks what
   this uses gets the adapter's cursor instead. An INSERT returns its new primary key
@@ -71,6 +72,8 @@ class _Compiled:
     results: tuple[tuple[int, Callable[[Any], Any]], ...]
     # PostgreSQL: the INSERT returns its new primary key (SQLite has ``lastrowid``).
     returns_pk: bool = False
+    # A plain SELECT (no FOR UPDATE): on PostgreSQL it needs no transaction begun for it.
+    reads_only: bool = False
 
 
 # The last timestamp written and its text: a unit writes the same "now" many times over.
@@ -158,7 +161,12 @@ class Hot:
         converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
         # An INSERT on PostgreSQL is compiled with ``RETURNING`` its primary key.
         returns_pk = not sqlite and bool(getattr(compiled, "implicit_returning", None))
-        entry = _Compiled(str(compiled), names, defaults, converts, row, results, returns_pk)
+        reads_only = (
+            isinstance(self.statement, sa.Select) and self.statement._for_update_arg is None
+        )
+        entry = _Compiled(
+            str(compiled), names, defaults, converts, row, results, returns_pk, reads_only
+        )
         self._compiled[dialect.name, keys] = entry
         return entry
 
@@ -239,7 +247,10 @@ class Hot:
         if dialect.name != "sqlite":
             if conn in _deferred:
                 flush(conn)
-            return HotResult(_run_on_postgresql(conn, compiled.sql, values), compiled)
+            return HotResult(
+                _run_on_postgresql(conn, compiled.sql, values, begin=not compiled.reads_only),
+                compiled,
+            )
         driver: Any = conn.connection.driver_connection
         try:
             cursor = driver.execute(compiled.sql, values)
@@ -271,11 +282,12 @@ DEFERRED_MAX_PARAMETERS: Final = 2000
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
-def flush(conn: Connection) -> None:
+def flush(conn: Connection, *, begin: bool = True) -> None:
     """Send the unit's deferred INSERTs now, as one statement (PostgreSQL; nothing to do else).
 
-    ``Database`` calls it before a unit's COMMIT, ``Hot`` before the unit's next statement of its
-    own, and a listener on the engine before SQLAlchemy's.
+    ``Database`` calls it at the unit's end, ``Hot`` before the unit's next statement of its own,
+    and a listener on the engine before SQLAlchemy's. Without ``begin``, in a unit that has begun
+    no transaction, the statement is sent alone: one statement commits or fails as a whole.
     """
     waiting = _deferred.pop(conn, None)
     if not waiting:
@@ -285,7 +297,19 @@ def flush(conn: Connection) -> None:
     else:
         sql = _together(tuple(sql for _, sql, _ in waiting), tuple(len(v) for _, _, v in waiting))
         values = [value for _, _, part in waiting for value in part]
-    _run_on_postgresql(conn, sql, values)
+    _run_on_postgresql(conn, sql, values, begin=begin)
+
+
+def began(conn: Connection) -> bool:
+    """Whether the unit on ``conn`` (PostgreSQL) has begun a transaction.
+
+    A unit's plain reads run before any BEGIN (``Hot``): under READ COMMITTED each statement
+    reads its own snapshot whether in a transaction or not, and a plain SELECT holds no row lock
+    for a transaction to keep. The first write, locking read or statement run by SQLAlchemy
+    begins it. An adapter without the fast path is taken to have begun one.
+    """
+    adapted: Any = conn.connection.dbapi_connection
+    return not _fast_path(adapted) or adapted._transaction is not None
 
 
 @lru_cache(maxsize=256)
@@ -374,8 +398,11 @@ class _Fetched:
         return int(count) if count.isdigit() else -1
 
 
-def _run_on_postgresql(conn: Connection, sql: str, values: list[Any]) -> Any:
-    """Execute on the asyncpg connection of the unit's transaction, from its greenlet."""
+def _run_on_postgresql(conn: Connection, sql: str, values: list[Any], *, begin: bool = True) -> Any:
+    """Execute on the asyncpg connection of the unit, from its greenlet.
+
+    ``begin``: begin the unit's transaction first, unless it has been (see ``began``).
+    """
     adapted: Any = conn.connection.dbapi_connection
     if not _fast_path(adapted):
         return _run_on_dbapi(conn, sql, values)
@@ -383,7 +410,7 @@ def _run_on_postgresql(conn: Connection, sql: str, values: list[Any]) -> Any:
     dialect = conn.dialect
     try:
         try:
-            if adapted._transaction is None:
+            if begin and adapted._transaction is None:
                 # BEGIN, with the isolation level the engine was given; the adapter keeps the
                 # transaction, and SQLAlchemy commits or rolls it back with the unit.
                 await_only(adapted._start_transaction())
