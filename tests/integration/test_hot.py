@@ -160,3 +160,21 @@ def test_inserts_are_combined_into_one_statement_with_their_placeholders_renumbe
         hot._together((first, third), (3, 1))
     with pytest.raises(ValueError, match="cannot combine"):
         hot._together(("INSERT INTO d (v) VALUES ('$1')", third), (0, 1))
+
+
+def test_a_deferred_update_checks_its_row_count_at_once_on_sqlite(db: Database) -> None:
+    pk = _integration(db, os_value="HOT012")
+    db.run_sync(lambda conn: _RENAME.defer(conn, {"b_id": pk, "name": "Kept"}, expect_rows=1))
+    with pytest.raises(hot.StaleRows):
+        db.run_sync(lambda conn: _RENAME.defer(conn, {"b_id": pk + 9, "name": "X"}, expect_rows=1))
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one().name) == "Kept"
+
+
+def test_checked_writes_end_in_a_select_that_fails_the_statement_on_a_wrong_count() -> None:
+    update = "UPDATE a SET x=$1::VARCHAR WHERE a.id = $2::INTEGER"
+    insert = "INSERT INTO b (z) VALUES ($1::VARCHAR) RETURNING b.id"
+    assert hot._together((update, insert), (2, 1), (1, None)) == (
+        "WITH kessai_w0 AS (UPDATE a SET x=$1::VARCHAR WHERE a.id = $2::INTEGER RETURNING 1), "
+        "kessai_w1 AS (INSERT INTO b (z) VALUES ($3::VARCHAR) RETURNING b.id) "
+        "SELECT 1 / (SELECT (count(*) = 1)::int FROM kessai_w0)"
+    )

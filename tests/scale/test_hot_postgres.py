@@ -8,7 +8,8 @@ errors, and leave a connection found dead to be replaced, with the unit run anew
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -25,6 +26,7 @@ from kessai.adapters.hot import Hot
 from kessai.adapters.migrate import upgrade
 from kessai.api.app import build_gateway
 from kessai.config import Settings
+from kessai.connectors.base import PayRequest, ProviderOutcome, ProviderResult
 from kessai.connectors.sandbox import wallets
 from kessai.domain.model import Payment
 from kessai.service import admin
@@ -454,7 +456,7 @@ def test_many_deferred_inserts_go_in_bounded_statements_in_their_order(
 def test_only_an_insert_can_be_deferred(pg: tuple[Database, str]) -> None:
     db, _ = pg
     pk = _integration(db, "HOT025")
-    with pytest.raises(TypeError, match="only an INSERT"):
+    with pytest.raises(TypeError, match="only an INSERT, or an UPDATE with expect_rows"):
         db.run_sync(lambda conn: _RENAME.defer(conn, {"b_id": pk, "name": "N"}))
 
 
@@ -466,13 +468,13 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
     upgrade(db)
     now = datetime.now(UTC)
 
-    def seed(conn: Connection) -> tuple[IssuedTerminal, str, str]:
+    def seed(conn: Connection) -> tuple[IssuedTerminal, str, list[str]]:
         merchant = admin.create_merchant(conn, "Deferred Shop", now)
         os_value = admin.create_integration(conn, "Deferred POS", now)
-        code = wallets.issue_codes(conn, "01", "success", 1, now)[0]
-        return admin.create_terminal(conn, merchant, now), os_value, code
+        codes = wallets.issue_codes(conn, "01", "success", 2, now)
+        return admin.create_terminal(conn, merchant, now), os_value, codes
 
-    terminal, os_value, code = db.run_sync(seed)
+    terminal, os_value, codes = db.run_sync(seed)
 
     async def scenario() -> tuple[Payment, list[str], list[str]]:
         gateway = build_gateway(url, Settings())
@@ -484,15 +486,17 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
                 os_value=os_value,
                 request_id="req-login",
             )
-            sent.clear()
-            view = await gateway.request(
-                session.session_token,
-                trans_key="DEFER1",
-                amount=1200,
-                code=code,
-                service_id=None,
-                request_id="req-pay",
-            )
+            for number, code in enumerate(codes):
+                # The first payment also reads the database's code key, once for the process.
+                sent.clear()
+                view = await gateway.request(
+                    session.session_token,
+                    trans_key=f"DEFER{number}",
+                    amount=1200,
+                    code=code,
+                    service_id=None,
+                    request_id=f"req-pay-{number}",
+                )
             paid = list(sent)
             sent.clear()
             checked = await gateway.paycheck(
@@ -508,10 +512,12 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
     # needed no touch).
     assert [sql.split()[0] for sql in check] == ["SELECT", "SELECT", "SELECT"]
     assert payment.status.value == "COMPLETED"
-    # The session (with the payment's new key, before any BEGIN), the code's spending, then
-    # every row at once.
-    assert [sql.split()[0] for sql in statements] == ["SELECT", "BEGIN", "UPDATE", "WITH"]
-    written = statements[3]
+    # The session (with the payment's new key) and the code, then every write at once, with no
+    # transaction around them: the code's spending, checked, the charge, the payment and its
+    # audit entries.
+    assert [sql.split()[0] for sql in statements] == ["SELECT", "SELECT", "WITH"]
+    written = statements[2]
+    assert "UPDATE sandbox_codes " in written and " SELECT 1 / (SELECT (count(*) = 1)" in written
     for table in ("sandbox_charges", "payments", "audit_events"):
         assert f"INSERT INTO {table} " in written
     try:
@@ -580,3 +586,68 @@ def test_deferred_inserts_sent_without_a_transaction_still_fail_as_a_whole(
     assert [sql.split()[0] for sql in sent] == ["SELECT", "WITH"]
     # The audit entry's clause ran before the duplicate failed the statement: undone with it.
     assert _actions(db) == []
+
+
+def test_a_deferred_update_must_change_the_rows_expected_or_nothing_is_written(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, _ = pg
+    pk = _integration(db, "HOT040")
+    sent.clear()
+
+    def unit(target: int) -> Callable[[Connection], None]:
+        def run(conn: Connection) -> None:
+            repo.append_audit(conn, _entry(f"test.rename.{target}"))
+            _RENAME.defer(conn, {"b_id": target, "name": "Renamed"}, expect_rows=1)
+
+        return run
+
+    db.run_sync(unit(pk))
+    # One statement, no transaction: the check is part of it.
+    assert [sql.split()[0] for sql in sent] == ["WITH"]
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one().name) == "Renamed"
+    with pytest.raises(hot.StaleRows):
+        db.run_sync(unit(pk + 99))
+    # The audit entry that travelled with the UPDATE that missed is not there.
+    assert _actions(db) == [f"test.rename.{pk}"]
+
+    def in_a_transaction(conn: Connection) -> None:
+        _RENAME.run(conn, {"b_id": pk, "name": "Again"})
+        unit(pk + 99)(conn)
+
+    with pytest.raises(hot.StaleRows):
+        db.run_sync(in_a_transaction)
+    assert db.run_sync(lambda conn: _BY_ID.run(conn, {"pk": pk}).one().name) == "Renamed"
+
+
+def test_a_code_spent_by_a_racing_payment_fails_the_unit_that_read_it_unused(
+    pg: tuple[Database, str],
+) -> None:
+    db, url = pg
+    now = datetime.now(UTC)
+    code = db.run_sync(lambda conn: wallets.issue_codes(conn, "01", "success", 1, now)[0])
+    sandbox = wallets.SandboxWallets(db, public_url="http://127.0.0.1")
+    request = PayRequest(
+        ref="RACE000001", service_id="01", amount=500, code=code, merchant_name="M"
+    )
+
+    def spend_elsewhere() -> None:
+        # Another payment's unit, on a connection of its own, spends the code first.
+        racer = threading.Thread(
+            target=_on_server, args=(url, "UPDATE sandbox_codes SET used_at = now()")
+        )
+        racer.start()
+        racer.join()
+
+    def unit(conn: Connection) -> ProviderResult:
+        result = sandbox.pay_within(conn, request, now)
+        spend_elsewhere()
+        return result
+
+    with pytest.raises(hot.StaleRows):
+        db.run_sync(unit)
+    charges = _on_server(url, "SELECT count(*) AS n FROM sandbox_charges")
+    assert charges[0]["n"] == 0
+    # Run again, the unit finds the code used.
+    again = db.run_sync(lambda conn: sandbox.pay_within(conn, request, now))
+    assert again.outcome is ProviderOutcome.FAILED and again.failure_code == "CODE_ALREADY_USED"

@@ -136,7 +136,7 @@ class Database:
             pool_recycle=PG_POOL_RECYCLE_SECONDS,
             isolation_level="READ COMMITTED",
         )
-        # A unit's deferred INSERTs (``Hot.defer``) are sent before SQLAlchemy runs any other
+        # A unit's deferred writes (``Hot.defer``) are sent before SQLAlchemy runs any other
         # statement of the unit, as ``Hot`` does before its own, and ``_pg_unit`` before the
         # COMMIT. A unit that raises leaves them unsent: they are kept by the unit's connection
         # object (``_pg_unit`` opens one per unit), and forgotten with it.
@@ -160,11 +160,11 @@ class Database:
                     with conn.begin():
                         result = fn(conn)
                         if hot.began(conn):
-                            # The unit's deferred INSERTs, before its COMMIT, inside it.
+                            # The unit's deferred writes, before its COMMIT, inside it.
                             hot.flush(conn)
                             committing = True
                         else:
-                            # Nothing written yet: the deferred INSERTs, if any, are the unit's
+                            # Nothing written yet: the deferred writes, if any, are the unit's
                             # only write, and as one statement they commit by themselves. No
                             # BEGIN and COMMIT; sending it counts as committing.
                             committing = True
@@ -671,7 +671,7 @@ class _Checkpointer:
 
 
 def _send_deferred(conn: Connection, *_: Any) -> None:
-    """Send a unit's deferred INSERTs before SQLAlchemy runs another of its statements."""
+    """Send a unit's deferred writes before SQLAlchemy runs another of its statements."""
     hot.flush(conn)
 
 

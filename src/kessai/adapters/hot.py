@@ -26,9 +26,11 @@ INSERTs travel together as one statement, each but the last as a data-modifying 
 just before the unit's next other statement or its COMMIT. Every statement the unit runs after
 them, by ``Hot`` or by SQLAlchemy, thus still sees their rows, and one failing fails the unit as
 before, only later. The clauses of one statement run in no defined order, so a second INSERT into
-a table already waiting sends the waiting ones first: ids keep the order of the unit's writes. A
-REQUEST on PostgreSQL writes its sandbox charge, its payment, its audit entries and its webhook
-event with one round trip instead of four.
+a table already waiting sends the waiting ones first: ids keep the order of the unit's writes. An
+UPDATE may be deferred too, when it says how many rows it must change: the statement then fails
+as a whole if it changes another number (``StaleRows``). A sandbox REQUEST on PostgreSQL spends
+its code and writes its charge, its payment, its audit entries and its webhook event with one
+round trip instead of five.
 
 Driver errors are raised as SQLAlchemy's (``IntegrityError`` for a duplicate key, and so on), and a
 PostgreSQL connection found dead is invalidated as SQLAlchemy would do it, so callers and
@@ -74,6 +76,8 @@ class _Compiled:
     returns_pk: bool = False
     # A plain SELECT (no FOR UPDATE): on PostgreSQL it needs no transaction begun for it.
     reads_only: bool = False
+    # The statement has a RETURNING clause of its own.
+    returns: bool = False
 
 
 # The last timestamp written and its text: a unit writes the same "now" many times over.
@@ -164,8 +168,9 @@ class Hot:
         reads_only = (
             isinstance(self.statement, sa.Select) and self.statement._for_update_arg is None
         )
+        returns = bool(getattr(self.statement, "_returning", ()))
         entry = _Compiled(
-            str(compiled), names, defaults, converts, row, results, returns_pk, reads_only
+            str(compiled), names, defaults, converts, row, results, returns_pk, reads_only, returns
         )
         self._compiled[dialect.name, keys] = entry
         return entry
@@ -205,40 +210,58 @@ class Hot:
         """
         return self._execute(conn, *self._bound_ordered(conn, keys, values))
 
-    def defer(self, conn: Connection, params: Mapping[str, Any] | None = None) -> None:
+    def defer(
+        self,
+        conn: Connection,
+        params: Mapping[str, Any] | None = None,
+        *,
+        expect_rows: int | None = None,
+    ) -> None:
         """Run this INSERT in the unit, on PostgreSQL with the unit's other deferred writes.
 
         For an INSERT whose answer (its new key, its row count) the unit does not read. See the
-        module's description for when it is sent.
+        module's description for when it is sent. An UPDATE may be deferred too when the number
+        of rows it must change is known (``expect_rows``, a guard against a racing writer): if it
+        changes another number, ``StaleRows`` is raised and nothing the statement carried is
+        written.
         """
-        self._defer(conn, *self._bound(conn, params))
+        self._defer(conn, *self._bound(conn, params), expect_rows)
 
     def defer_ordered(self, conn: Connection, keys: tuple[str, ...], values: list[Any]) -> None:
         """``defer`` with the values of the parameters ``keys``, as ``run_ordered`` takes them."""
-        self._defer(conn, *self._bound_ordered(conn, keys, values))
+        self._defer(conn, *self._bound_ordered(conn, keys, values), None)
 
-    def _defer(self, conn: Connection, compiled: _Compiled, values: list[Any]) -> None:
-        if not isinstance(self.statement, sa.Insert):
-            # An UPDATE or DELETE in a WITH clause would not see a row written by its neighbour
-            # in the same statement, and which of two changes to one row wins is undefined.
-            raise TypeError("only an INSERT can be deferred")
+    def _defer(
+        self, conn: Connection, compiled: _Compiled, values: list[Any], expect_rows: int | None
+    ) -> None:
+        statement = self.statement
+        update = isinstance(statement, sa.Update)
+        if not (isinstance(statement, sa.Insert) or (update and expect_rows is not None)):
+            # A change that nobody checks would go unnoticed if a racing writer made it miss.
+            raise TypeError("only an INSERT, or an UPDATE with expect_rows, can be deferred")
+        if update and compiled.returns:
+            raise TypeError("a deferred UPDATE returns nothing: its row count is checked")
         if conn.dialect.name == "sqlite":
-            self._execute(conn, compiled, values)
+            changed = self._execute(conn, compiled, values).rowcount
+            if expect_rows is not None and changed != expect_rows:
+                raise StaleRows(f"{changed} rows changed where {expect_rows} were expected")
             return
-        table = self.statement.table.name
+        assert isinstance(statement, (sa.Insert, sa.Update))
+        table = str(getattr(statement.table, "name", statement.table))
         waiting = _deferred.get(conn)
         if waiting is None:
             waiting = _deferred[conn] = []
         elif (
             len(waiting) >= DEFERRED_MAX
-            or sum(len(v) for _, _, v in waiting) + len(values) > DEFERRED_MAX_PARAMETERS
-            # The clauses of one statement run in no defined order: two INSERTs into one table
-            # would take their ids (an audit trail's order) in either.
-            or any(table == other for other, _, _ in waiting)
+            or sum(len(entry.values) for entry in waiting) + len(values) > DEFERRED_MAX_PARAMETERS
+            # The clauses of one statement run in no defined order, and none sees what another
+            # wrote: two INSERTs into one table would take their ids (an audit trail's order) in
+            # either, and an UPDATE would miss the rows a neighbour inserted.
+            or any(table == entry.table for entry in waiting)
         ):
             flush(conn)
             waiting = _deferred[conn] = []
-        waiting.append((table, compiled.sql, values))
+        waiting.append(_Deferred(table, compiled.sql, values, expect_rows))
 
     @staticmethod
     def _execute(conn: Connection, compiled: _Compiled, values: list[Any]) -> HotResult:
@@ -270,12 +293,27 @@ def _converted(compiled: _Compiled, values: list[Any]) -> list[Any]:
     return values
 
 
-# PostgreSQL: the INSERTs a unit deferred and has not sent, by the unit's connection, in order:
-# (table, SQL, values).
-_deferred: weakref.WeakKeyDictionary[Connection, list[tuple[str, str, list[Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-# Deferred INSERTs sent as one statement at most, and bound parameters in it: a unit that defers
+class StaleRows(Exception):
+    """A deferred UPDATE changed another number of rows than expected: a racing writer won.
+
+    Nothing its statement carried was written; the unit is rolled back, to be run again.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    table: str
+    sql: str
+    values: list[Any]
+    # The number of rows an UPDATE must change (None for an INSERT).
+    expect_rows: int | None
+
+
+# PostgreSQL: the writes a unit deferred and has not sent, by the unit's connection, in order.
+_deferred: weakref.WeakKeyDictionary[Connection, list[_Deferred]] = weakref.WeakKeyDictionary()
+# What PostgreSQL answers for the division by zero a row count check makes (``_together``).
+_CHECK_FAILED: Final = "22012"
+# Deferred writes sent as one statement at most, and bound parameters in it: a unit that defers
 # more (a sweep writing many audit entries) sends them in several.
 DEFERRED_MAX: Final = 8
 DEFERRED_MAX_PARAMETERS: Final = 2000
@@ -283,7 +321,7 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 def flush(conn: Connection, *, begin: bool = True) -> None:
-    """Send the unit's deferred INSERTs now, as one statement (PostgreSQL; nothing to do else).
+    """Send the unit's deferred writes now, as one statement (PostgreSQL; nothing to do else).
 
     ``Database`` calls it at the unit's end, ``Hot`` before the unit's next statement of its own,
     and a listener on the engine before SQLAlchemy's. Without ``begin``, in a unit that has begun
@@ -292,12 +330,22 @@ def flush(conn: Connection, *, begin: bool = True) -> None:
     waiting = _deferred.pop(conn, None)
     if not waiting:
         return
-    if len(waiting) == 1:
-        _, sql, values = waiting[0]
+    checked = any(entry.expect_rows is not None for entry in waiting)
+    if len(waiting) == 1 and not checked:
+        sql, values = waiting[0].sql, waiting[0].values
     else:
-        sql = _together(tuple(sql for _, sql, _ in waiting), tuple(len(v) for _, _, v in waiting))
-        values = [value for _, _, part in waiting for value in part]
-    _run_on_postgresql(conn, sql, values, begin=begin)
+        sql = _together(
+            tuple(entry.sql for entry in waiting),
+            tuple(len(entry.values) for entry in waiting),
+            tuple(entry.expect_rows for entry in waiting),
+        )
+        values = [value for entry in waiting for value in entry.values]
+    try:
+        _run_on_postgresql(conn, sql, values, begin=begin)
+    except sa.exc.DBAPIError as exc:
+        if checked and sqlstate(exc.orig) == _CHECK_FAILED:
+            raise StaleRows("a deferred UPDATE did not change the rows expected") from exc
+        raise
 
 
 def began(conn: Connection) -> bool:
@@ -313,12 +361,20 @@ def began(conn: Connection) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _together(statements: tuple[str, ...], counts: tuple[int, ...]) -> str:
-    """Several INSERTs as one statement: each but the last a ``WITH`` clause.
+def _together(
+    statements: tuple[str, ...],
+    counts: tuple[int, ...],
+    expected: tuple[int | None, ...] | None = None,
+) -> str:
+    """Several writes as one statement: each but the last a ``WITH`` clause.
 
     Each statement's ``$n`` placeholders are renumbered after the ones before it. SQLAlchemy's
-    INSERTs bind every value, so ``$`` appears in their text as a placeholder only; the count
+    writes bind every value, so ``$`` appears in their text as a placeholder only; the count
     check below refuses a statement where that would not hold.
+
+    With ``expected`` row counts (an UPDATE's, None for the others), every write is a clause and
+    the statement ends with a SELECT that divides by zero where a count differs: the error fails
+    the whole statement, so nothing it carried is written, even with no transaction around it.
     """
     parts: list[str] = []
     offset = 0
@@ -328,8 +384,20 @@ def _together(statements: tuple[str, ...], counts: tuple[int, ...]) -> str:
             raise ValueError(f"cannot combine a statement with {count} values: {sql}")
         parts.append(_renumbered(sql, offset))
         offset += count
-    clauses = ", ".join(f"kessai_w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
-    return f"WITH {clauses} {parts[-1]}"
+    if expected is None or all(rows is None for rows in expected):
+        clauses = ", ".join(f"kessai_w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
+        return f"WITH {clauses} {parts[-1]}"
+    checks = ", ".join(
+        # Only integers and the clauses' own names are written into the text.
+        f"1 / (SELECT (count(*) = {int(rows)})::int FROM kessai_w{i})"  # noqa: S608
+        for i, rows in enumerate(expected)
+        if rows is not None
+    )
+    clauses = ", ".join(
+        f"kessai_w{i} AS ({part}{'' if rows is None else ' RETURNING 1'})"
+        for i, (part, rows) in enumerate(zip(parts, expected, strict=True))
+    )
+    return f"WITH {clauses} SELECT {checks}"
 
 
 def _renumbered(sql: str, offset: int) -> str:

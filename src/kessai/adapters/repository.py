@@ -32,6 +32,8 @@ from kessai.domain.model import (
 
 _code_keys: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 CODE_KEY_NAME: Final = "code_hmac_key"
+# Read through ``Hot`` like the rest of a payment's unit: a plain read, it begins no transaction.
+_CODE_KEY = Hot(sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME))
 
 
 def code_key(conn: Connection) -> str:
@@ -43,9 +45,8 @@ def code_key(conn: Connection) -> str:
     engine = conn.engine
     key = _code_keys.get(engine)
     if key is None:
-        value = conn.execute(
-            sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME)
-        ).scalar_one_or_none()
+        row = _CODE_KEY.run(conn).first()
+        value = None if row is None else row.value
         if value is None:
             raise InternalError("the database is not migrated: run `kessai migrate`")
         key = _code_keys[engine] = str(value)

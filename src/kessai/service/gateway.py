@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
-from kessai.adapters.hot import Hot
+from kessai.adapters.hot import Hot, StaleRows
 from kessai.adapters.schema import UTCDateTime
 from kessai.clock import Clock, system_clock
 from kessai.config import Settings
@@ -158,14 +158,14 @@ class Gateway:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _retrying(self, unit: Callable[[Connection], T]) -> T:
-        """Run a unit that may lose a race (a duplicate key, a stale version): run it again.
+        """Run a unit that may lose a race (a duplicate key, a stale version or row): run it again.
 
         A racing writer that committed first is then seen, so the retry decides on top of it.
         """
         for _ in range(MAX_RACE_RETRIES):
             try:
                 return await self.db.run(unit)
-            except (sa.exc.IntegrityError, repo.StaleWrite):
+            except (sa.exc.IntegrityError, repo.StaleWrite, StaleRows):
                 continue
         return await self.db.run(unit)
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
-from kessai.adapters.hot import Hot
+from kessai.adapters.hot import Hot, StaleRows
 from kessai.adapters.repository import code_key
 from kessai.clock import Clock, system_clock
 from kessai.connectors.base import (
@@ -138,11 +138,9 @@ _CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindp
 _CHARGES = {False: Hot(_CHARGE), True: Hot(_CHARGE.with_for_update())}
 _CODE = Hot(sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest")))
 _SPEND_CODE = Hot(
-    t.sandbox_codes.update()
-    .where(
+    t.sandbox_codes.update().where(
         t.sandbox_codes.c.code_hash == sa.bindparam("digest"), t.sandbox_codes.c.used_at.is_(None)
     )
-    .returning(t.sandbox_codes.c.outcome)
 )
 _INSERT_CHARGE = Hot(t.sandbox_charges.insert())
 
@@ -252,15 +250,18 @@ class SandboxWallets:
         ``code_digest`` is the code's keyed hash if the caller made it already (see ``InDatabase``).
         """
         digest = code_digest or keyed_hash(code_key(conn), request.code)
-        # Spending the code is one conditional update, so two payments racing with one code
-        # cannot both use it; its outcome comes back with it.
-        spent = _SPEND_CODE.run(conn, {"digest": digest, "used_at": now}).first()
-        if spent is not None:
-            outcome = str(spent.outcome)
-        elif _CODE.run(conn, {"digest": digest}).first() is None:
+        code = _CODE.run(conn, {"digest": digest}).first()
+        if code is None:
             outcome = "unknown-code"
-        else:
+        elif code.used_at is not None:
             outcome = "code-reused"
+        else:
+            outcome = str(code.outcome)
+            # Spent by a conditional update that must change this one row: a payment racing
+            # with the same code that spent it first makes it change none, and the unit fails
+            # (``StaleRows``) and is run again, to find the code used. On PostgreSQL the update
+            # travels with the charge and the payment (``Hot.defer``).
+            _SPEND_CODE.defer(conn, {"digest": digest, "used_at": now}, expect_rows=1)
         status, visible_at = {
             "success": (SUCCEEDED, None),
             "password": (WAITING, None),
@@ -301,8 +302,9 @@ class SandboxWallets:
 
         try:
             return await self.db.run(unit)
-        except sa.exc.IntegrityError:
-            # The same ref raced in twice; the first one's charge is the answer.
+        except (sa.exc.IntegrityError, StaleRows):
+            # The same ref raced in twice, or another payment spent the code first: run again,
+            # the first one's charge is the answer, or the code is found used.
             return await self.db.run(unit)
 
     async def create_qr(self, request: QrRequest) -> ProviderResult:
