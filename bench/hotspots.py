@@ -3,6 +3,7 @@
     .venv/bin/python bench/hotspots.py                      # 4,000 REQUEST/s for 10 s
     .venv/bin/python bench/hotspots.py --rate 1000 --seconds 20 --top 30
     .venv/bin/python bench/hotspots.py --postgres --rate 500   # on a private PostgreSQL cluster
+    .venv/bin/python bench/hotspots.py --postgres --native     # C frames too: system calls
 
 Starts `kessai serve` (2 workers on SQLite, or with --postgres on PostgreSQL, the sandbox
 approving at once) on 127.0.0.1, pays with fresh codes at a fixed rate (bench/openloop.py),
@@ -116,6 +117,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--top", type=int, default=20, help="functions per list (default 20)")
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help="sample C frames too (system calls, compiled drivers, the event loop's own code)",
+    )
+    parser.add_argument(
         "--postgres",
         nargs="?",
         const="",
@@ -144,7 +150,9 @@ def _profile(
                     [
                         spy, "record", "--pid", str(pid), "--threads", "--format", "raw",
                         "--rate", str(args.samples), "--duration", str(round(args.seconds)),
-                        "--nonblocking", "--output", str(out),
+                        "--output", str(out),
+                        # py-spy unwinds C frames only in a process it pauses for each sample.
+                        *(["--native"] if args.native else ["--nonblocking"]),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,

@@ -246,10 +246,12 @@ def test_hotspots_profiles_the_workers_on_postgresql() -> None:
         pytest.skip("KESSAI_TEST_POSTGRES_URL is not set (scripts/test sets it)")
     # Long lists: in two seconds at 100/s the unit's share of the samples is small, and where it
     # ranks among the framework's frames varies from run to run.
-    args = ["--rate", "100", "--seconds", "2", "--top", "200", "--postgres", postgres]
+    args = ["--rate", "100", "--seconds", "2", "--top", "200", "--postgres", postgres, "--native"]
     done = _run_script("hotspots.py", args, timeout=540)
     out = done.stdout
     assert "200 sent, 200 answered with HTTP 200" in out
+    # With --native the C frames are sampled too: the C library's system calls among them.
+    assert "(libc.so" in out
     # PostgreSQL's own processes are counted apart from the gateway's.
     shares = out.split("µs of CPU per payment (")[1].splitlines()[0]
     found = re.search(r"PostgreSQL ([\d,]+)", shares)
