@@ -651,3 +651,27 @@ def test_a_code_spent_by_a_racing_payment_fails_the_unit_that_read_it_unused(
     # Run again, the unit finds the code used.
     again = db.run_sync(lambda conn: sandbox.pay_within(conn, request, now))
     assert again.outcome is ProviderOutcome.FAILED and again.failure_code == "CODE_ALREADY_USED"
+
+
+def test_a_deferred_write_that_fails_before_sqlalchemys_statement_raises_its_own_error(
+    pg: tuple[Database, str],
+) -> None:
+    db, _ = pg
+    pk = _integration(db, "HOT050")
+    query = sa.select(t.integrations.c.id)
+
+    def duplicate(conn: Connection) -> None:
+        _INSERT.defer(conn, {"os": "HOT050", "name": "Twice", "created_at": AT})
+        conn.execute(query).all()
+
+    def missed(conn: Connection) -> None:
+        _RENAME.defer(conn, {"b_id": pk + 99, "name": "X"}, expect_rows=1)
+        conn.execute(query).all()
+
+    # Sent by the engine's listener, just before SQLAlchemy's SELECT: their errors come out as
+    # they would at the unit's end, for the gateway to handle the same way.
+    with pytest.raises(sa.exc.IntegrityError):
+        db.run_sync(duplicate)
+    with pytest.raises(hot.StaleRows):
+        db.run_sync(missed)
+    assert db.run_sync(lambda conn: len(conn.execute(query).all())) == 1
