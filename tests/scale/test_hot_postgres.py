@@ -675,3 +675,58 @@ def test_a_deferred_write_that_fails_before_sqlalchemys_statement_raises_its_own
     with pytest.raises(hot.StaleRows):
         db.run_sync(missed)
     assert db.run_sync(lambda conn: len(conn.execute(query).all())) == 1
+
+
+def test_deferred_writes_past_the_limits_go_in_several_statements(
+    pg: tuple[Database, str], sent: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _ = pg
+    code = Hot(t.sandbox_codes.insert())
+
+    def three_tables(number: int) -> Callable[[Connection], None]:
+        def unit(conn: Connection) -> None:
+            _INSERT.defer(conn, {"os": f"HOT06{number}", "name": "Limits", "created_at": AT})
+            repo.append_audit(conn, _entry(f"test.limits.{number}"))
+            row = {"code_hash": f"{number}" * 64, "service_id": "01", "outcome": "x"}
+            code.defer(conn, {**row, "issued_at": AT})
+
+        return unit
+
+    # At most two writes a statement: the third starts the next one.
+    monkeypatch.setattr(hot, "DEFERRED_MAX", 2)
+    db.run_sync(three_tables(1))
+    assert [sql.split()[0] for sql in sent] == ["BEGIN", "WITH", "INSERT"]
+    assert "INSERT INTO sandbox_codes " in sent[2]
+    sent.clear()
+    # Fewer bound parameters than two of these INSERTs need: each goes alone.
+    monkeypatch.setattr(hot, "DEFERRED_MAX", 8)
+    monkeypatch.setattr(hot, "DEFERRED_MAX_PARAMETERS", 5)
+    db.run_sync(three_tables(2))
+    assert [sql.split()[0] for sql in sent] == ["BEGIN", "INSERT", "INSERT", "INSERT"]
+    assert _actions(db) == ["test.limits.1", "test.limits.2"]
+
+
+def test_a_unit_whose_only_write_is_lost_with_its_connection_is_not_run_again(
+    pg: tuple[Database, str],
+) -> None:
+    db, url = pg
+    _integration(db, "HOT070")  # the pool now holds one connection
+    _on_server(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    attempts = 0
+
+    def only_deferred(conn: Connection) -> None:
+        nonlocal attempts
+        attempts += 1
+        _INSERT.defer(conn, {"os": "HOT071", "name": "Lost", "created_at": AT})
+
+    # Sent alone, the statement is the commit: once it is on its way, the unit is not run again,
+    # for it may have been applied (here it was not: the connection was already gone).
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        db.run_sync(only_deferred)
+    assert raised.value.connection_invalidated
+    assert attempts == 1
+    assert not _exists(db, "HOT071")

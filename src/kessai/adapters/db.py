@@ -159,16 +159,14 @@ class Database:
                 with sync_engine.connect() as conn:
                     with conn.begin():
                         result = fn(conn)
-                        if hot.began(conn):
-                            # The unit's deferred writes, before its COMMIT, inside it.
-                            hot.flush(conn)
-                            committing = True
-                        else:
-                            # Nothing written yet: the deferred writes, if any, are the unit's
-                            # only write, and as one statement they commit by themselves. No
-                            # BEGIN and COMMIT; sending it counts as committing.
-                            committing = True
-                            hot.flush(conn, begin=False)
+                        # The unit's deferred writes go before its COMMIT, inside it. In a unit
+                        # that has begun no transaction they are its only write: sent alone, with
+                        # no BEGIN or COMMIT, they commit by themselves, so sending them is
+                        # committing.
+                        began = hot.began(conn)
+                        committing = not began
+                        hot.flush(conn, begin=began)
+                        committing = True
                     return result
 
             try:

@@ -74,10 +74,6 @@ class _Compiled:
     results: tuple[tuple[int, Callable[[Any], Any]], ...]
     # PostgreSQL: the INSERT returns its new primary key (SQLite has ``lastrowid``).
     returns_pk: bool = False
-    # A plain SELECT (no FOR UPDATE): on PostgreSQL it needs no transaction begun for it.
-    reads_only: bool = False
-    # The statement has a RETURNING clause of its own.
-    returns: bool = False
 
 
 # The last timestamp written and its text: a unit writes the same "now" many times over.
@@ -115,6 +111,15 @@ class Hot:
         # Compilations by database and by the names of the parameters given, in their order (an
         # INSERT or UPDATE sets exactly the columns it is given).
         self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
+        # What the statement is, decided once rather than on every run: a plain SELECT (no FOR
+        # UPDATE) needs no transaction begun for it on PostgreSQL; ``defer`` takes an INSERT, or
+        # an UPDATE without RETURNING whose row count is checked, and groups them by table.
+        self._reads_only = isinstance(statement, sa.Select) and statement._for_update_arg is None
+        self._update = isinstance(statement, sa.Update)
+        self._returns = bool(getattr(statement, "_returning", ()))
+        writes = isinstance(statement, (sa.Insert, sa.Update))
+        table = getattr(statement, "table", None)
+        self._table = str(getattr(table, "name", table)) if writes else None
 
     def _compile(self, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
         dialect = conn.dialect
@@ -165,13 +170,7 @@ class Hot:
         converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
         # An INSERT on PostgreSQL is compiled with ``RETURNING`` its primary key.
         returns_pk = not sqlite and bool(getattr(compiled, "implicit_returning", None))
-        reads_only = (
-            isinstance(self.statement, sa.Select) and self.statement._for_update_arg is None
-        )
-        returns = bool(getattr(self.statement, "_returning", ()))
-        entry = _Compiled(
-            str(compiled), names, defaults, converts, row, results, returns_pk, reads_only, returns
-        )
+        entry = _Compiled(str(compiled), names, defaults, converts, row, results, returns_pk)
         self._compiled[dialect.name, keys] = entry
         return entry
 
@@ -234,20 +233,17 @@ class Hot:
     def _defer(
         self, conn: Connection, compiled: _Compiled, values: list[Any], expect_rows: int | None
     ) -> None:
-        statement = self.statement
-        update = isinstance(statement, sa.Update)
-        if not (isinstance(statement, sa.Insert) or (update and expect_rows is not None)):
+        table = self._table
+        if table is None or (self._update and expect_rows is None):
             # A change that nobody checks would go unnoticed if a racing writer made it miss.
             raise TypeError("only an INSERT, or an UPDATE with expect_rows, can be deferred")
-        if update and compiled.returns:
+        if self._update and self._returns:
             raise TypeError("a deferred UPDATE returns nothing: its row count is checked")
         if conn.dialect.name == "sqlite":
             changed = self._execute(conn, compiled, values).rowcount
             if expect_rows is not None and changed != expect_rows:
                 raise StaleRows(f"{changed} rows changed where {expect_rows} were expected")
             return
-        assert isinstance(statement, (sa.Insert, sa.Update))
-        table = str(getattr(statement.table, "name", statement.table))
         waiting = _deferred.get(conn)
         if waiting is None:
             waiting = _deferred[conn] = []
@@ -263,15 +259,14 @@ class Hot:
             waiting = _deferred[conn] = []
         waiting.append(_Deferred(table, compiled.sql, values, expect_rows))
 
-    @staticmethod
-    def _execute(conn: Connection, compiled: _Compiled, values: list[Any]) -> HotResult:
+    def _execute(self, conn: Connection, compiled: _Compiled, values: list[Any]) -> HotResult:
         """Execute with ``values``, converted and in the statement's order."""
         dialect = conn.dialect
         if dialect.name != "sqlite":
             if conn in _deferred:
                 flush(conn)
             return HotResult(
-                _run_on_postgresql(conn, compiled.sql, values, begin=not compiled.reads_only),
+                _run_on_postgresql(conn, compiled.sql, values, begin=not self._reads_only),
                 compiled,
             )
         driver: Any = conn.connection.driver_connection
