@@ -277,6 +277,37 @@ def _group(queued: list[float], base: float, *, size_ms: float = 1.0) -> dict[st
     }
 
 
+def _units_figures(out: str, kind: str) -> list[int]:
+    """The per-turn CPU figures of bench/units.py's line for ``kind``; each above zero."""
+    found = re.search(
+        rf"REQUEST without HTTP on {kind}, .* CPU per payment ([\d, ]+) µs; median", out
+    )
+    assert found is not None, out
+    figures = [int(part) for part in found[1].split(", ")]
+    assert figures and all(figure > 0 for figure in figures), figures
+    return figures
+
+
+@pytest.mark.timeout(600)
+def test_units_measures_the_service_code_per_payment_and_profiles_it() -> None:
+    args = ["--payments", "60", "--turns", "2", "--concurrency", "8", "--profile", "60"]
+    out = _run_script("units.py", args, timeout=540).stdout
+    assert len(_units_figures(out, "SQLite")) == 2
+    # cProfile's tables, from the writer thread: the payment's unit of work among them.
+    assert "Ordered by: internal time" in out and "Ordered by: cumulative time" in out
+    assert "gateway.py" in out and "(unit)" in out
+
+
+@pytest.mark.timeout(600)
+def test_units_measures_on_postgresql() -> None:
+    postgres = os.environ.get("KESSAI_TEST_POSTGRES_URL")
+    if not postgres:
+        pytest.skip("KESSAI_TEST_POSTGRES_URL is not set (scripts/test sets it)")
+    args = ["--payments", "60", "--turns", "1", "--concurrency", "8", "--postgres", postgres]
+    out = _run_script("units.py", args, timeout=540).stdout
+    assert len(_units_figures(out, "PostgreSQL")) == 1
+
+
 def test_the_phases_of_a_payment_add_up_to_its_time_in_the_gateway() -> None:
     import phases  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
 
