@@ -127,3 +127,34 @@ def test_a_qr_payment_gets_its_request_hash_made_ahead(
     assert h.payment_row(shown.trans_id)["request_hash"] == keyed_hash(
         _code_key(h), "MERCHANT_QR|2000|01"
     )
+
+
+def test_once_the_key_is_known_the_sandbox_reads_the_code_with_the_session(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a round trip less (tests/scale/test_hot_postgres.py counts them); the code's
+    # state must read the same either way.
+    from kessai.connectors.sandbox import wallets  # noqa: PLC0415
+
+    own_reads: list[object] = []
+    original = wallets._CODE.run
+
+    def counted(conn: object, params: object = None) -> object:
+        own_reads.append(params)
+        return original(conn, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wallets._CODE, "run", counted)
+    till = h.till()
+    till.request(1000)  # the gateway learns the key: until then the sandbox reads the code itself
+    assert len(own_reads) == 1
+    own_reads.clear()
+    code = h.codes()[0]
+    assert till.request(1100, code=code).status is S.COMPLETED
+    reused = till.request(1200, code=code)
+    assert (reused.status, reused.failure_code) == (S.FAILED, "CODE_ALREADY_USED")
+    # A code of the right shape that was never issued.
+    unknown = till.request(1300, code=code[:-4] + ("0000" if code[-4:] != "0000" else "1111"))
+    assert (unknown.status, unknown.failure_code) == (S.FAILED, "UNKNOWN_CODE")
+    declined = till.request(1400, outcome="declined")
+    assert (declined.status, declined.failure_code) == (S.FAILED, "DECLINED")
+    assert own_reads == []

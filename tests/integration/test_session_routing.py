@@ -105,7 +105,7 @@ def _both_ways(
     """The route from the session lookup's read, and the route from routing's own read."""
 
     def unit(conn: Connection) -> tuple[str, str]:
-        ctx, _ = sessions.authenticate_for_payment(conn, digest, NOW, Settings(), service_id)
+        ctx, _, _ = sessions.authenticate_for_payment(conn, digest, NOW, Settings(), service_id)
         folded = routing.choose(ctx.account_of(service_id), service_id, flow, connectors)
         own = route_by_own_read(conn, ctx.merchant_id, service_id, flow, connectors)
         return folded, own

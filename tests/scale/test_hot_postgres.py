@@ -512,11 +512,12 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
     # needed no touch).
     assert [sql.split()[0] for sql in check] == ["SELECT", "SELECT", "SELECT"]
     assert payment.status.value == "COMPLETED"
-    # The session (with the payment's new key) and the code, then every write at once, with no
-    # transaction around them: the code's spending, checked, the charge, the payment and its
-    # audit entries.
-    assert [sql.split()[0] for sql in statements] == ["SELECT", "SELECT", "WITH"]
-    written = statements[2]
+    # The session (with the payment's new key and the code's row), then every write at once,
+    # with no transaction around them: the code's spending, checked, the charge, the payment and
+    # its audit entries.
+    assert [sql.split()[0] for sql in statements] == ["SELECT", "WITH"]
+    assert "sandbox_codes" in statements[0]
+    written = statements[1]
     assert "UPDATE sandbox_codes " in written and " SELECT 1 / (SELECT (count(*) = 1)" in written
     for table in ("sandbox_charges", "payments", "audit_events"):
         assert f"INSERT INTO {table} " in written

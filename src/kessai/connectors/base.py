@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from kessai.domain.errors import UnprocessableCode
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
     from sqlalchemy.engine import Connection
 
 
@@ -210,6 +211,20 @@ class Connector(Protocol):
         ...
 
 
+@dataclass(frozen=True, eq=False)
+class Along:
+    """One row of a provider's own table, read by a new payment's session lookup in its statement.
+
+    ``table`` is joined (outer: no row reads as None in every column) on ``on``, whose bound
+    parameters the caller gives; ``columns`` are what is read, each labelled with a name of its
+    own. On PostgreSQL a read folded in this way is a round trip less for the payment's unit.
+    """
+
+    table: sa.Table
+    on: sa.ColumnElement[bool]
+    columns: tuple[sa.Label[object], ...]
+
+
 class InDatabase(Protocol):
     """A provider whose books are tables of the gateway's own database (the sandbox wallets).
 
@@ -217,6 +232,10 @@ class InDatabase(Protocol):
     and the payment commit together or not at all, so no crash can leave one without the other,
     and REQUEST is one hop to the database instead of three.
     """
+
+    # The customer code's row, for the session lookup to read along (its bound parameter is
+    # ``code_digest``), or None when the provider reads it itself.
+    code_along: Along | None
 
     def in_database(self, database: object) -> bool:
         """Whether this provider's books live in ``database``."""
@@ -229,11 +248,14 @@ class InDatabase(Protocol):
         now: datetime,
         *,
         code_digest: str | None = None,
+        along: object | None = None,
     ) -> ProviderResult:
         """``pay``, as part of the caller's unit of work (``request.ref`` is new in it).
 
         ``code_digest``, when given, is the keyed hash of ``request.code`` under the database's
         code key, made by the caller ahead of the unit; without it the provider makes it.
+        ``along``, when given, is a row that carries ``code_along``'s columns, read with that
+        ``code_digest`` in this unit: the provider then reads the code no more.
         """
         ...
 

@@ -387,7 +387,8 @@ class Gateway:
         fingerprint: str,
         request_id: str,
         within: Callable[
-            [Connection, InDatabase, Payment, TerminalContext, str | None], ProviderResult
+            [Connection, InDatabase, Payment, TerminalContext, str | None, object | None],
+            ProviderResult,
         ]
         | None = None,
         code: str | None = None,
@@ -403,22 +404,39 @@ class Gateway:
         creation time.
 
         Whatever needs no database is done here, before the unit is queued: the first transId
-        drawn and, once the code key is known, the keyed hashes (``_keyed``).
+        drawn and, once the code key is known, the keyed hashes (``_keyed``). With those, the
+        session lookup also reads the customer code's row for the sandbox (``code_along``), in
+        case the payment goes there: on PostgreSQL, one round trip less.
         """
         runs = 0
         first_trans_id = new_trans_id()
         known = self._code_key
         ahead = None if known is None else self._keyed(known, fingerprint, code)
+        sandbox = self._in_database(routing.SANDBOX) if within is not None else None
+        along = sandbox.code_along if sandbox is not None else None
+        if ahead is None or ahead.code_digest is None:
+            along = None
+        along_params = (
+            None if along is None or ahead is None else {"code_digest": ahead.code_digest}
+        )
 
         def unit(conn: Connection) -> _Hop:
             nonlocal runs
             runs += 1
-            ctx, new_pk = sessions.authenticate_for_payment(
-                conn, digest, now, self.settings, service.service_id
+            ctx, new_pk, along_row = sessions.authenticate_for_payment(
+                conn,
+                digest,
+                now,
+                self.settings,
+                service.service_id,
+                along=along,
+                along_params=along_params,
             )
             key = self._code_key = repo.code_key(conn)
             keyed = ahead if ahead is not None and ahead.key == key else None
             if keyed is None:
+                # The code's row read along was looked up by a hash under another key.
+                along_row = None
                 keyed = self._keyed(key, fingerprint, code)
             request_hash = keyed.request_hash
             # No lookup on the first run: a transKey or transId already taken fails the insert
@@ -446,7 +464,10 @@ class Gateway:
             if within is not None and local is not None:
                 # Asked before the payment row is written, so that the row is written once, in
                 # its final state; the charge and the row commit together all the same.
-                answer = within(conn, local, payment, ctx, keyed.code_digest)
+                # The row read along is the sandbox's: another provider in our database reads
+                # its own.
+                read = along_row if local is sandbox else None
+                answer = within(conn, local, payment, ctx, keyed.code_digest, read)
                 move = _decide(payment, answer, now, self.settings)
                 final = move.after or payment
             pk = repo.insert_payment(
@@ -553,8 +574,10 @@ class Gateway:
             payment: Payment,
             ctx: TerminalContext,
             code_digest: str | None,
+            along: object | None,
         ) -> ProviderResult:
-            return local.pay_within(conn, ask(payment, ctx), now, code_digest=code_digest)
+            request = ask(payment, ctx)
+            return local.pay_within(conn, request, now, code_digest=code_digest, along=along)
 
         unit = self._new_payment_unit(
             trans_key,

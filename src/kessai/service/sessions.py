@@ -7,6 +7,7 @@ the same key replaces the old session (its token stops working). The partial uni
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from kessai.adapters import schema as t
 from kessai.adapters.hot import Hot
 from kessai.adapters.repository import PROVIDER_SETTINGS_ROW_FIELDS, ProviderSettingsRow, audit
 from kessai.config import Settings
+from kessai.connectors.base import Along
 from kessai.domain.errors import Conflict, Forbidden, RateLimited, Unauthenticated
 
 
@@ -305,19 +307,46 @@ def authenticate(
     return _context(conn, row, now, settings, None)
 
 
+# The lookup with a provider's row read along (``Along``), made on first use of each.
+_SESSION_ALONG: dict[tuple[str, Along], Hot] = {}
+
+
+def _lookup_for_payment(dialect: str, along: Along | None) -> Hot:
+    if along is None:
+        return _SESSION_FOR_PAYMENT[dialect]
+    lookup = _SESSION_ALONG.get((dialect, along))
+    if lookup is None:
+        statement = _SESSION_FOR_PAYMENT[dialect].statement
+        assert isinstance(statement, sa.Select)
+        lookup = _SESSION_ALONG[dialect, along] = Hot(
+            statement.add_columns(*along.columns).outerjoin(along.table, along.on)
+        )
+    return lookup
+
+
 def authenticate_for_payment(
-    conn: Connection, token_digest: str, now: datetime, settings: Settings, service_id: str
-) -> tuple[TerminalContext, int | None]:
+    conn: Connection,
+    token_digest: str,
+    now: datetime,
+    settings: Settings,
+    service_id: str,
+    *,
+    along: Along | None = None,
+    along_params: Mapping[str, Any] | None = None,
+) -> tuple[TerminalContext, int | None, Any]:
     """``authenticate`` for a unit about to create a payment of ``service_id``.
 
     The same statement also reads whether the merchant listens for webhooks and its active
     provider account for the service, and the context carries both. On PostgreSQL it also draws
-    the new payment's primary key, answered beside the context (None on SQLite).
+    the new payment's primary key, answered beside the context (None on SQLite). With ``along``
+    it reads that row too, bound with ``along_params``: the third value is then the statement's
+    row, which carries ``along``'s columns (None in each if there is no such row), and None
+    otherwise.
     """
-    params = {"digest": token_digest, "service_id": service_id}
-    row = _SESSION_FOR_PAYMENT[conn.dialect.name].run(conn, params).first()
+    params = {"digest": token_digest, "service_id": service_id, **(along_params or {})}
+    row = _lookup_for_payment(conn.dialect.name, along).run(conn, params).first()
     ctx = _context(conn, row, now, settings, service_id)
-    return ctx, getattr(row, "payment_pk", None)
+    return ctx, getattr(row, "payment_pk", None), row if along is not None else None
 
 
 def _context(

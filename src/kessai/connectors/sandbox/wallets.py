@@ -34,6 +34,7 @@ from kessai.adapters.repository import code_key
 from kessai.clock import Clock, system_clock
 from kessai.connectors.base import (
     ALL_FLOWS,
+    Along,
     Flow,
     FlowNotSupported,
     Notification,
@@ -137,6 +138,17 @@ _TAKEN_CODES = sa.select(t.sandbox_codes.c.code_hash).where(
 _CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindparam("ref"))
 _CHARGES = {False: Hot(_CHARGE), True: Hot(_CHARGE.with_for_update())}
 _CODE = Hot(sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest")))
+# A customer code's row as a new payment's session lookup reads it along (``Along``): one round
+# trip less on PostgreSQL. No row reads as None in all three.
+CODE_ALONG: Final = Along(
+    table=t.sandbox_codes,
+    on=t.sandbox_codes.c.code_hash == sa.bindparam("code_digest"),
+    columns=(
+        t.sandbox_codes.c.code_hash.label("code_hash"),
+        t.sandbox_codes.c.outcome.label("code_outcome"),
+        t.sandbox_codes.c.used_at.label("code_used_at"),
+    ),
+)
 _SPEND_CODE = Hot(
     t.sandbox_codes.update().where(
         t.sandbox_codes.c.code_hash == sa.bindparam("digest"), t.sandbox_codes.c.used_at.is_(None)
@@ -206,6 +218,8 @@ class SandboxWallets:
     name = "sandbox"
     flows = ALL_FLOWS - {Flow.NOTIFICATION}
     not_supported: Final = {Flow.NOTIFICATION: "the sandbox wallets send no notifications"}
+    # A new payment's session lookup may read the customer code's row (see ``InDatabase``).
+    code_along = CODE_ALONG
     # The simulated wallets answer at once; these timings keep tests and demos quick while
     # still exercising every step (poll, give up, cancel).
     schedule = Schedule(
@@ -244,19 +258,29 @@ class SandboxWallets:
         now: datetime,
         *,
         code_digest: str | None = None,
+        along: object | None = None,
     ) -> ProviderResult:
         """Charge a customer code inside the caller's unit of work (``request.ref`` is new).
 
-        ``code_digest`` is the code's keyed hash if the caller made it already (see ``InDatabase``).
+        ``code_digest`` is the code's keyed hash if the caller made it already, and ``along`` the
+        code's row if the caller read it along with that hash (see ``InDatabase``).
         """
         digest = code_digest or keyed_hash(code_key(conn), request.code)
-        code = _CODE.run(conn, {"digest": digest}).first()
-        if code is None:
+        if along is not None and code_digest is not None:
+            # Read with the session (``code_along``): None in every column if no such code.
+            row: Any = along
+            known, used_at, issued = row.code_hash is not None, row.code_used_at, row.code_outcome
+        else:
+            code = _CODE.run(conn, {"digest": digest}).first()
+            known = code is not None
+            used_at = code.used_at if code is not None else None
+            issued = code.outcome if code is not None else None
+        if not known:
             outcome = "unknown-code"
-        elif code.used_at is not None:
+        elif used_at is not None:
             outcome = "code-reused"
         else:
-            outcome = str(code.outcome)
+            outcome = str(issued)
             # Spent by a conditional update that must change this one row: a payment racing
             # with the same code that spent it first makes it change none, and the unit fails
             # (``StaleRows``) and is run again, to find the code used. On PostgreSQL the update
