@@ -20,13 +20,15 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from connectors.reference import route_by_own_read
+from kessai.adapters import repository as repo
 from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
 from kessai.config import Settings
 from kessai.connectors import routing
 from kessai.connectors.base import Connector, Flow, FlowNotSupported
+from kessai.connectors.sandbox import wallets
 from kessai.connectors.secrets import SecretBox, generate_key
-from kessai.security import token_hash
+from kessai.security import keyed_hash, token_hash
 from kessai.service import admin, sessions
 from scale.support import create_database
 
@@ -159,6 +161,37 @@ def test_the_account_read_with_the_session_routes_as_routing_itself_would(
     )[0]
     with pytest.raises(LookupError, match="read for 02, not for serviceId 01"):
         other.account_of("01")
+
+
+def test_a_row_read_along_with_the_session_is_the_rows_own_or_none(any_db: Database) -> None:
+    # The sandbox's customer code, read by a new payment's session lookup (``Along``): the same
+    # columns as the code's own read, None in each for a code that was never issued, and the
+    # session's context as without it.
+    db = any_db
+    _, digest = _logged_in(db, "Along Shop")
+    code = db.run_sync(lambda conn: wallets.issue_codes(conn, "01", "declined", 1, NOW)[0])
+    key = db.run_sync(repo.code_key, write=False)
+
+    def lookup(code_digest: str) -> tuple[object, object, object]:
+        def unit(conn: Connection) -> tuple[object, object, object]:
+            plain, _, none = sessions.authenticate_for_payment(conn, digest, NOW, Settings(), "01")
+            assert none is None
+            ctx, _, row = sessions.authenticate_for_payment(
+                conn,
+                digest,
+                NOW,
+                Settings(),
+                "01",
+                along=wallets.CODE_ALONG,
+                along_params={"code_digest": code_digest},
+            )
+            assert ctx == plain
+            return row.code_hash, row.code_outcome, row.code_used_at
+
+        return db.run_sync(unit, write=False)
+
+    assert lookup(keyed_hash(key, code)) == (keyed_hash(key, code), "declined", None)
+    assert lookup(keyed_hash(key, "never issued")) == (None, None, None)
 
 
 def test_a_payment_is_routed_by_the_account_read_with_its_session(h: Harness) -> None:
