@@ -150,16 +150,16 @@ def test_inserts_are_combined_into_one_statement_with_their_placeholders_renumbe
     first = "INSERT INTO a (x, y) VALUES ($1::VARCHAR, $2::INTEGER) RETURNING a.id"
     second = "INSERT INTO b (z) VALUES ($1::VARCHAR), ($2::VARCHAR), ($3::VARCHAR)"
     third = "INSERT INTO c (w) VALUES ($1::INTEGER)"
-    assert hot._together((first, second, third), (2, 3, 1)) == (
+    assert hot._together((first, second, third), (2, 3, 1), (None, None, None)) == (
         "WITH kessai_w0 AS (INSERT INTO a (x, y) VALUES ($1::VARCHAR, $2::INTEGER) RETURNING a.id"
         "), kessai_w1 AS (INSERT INTO b (z) VALUES ($3::VARCHAR), ($4::VARCHAR), ($5::VARCHAR)) "
         "INSERT INTO c (w) VALUES ($6::INTEGER)"
     )
     # A statement whose placeholders are not exactly $1…$n for its n values is refused.
     with pytest.raises(ValueError, match="cannot combine"):
-        hot._together((first, third), (3, 1))
+        hot._together((first, third), (3, 1), (None, None))
     with pytest.raises(ValueError, match="cannot combine"):
-        hot._together(("INSERT INTO d (v) VALUES ('$1')", third), (0, 1))
+        hot._together(("INSERT INTO d (v) VALUES ('$1')", third), (0, 1), (None, None))
 
 
 def test_a_deferred_update_checks_its_row_count_at_once_on_sqlite(db: Database) -> None:

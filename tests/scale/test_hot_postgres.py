@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -29,8 +30,9 @@ from kessai.config import Settings
 from kessai.connectors.base import PayRequest, ProviderOutcome, ProviderResult
 from kessai.connectors.sandbox import wallets
 from kessai.domain.model import Payment
-from kessai.service import admin
+from kessai.service import admin, sessions
 from kessai.service.admin import IssuedTerminal
+from kessai.service.gateway import Gateway
 
 from .support import create_database
 
@@ -460,37 +462,47 @@ def test_only_an_insert_can_be_deferred(pg: tuple[Database, str]) -> None:
         db.run_sync(lambda conn: _RENAME.defer(conn, {"b_id": pk, "name": "N"}))
 
 
-def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statement(
-    postgres_url: str, sent: list[str]
-) -> None:
-    url = create_database(postgres_url)
-    db = Database(url)
-    upgrade(db)
-    now = datetime.now(UTC)
+def _shop_with_codes(
+    db: Database, name: str, now: datetime
+) -> tuple[IssuedTerminal, str, list[str]]:
+    """A merchant's terminal, its integration's os value, and two fresh sandbox codes."""
 
     def seed(conn: Connection) -> tuple[IssuedTerminal, str, list[str]]:
-        merchant = admin.create_merchant(conn, "Deferred Shop", now)
-        os_value = admin.create_integration(conn, "Deferred POS", now)
+        merchant = admin.create_merchant(conn, f"{name} Shop", now)
+        os_value = admin.create_integration(conn, f"{name} POS", now)
         codes = wallets.issue_codes(conn, "01", "success", 2, now)
         return admin.create_terminal(conn, merchant, now), os_value, codes
 
-    terminal, os_value, codes = db.run_sync(seed)
+    return db.run_sync(seed)
+
+
+async def _logged_in(gateway: Gateway, terminal: IssuedTerminal, os_value: str) -> str:
+    """The terminal's session token, from a LOGIN through ``gateway``."""
+    session = await gateway.login(
+        mid=terminal.mid,
+        key="AA:BB:CC:DD:EE:01",
+        password=terminal.password,
+        os_value=os_value,
+        request_id="req-login",
+    )
+    return session.session_token
+
+
+def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statement(
+    pg: tuple[Database, str], sent: list[str]
+) -> None:
+    db, url = pg
+    terminal, os_value, codes = _shop_with_codes(db, "Deferred", datetime.now(UTC))
 
     async def scenario() -> tuple[Payment, list[str], list[str]]:
         gateway = build_gateway(url, Settings())
         try:
-            session = await gateway.login(
-                mid=terminal.mid,
-                key="AA:BB:CC:DD:EE:01",
-                password=terminal.password,
-                os_value=os_value,
-                request_id="req-login",
-            )
+            token = await _logged_in(gateway, terminal, os_value)
             for number, code in enumerate(codes):
                 # The first payment also reads the database's code key, once for the process.
                 sent.clear()
                 view = await gateway.request(
-                    session.session_token,
+                    token,
                     trans_key=f"DEFER{number}",
                     amount=1200,
                     code=code,
@@ -499,9 +511,7 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
                 )
             paid = list(sent)
             sent.clear()
-            checked = await gateway.paycheck(
-                session.session_token, view.payment.trans_id, "req-check"
-            )
+            checked = await gateway.paycheck(token, view.payment.trans_id, "req-check")
             assert checked.payment == view.payment
             return view.payment, paid, list(sent)
         finally:
@@ -521,15 +531,12 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
     assert "UPDATE sandbox_codes " in written and " SELECT 1 / (SELECT (count(*) = 1)" in written
     for table in ("sandbox_charges", "payments", "audit_events"):
         assert f"INSERT INTO {table} " in written
-    try:
-        stored = db.run_sync(
-            lambda conn: repo.find_payment(conn, payment.merchant_id, trans_id=payment.trans_id)
-        )
-        assert stored is not None and stored.payment.status == payment.status
-        trail = [row["action"] for row in db.run_sync(lambda c: repo.audit_trail(c, stored.pk))]
-        assert trail == ["payment.created", "payment.completed"]
-    finally:
-        db.close()
+    stored = db.run_sync(
+        lambda conn: repo.find_payment(conn, payment.merchant_id, trans_id=payment.trans_id)
+    )
+    assert stored is not None and stored.payment.status == payment.status
+    trail = [row["action"] for row in db.run_sync(lambda c: repo.audit_trail(c, stored.pk))]
+    assert trail == ["payment.created", "payment.completed"]
 
 
 def test_plain_reads_begin_no_transaction_and_a_write_or_a_locking_read_does(
@@ -731,3 +738,89 @@ def test_a_unit_whose_only_write_is_lost_with_its_connection_is_not_run_again(
     assert raised.value.connection_invalidated
     assert attempts == 1
     assert not _exists(db, "HOT071")
+
+
+def _spend_every_code_elsewhere(url: str) -> None:
+    """Another payment's unit, on a connection of its own, spends every code still unused."""
+    racer = threading.Thread(
+        target=_on_server,
+        args=(url, "UPDATE sandbox_codes SET used_at = now() WHERE used_at IS NULL"),
+    )
+    racer.start()
+    racer.join()
+
+
+def test_a_request_whose_code_is_spent_after_its_read_runs_again_and_finds_it_used(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The code read with the session, then spent by a racing payment before this unit's writes:
+    # the checked spending fails them all (StaleRows), and the gateway runs the unit again.
+    db, url = pg
+    terminal, os_value, codes = _shop_with_codes(db, "Racing", datetime.now(UTC))
+    lookups: list[object] = []
+    original = sessions.authenticate_for_payment
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        answer = original(*args, **kwargs)
+        lookups.append(kwargs.get("along"))
+        if len(lookups) == 2:  # the second payment's first run
+            _spend_every_code_elsewhere(url)
+        return answer
+
+    monkeypatch.setattr(sessions, "authenticate_for_payment", racing)
+
+    async def scenario() -> list[Payment]:
+        gateway = build_gateway(url, Settings())
+        try:
+            token = await _logged_in(gateway, terminal, os_value)
+            paid = []
+            for number, code in enumerate(codes):  # the first payment teaches the code key
+                view = await gateway.request(
+                    token,
+                    trans_key=f"RACE{number}",
+                    amount=900,
+                    code=code,
+                    service_id=None,
+                    request_id=f"req-race-{number}",
+                )
+                paid.append(view.payment)
+            return paid
+        finally:
+            await gateway.aclose()
+
+    first, second = asyncio.run(scenario())
+    assert first.status.value == "COMPLETED"
+    assert (second.status.value, second.failure_code) == ("FAILED", "CODE_ALREADY_USED")
+    # Read with the session both times, and run twice.
+    assert len(lookups) == 3 and lookups[1] is lookups[2] is wallets.CODE_ALONG
+    charges = _on_server(url, "SELECT outcome FROM sandbox_charges ORDER BY id")
+    assert [row["outcome"] for row in charges] == ["success", "code-reused"]
+
+
+def test_the_sandboxs_own_pay_runs_again_when_its_code_is_spent_meanwhile(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The three-hop path (a payment routed through the sandbox as a remote wallet would be).
+    db, url = pg
+    now = datetime.now(UTC)
+    code = db.run_sync(lambda conn: wallets.issue_codes(conn, "01", "success", 1, now)[0])
+    sandbox = wallets.SandboxWallets(db, public_url="http://127.0.0.1")
+    reads: list[object] = []
+    original = wallets._CODE.run
+
+    def racing(conn: Connection, params: Any = None) -> Any:
+        result = original(conn, params)
+        reads.append(params)
+        if len(reads) == 1:
+            _spend_every_code_elsewhere(url)
+        return result
+
+    monkeypatch.setattr(wallets._CODE, "run", racing)
+    request = PayRequest(
+        ref="RACE000002", service_id="01", amount=700, code=code, merchant_name="M"
+    )
+    result = asyncio.run(sandbox.pay(request))
+    assert (result.outcome, result.failure_code) == (ProviderOutcome.FAILED, "CODE_ALREADY_USED")
+    assert len(reads) == 2
+    charges = _on_server(url, "SELECT ref, outcome FROM sandbox_charges")
+    assert [(row["ref"], row["outcome"]) for row in charges] == [("RACE000002", "code-reused")]

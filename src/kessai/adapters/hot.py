@@ -359,7 +359,7 @@ def began(conn: Connection) -> bool:
 def _together(
     statements: tuple[str, ...],
     counts: tuple[int, ...],
-    expected: tuple[int | None, ...] | None = None,
+    expected: tuple[int | None, ...],
 ) -> str:
     """Several writes as one statement: each but the last a ``WITH`` clause.
 
@@ -367,7 +367,7 @@ def _together(
     writes bind every value, so ``$`` appears in their text as a placeholder only; the count
     check below refuses a statement where that would not hold.
 
-    With ``expected`` row counts (an UPDATE's, None for the others), every write is a clause and
+    With an ``expected`` row count (an UPDATE's; None for the others), every write is a clause and
     the statement ends with a SELECT that divides by zero where a count differs: the error fails
     the whole statement, so nothing it carried is written, even with no transaction around it.
     """
@@ -379,7 +379,7 @@ def _together(
             raise ValueError(f"cannot combine a statement with {count} values: {sql}")
         parts.append(_renumbered(sql, offset))
         offset += count
-    if expected is None or all(rows is None for rows in expected):
+    if all(rows is None for rows in expected):
         clauses = ", ".join(f"kessai_w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
         return f"WITH {clauses} {parts[-1]}"
     checks = ", ".join(

@@ -283,7 +283,8 @@ def insert_payment(
     )
     if pk is None:
         return _INSERT_PAYMENT.run(conn, row).inserted_pk
-    _INSERT_PAYMENT.defer(conn, {"id": pk, **row})
+    row["id"] = pk
+    _INSERT_PAYMENT.defer(conn, row)
     return pk
 
 

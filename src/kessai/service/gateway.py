@@ -412,13 +412,10 @@ class Gateway:
         first_trans_id = new_trans_id()
         known = self._code_key
         ahead = None if known is None else self._keyed(known, fingerprint, code)
+        code_digest = ahead.code_digest if ahead is not None else None
         sandbox = self._in_database(routing.SANDBOX) if within is not None else None
-        along = sandbox.code_along if sandbox is not None else None
-        if ahead is None or ahead.code_digest is None:
-            along = None
-        along_params = (
-            None if along is None or ahead is None else {"code_digest": ahead.code_digest}
-        )
+        along = sandbox.code_along if sandbox is not None and code_digest is not None else None
+        along_params = {"code_digest": code_digest} if along is not None else None
 
         def unit(conn: Connection) -> _Hop:
             nonlocal runs

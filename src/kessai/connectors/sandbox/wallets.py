@@ -137,7 +137,6 @@ _TAKEN_CODES = sa.select(t.sandbox_codes.c.code_hash).where(
 
 _CHARGE = sa.select(t.sandbox_charges).where(t.sandbox_charges.c.ref == sa.bindparam("ref"))
 _CHARGES = {False: Hot(_CHARGE), True: Hot(_CHARGE.with_for_update())}
-_CODE = Hot(sa.select(t.sandbox_codes).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest")))
 # A customer code's row as a new payment's session lookup reads it along (``Along``): one round
 # trip less on PostgreSQL. No row reads as None in all three.
 CODE_ALONG: Final = Along(
@@ -148,6 +147,10 @@ CODE_ALONG: Final = Along(
         t.sandbox_codes.c.outcome.label("code_outcome"),
         t.sandbox_codes.c.used_at.label("code_used_at"),
     ),
+)
+# The same columns, when the sandbox reads the code itself: either row is read the same way.
+_CODE = Hot(
+    sa.select(*CODE_ALONG.columns).where(t.sandbox_codes.c.code_hash == sa.bindparam("digest"))
 )
 _SPEND_CODE = Hot(
     t.sandbox_codes.update().where(
@@ -266,21 +269,16 @@ class SandboxWallets:
         code's row if the caller read it along with that hash (see ``InDatabase``).
         """
         digest = code_digest or keyed_hash(code_key(conn), request.code)
-        if along is not None and code_digest is not None:
-            # Read with the session (``code_along``): None in every column if no such code.
-            row: Any = along
-            known, used_at, issued = row.code_hash is not None, row.code_used_at, row.code_outcome
-        else:
+        # Read with the session (``code_along``), or here: the same columns either way.
+        code: Any = along if along is not None and code_digest is not None else None
+        if code is None:
             code = _CODE.run(conn, {"digest": digest}).first()
-            known = code is not None
-            used_at = code.used_at if code is not None else None
-            issued = code.outcome if code is not None else None
-        if not known:
+        if code is None or code.code_hash is None:
             outcome = "unknown-code"
-        elif used_at is not None:
+        elif code.code_used_at is not None:
             outcome = "code-reused"
         else:
-            outcome = str(issued)
+            outcome = str(code.code_outcome)
             # Spent by a conditional update that must change this one row: a payment racing
             # with the same code that spent it first makes it change none, and the unit fails
             # (``StaleRows``) and is run again, to find the code used. On PostgreSQL the update
