@@ -127,8 +127,13 @@ def _measure(
     measuring: list[bool],
     now: datetime,
     loop_profile: cProfile.Profile | None,
+    batched: list[tuple[int, int]],
 ) -> list[float]:
-    """The warm-up, then each turn's CPU seconds per payment, on a fresh database at ``url``."""
+    """The warm-up, then each turn's CPU seconds per payment, on a fresh database at ``url``.
+
+    ``batched`` receives the database's batch counts (``Database.batched``) before the measured
+    turns and after them.
+    """
     gateway = build_gateway(url, Settings())
     upgrade(gateway.db)
     tokens = _terminals(gateway, now)
@@ -139,6 +144,7 @@ def _measure(
         try:
             await _turn(gateway, tokens, codes[:warmup], args.concurrency)
             measuring.append(True)
+            batched.append(gateway.db.batched())
             if loop_profile is not None:
                 loop_profile.enable()
             figures = []
@@ -146,6 +152,7 @@ def _measure(
                 start = warmup + turn * args.payments
                 chunk = codes[start : start + args.payments]
                 figures.append(await _turn(gateway, tokens, chunk, args.concurrency))
+            batched.append(gateway.db.batched())
             return figures
         finally:
             if loop_profile is not None:
@@ -184,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             url = f"sqlite:///{Path(folder) / 'kessai.db'}"
         # On PostgreSQL the units run on the event loop's thread: that thread is profiled.
         loop_profile = profile if args.postgres else None
-        figures = _measure(url, args, measuring, now, loop_profile)
+        batched: list[tuple[int, int]] = []
+        figures = _measure(url, args, measuring, now, loop_profile, batched)
     kind = "PostgreSQL" if args.postgres else "SQLite"
     per_turn = ", ".join(f"{figure * 1e6:.0f}" for figure in figures)
     print(
@@ -192,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.concurrency} at once: CPU per payment {per_turn} µs; "
         f"median {statistics.median(figures) * 1e6:.0f} µs"
     )
+    (batches_before, sent_before), (batches_after, sent_after) = batched
+    if batches_after > batches_before:
+        per_batch = (sent_after - sent_before) / (batches_after - batches_before)
+        print(f"Payments' last statements sent to PostgreSQL {per_batch:.1f} at a time")
     if profile is not None:
         out = io.StringIO()
         stats = pstats.Stats(profile, stream=out)

@@ -306,6 +306,8 @@ def test_units_measures_on_postgresql() -> None:
     args = ["--payments", "60", "--turns", "1", "--concurrency", "8", "--postgres", postgres]
     out = _run_script("units.py", args, timeout=540).stdout
     assert len(_units_figures(out, "PostgreSQL")) == 1
+    batched = re.search(r"sent to PostgreSQL (\d+\.\d) at a time", out)
+    assert batched is not None and float(batched[1]) >= 1.0, out
 
 
 def test_the_phases_of_a_payment_add_up_to_its_time_in_the_gateway() -> None:

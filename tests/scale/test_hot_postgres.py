@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Connection
 
+from kessai.adapters import db as db_module
 from kessai.adapters import hot
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
@@ -738,6 +739,192 @@ def test_a_unit_whose_only_write_is_lost_with_its_connection_is_not_run_again(
     assert raised.value.connection_invalidated
     assert attempts == 1
     assert not _exists(db, "HOT071")
+
+
+# -- the last statements of units on the event loop, sent together ------------------------------
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every batch ``hot.send_many`` was given, whether it then succeeded or not."""
+    sizes: list[int] = []
+    send_many = hot.send_many
+
+    def recorded(conn: Connection, sql: str, values: list[list[object]]) -> None:
+        sizes.append(len(values))
+        send_many(conn, sql, values)
+
+    monkeypatch.setattr(hot, "send_many", recorded)
+    return sizes
+
+
+def _together(url: str, units: list[Callable[[Connection], object]]) -> list[object]:
+    """Run ``units`` at once through ``Database.run``: each one's result or exception."""
+
+    async def scenario() -> list[object]:
+        database = Database(url)
+        try:
+            # The pool opens its connections first, so that no unit waits for one below and
+            # all of them end in the same turn of the event loop.
+            await asyncio.gather(
+                *(database.run(lambda conn: _BY_OS.run(conn, {"os": "-"}).first()) for _ in units)
+            )
+            return await asyncio.gather(
+                *(database.run(unit) for unit in units), return_exceptions=True
+            )
+        finally:
+            await database.aclose()
+
+    return asyncio.run(scenario())
+
+
+def _inserting(os_value: str) -> Callable[[Connection], None]:
+    def unit(conn: Connection) -> None:
+        repo.append_audit(conn, _entry(f"test.{os_value}"))
+        _INSERT.defer(conn, {"os": os_value, "name": "Together", "created_at": AT})
+
+    return unit
+
+
+def test_units_ending_together_send_their_writes_in_one_batch(
+    pg: tuple[Database, str], batches: list[int], sent: list[str]
+) -> None:
+    db, url = pg
+    names = [f"HOT08{i}" for i in range(6)]
+    assert _together(url, [_inserting(name) for name in names]) == [None] * 6
+    # One round trip and one transaction for all six: none of them went alone.
+    assert batches == [6]
+    assert not any(sql.startswith("WITH") for sql in sent)
+    assert all(_exists(db, name) for name in names)
+    assert sorted(_actions(db)) == sorted(f"test.{name}" for name in names)
+
+
+def test_a_batch_takes_a_bounded_number_of_statements(
+    pg: tuple[Database, str], batches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, url = pg
+    monkeypatch.setattr(db_module, "PG_BATCH_MAX_STATEMENTS", 2)
+    names = [f"HOT13{i}" for i in range(5)]
+    assert _together(url, [_inserting(name) for name in names]) == [None] * 5
+    # The fifth statement has a batch to itself, and goes alone.
+    assert batches == [2, 2]
+    assert all(_exists(db, name) for name in names)
+
+
+def test_a_statement_that_fails_in_a_batch_fails_its_own_unit_only(
+    pg: tuple[Database, str], batches: list[int]
+) -> None:
+    db, url = pg
+    _integration(db, "HOT091")
+    outcomes = _together(url, [_inserting(name) for name in ("HOT090", "HOT091", "HOT092")])
+    # The duplicate failed the batch, which applied nothing; each statement then went alone.
+    assert batches == [3]
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], sa.exc.IntegrityError)
+    assert _exists(db, "HOT090") and _exists(db, "HOT092")
+    assert sorted(_actions(db)) == ["test.HOT090", "test.HOT092"]
+
+
+def test_an_update_that_misses_in_a_batch_is_stale_for_its_own_unit_only(
+    pg: tuple[Database, str], batches: list[int]
+) -> None:
+    db, url = pg
+    first, second = _integration(db, "HOT100"), _integration(db, "HOT101")
+
+    def renaming(pk: int) -> Callable[[Connection], None]:
+        def unit(conn: Connection) -> None:
+            _RENAME.defer(conn, {"b_id": pk, "name": f"Renamed {pk}"}, expect_rows=1)
+
+        return unit
+
+    outcomes = _together(url, [renaming(first), renaming(second + 99), renaming(second)])
+    assert batches == [3]
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], hot.StaleRows)
+    names = db.run_sync(
+        lambda conn: [_BY_ID.run(conn, {"pk": pk}).one().name for pk in (first, second)]
+    )
+    assert names == [f"Renamed {first}", f"Renamed {second}"]
+
+
+def test_the_statements_after_a_lost_connection_are_not_sent_and_their_units_run_again(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, url = pg
+    attempts: dict[str, int] = {}
+
+    def counted(os_value: str) -> Callable[[Connection], None]:
+        insert = _inserting(os_value)
+
+        def unit(conn: Connection) -> None:
+            attempts[os_value] = attempts.get(os_value, 0) + 1
+            insert(conn)
+
+        return unit
+
+    def refused(conn: Connection, sql: str, values: list[list[object]]) -> None:
+        raise sa.exc.DBAPIError("batch", None, Exception("refused"))
+
+    lost: list[str] = []
+    send_one = hot.send_one
+
+    def lost_once(conn: Connection, writes: hot.Writes) -> None:
+        if not lost:
+            lost.append(writes.sql)
+            conn.invalidate()
+            raise sa.exc.DBAPIError(
+                writes.sql, None, Exception("connection lost"), connection_invalidated=True
+            )
+        send_one(conn, writes)
+
+    # The batch fails without applying anything, so each statement goes alone; the connection
+    # is lost on the first of them.
+    monkeypatch.setattr(hot, "send_many", refused)
+    monkeypatch.setattr(hot, "send_one", lost_once)
+    outcomes = _together(url, [counted(f"HOT11{i}") for i in range(3)])
+    # The first unit's statement may have been applied: its unit fails and is not run again.
+    assert isinstance(outcomes[0], sa.exc.DBAPIError) and outcomes[0].connection_invalidated
+    assert attempts["HOT110"] == 1
+    # The other two were never sent: their units ran again, and committed.
+    assert outcomes[1:] == [None, None]
+    assert attempts["HOT111"] == attempts["HOT112"] == 2
+    assert _exists(db, "HOT111") and _exists(db, "HOT112")
+
+
+def test_a_unit_whose_caller_leaves_before_its_batch_goes_writes_nothing(
+    pg: tuple[Database, str], batches: list[int]
+) -> None:
+    db, url = pg
+
+    async def scenario() -> None:
+        database = Database(url)
+        try:
+            task = asyncio.ensure_future(database.run(_inserting("HOT140")))
+            waiting = database._pg_batches._waiting  # type: ignore[union-attr]
+            while not any(waiting.values()):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Long enough for the batch to have gone, had it held the statement.
+            await asyncio.sleep(0.1)
+        finally:
+            await database.aclose()
+
+    asyncio.run(scenario())
+    assert batches == []
+    assert not _exists(db, "HOT140")
+    assert _actions(db) == []
+
+
+def test_units_run_from_synchronous_code_send_their_writes_alone(
+    pg: tuple[Database, str], batches: list[int], sent: list[str]
+) -> None:
+    db, _ = pg
+    _inserting_unit = _inserting("HOT120")
+    db.run_sync(_inserting_unit)
+    assert batches == []
+    assert [sql.split()[0] for sql in sent] == ["WITH"]
 
 
 def _spend_every_code_elsewhere(url: str) -> None:

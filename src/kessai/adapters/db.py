@@ -16,7 +16,9 @@ The same unit runs on both engines:
   the database file.
 - PostgreSQL (asyncpg): each unit in a greenlet of its own (``greenlet_spawn``, as under
   ``AsyncConnection.run_sync``), one transaction per unit, so service code stays synchronous and
-  identical (the server groups concurrent commits itself).
+  identical. A unit that began no transaction ends with one statement carrying all its writes;
+  the units on the event loop whose statements are ready at the same moment send them together,
+  pipelined, in one transaction (``_PgBatches``), and one that fails there is sent again alone.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ WAL_BACKSTOP_PAGES: Final = 10_000
 # that many at once waits for one to come back. No overflow connections: under steady load they
 # were closed on return and opened again a moment later, a new server process each time.
 PG_POOL_SIZE: Final = 10
+# At most this many units' last statements go to PostgreSQL in one batch (``_PgBatches``): a
+# batch runs on one server process, one statement after the other, so a longer one would keep
+# the others waiting for it.
+PG_BATCH_MAX_STATEMENTS: Final = 16
 # Pooled PostgreSQL connections are replaced after this long, before firewalls forget them.
 PG_POOL_RECYCLE_SECONDS: Final = 300
 
@@ -103,6 +109,7 @@ class Database:
             raise ValueError(f"unsupported database {self.dialect}: use sqlite or postgresql")
         self._sqlite: Engine | None = None
         self._pg: AsyncEngine | None = None
+        self._pg_batches: _PgBatches | None = None
         self._bridge: _LoopThread | None = None
         if self.dialect == "sqlite":
             self._sqlite = sa.create_engine(
@@ -125,6 +132,7 @@ class Database:
             self._writer = _SqliteWriter(self._sqlite, _lock_path(self.url))
         else:
             self._pg = self._pg_engine()
+            self._pg_batches = _PgBatches(self._pg)
 
     def _pg_engine(self) -> AsyncEngine:
         engine = create_async_engine(
@@ -146,12 +154,14 @@ class Database:
     # -- PostgreSQL -----------------------------------------------------------------------------
 
     @staticmethod
-    async def _pg_unit(engine: AsyncEngine, fn: Callable[[Connection], T]) -> T:
+    async def _pg_unit(
+        engine: AsyncEngine, fn: Callable[[Connection], T], batches: _PgBatches | None = None
+    ) -> T:
         sync_engine = engine.sync_engine
         for attempt in range(MAX_RETRIES + 1):
             committing = False
 
-            def whole() -> T:
+            def whole() -> tuple[T, hot.Writes | None]:
                 # Checkout, BEGIN, the unit, COMMIT and checkin in one greenlet, as SQLAlchemy's
                 # own AsyncSession does: the AsyncConnection API spawns one per step (five per
                 # unit), which cost about 100 µs of CPU per unit here.
@@ -162,15 +172,26 @@ class Database:
                         # The unit's deferred writes go before its COMMIT, inside it. In a unit
                         # that has begun no transaction they are its only write: sent alone, with
                         # no BEGIN or COMMIT, they commit by themselves, so sending them is
-                        # committing.
+                        # committing. On the event loop they go with other units' (``batches``),
+                        # once this connection is back in the pool.
                         began = hot.began(conn)
+                        if not began and batches is not None:
+                            return result, hot.take(conn)
                         committing = not began
                         hot.flush(conn, begin=began)
                         committing = True
-                    return result
+                    return result, None
 
             try:
-                return await greenlet_spawn(whole)
+                result, final = await greenlet_spawn(whole)
+                if final is not None and batches is not None:
+                    committing = True
+                    await batches.send(final)
+                return result
+            except _Unsent:
+                # Its writes never left: nothing of the unit was applied.
+                if attempt == MAX_RETRIES:
+                    raise
             except sa.exc.DBAPIError as exc:
                 # A dropped connection is retried only when it failed before the COMMIT was
                 # sent: nothing was applied then. A COMMIT that got no answer may have been
@@ -178,15 +199,20 @@ class Database:
                 dropped = exc.connection_invalidated and not committing
                 if not (dropped or sqlstate(exc.orig) in _PG_RETRYABLE) or attempt == MAX_RETRIES:
                     raise
-                await asyncio.sleep(0.005 * (attempt + 1))
+            await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def batched(self) -> tuple[int, int]:
+        """Batches of units' last statements sent to PostgreSQL so far, and statements in them."""
+        batches = self._pg_batches
+        return (0, 0) if batches is None else (batches.batches, batches.statements)
 
     # -- both -----------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction; commit unless it raises."""
         if self._pg is not None:
-            return await self._pg_unit(self._pg, fn)
+            return await self._pg_unit(self._pg, fn, self._pg_batches)
         return await self._writer.run(fn, write)
 
     def run_sync(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
@@ -704,6 +730,126 @@ def _create_owner_only(path: str) -> None:
     """
     with contextlib.suppress(FileExistsError):  # not opened at all: it may be read-only
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+class _PgBatches:
+    """Commits the last statements of many PostgreSQL units together: one round trip for many.
+
+    A unit that began no transaction ends with one statement carrying all its writes
+    (``hot.take``). The units whose statements are ready in the same turn of the event loop hand
+    them here, and those with the same text go to PostgreSQL as one pipelined batch, in a
+    transaction of its own (``hot.send_many``): one round trip, one server wake-up and one
+    COMMIT instead of one each. Should the batch fail, none of it was applied, and each
+    statement is sent again alone, so that each unit gets its own answer: one statement's error
+    (a racing writer's change, a duplicate key) fails its unit only. A connection lost while a
+    batch was sent fails each unit whose statement went: its COMMIT may have been applied.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._scheduled = False
+        # Batches sent, so that the bench can tell their size.
+        self.batches = 0
+        self.statements = 0
+        # The batches being sent: the event loop keeps only weak references to its tasks.
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def send(self, writes: hot.Writes) -> asyncio.Future[None]:
+        """Queue ``writes``; the future settles once they are committed, or with their error."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.setdefault(writes.sql, []).append(_Waiting(writes, done))
+        if not self._scheduled:
+            # Two turns of the event loop later: the units whose statements become ready
+            # meanwhile join the batch (twice as many as after one turn, under load, and more
+            # payments a second; after three, fewer).
+            self._scheduled = True
+            loop.call_soon(loop.call_soon, self._drain)
+        return done
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, {}
+        for sql, queued in waiting.items():
+            for start in range(0, len(queued), PG_BATCH_MAX_STATEMENTS):
+                task = asyncio.ensure_future(
+                    self._send(sql, queued[start : start + PG_BATCH_MAX_STATEMENTS])
+                )
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _send(self, sql: str, queued: list[_Waiting]) -> None:
+        # A unit whose caller left before its writes were sent is not applied, as a SQLite unit
+        # whose caller left before it ran is not run.
+        batch = [entry for entry in queued if not entry.done.done()]
+        if not batch:
+            return
+        self.batches += 1
+        self.statements += len(batch)
+        sync_engine = self._engine.sync_engine
+
+        def send() -> list[BaseException | None]:
+            try:
+                conn = sync_engine.connect()
+            except sa.exc.DBAPIError as exc:
+                raise _Unsent("no connection to send this unit's writes on") from exc
+            with conn:
+                if len(batch) > 1 and hot.can_send_many(conn):
+                    try:
+                        hot.send_many(conn, sql, [entry.writes.values for entry in batch])
+                        return [None] * len(batch)
+                    except sa.exc.DBAPIError as exc:
+                        if exc.connection_invalidated:
+                            raise
+                        # Nothing of the batch was applied: each statement goes alone.
+                return _each_alone(conn, batch)
+
+        try:
+            outcomes: list[BaseException | None] = await greenlet_spawn(send)
+        except asyncio.CancelledError:
+            # The loop is closing: the batch may or may not have committed.
+            for entry in batch:
+                entry.done.cancel()
+            raise
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if entry.done.done():  # its caller left
+                continue
+            if outcome is None:
+                entry.done.set_result(None)
+            else:
+                entry.done.set_exception(outcome)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    writes: hot.Writes
+    done: asyncio.Future[None]
+
+
+class _Unsent(Exception):
+    """A unit's last statement was never sent (its batch's connection was lost before it)."""
+
+
+def _each_alone(conn: Connection, batch: list[_Waiting]) -> list[BaseException | None]:
+    """Send each statement of ``batch`` alone: each unit's outcome, None for a success."""
+    outcomes: list[BaseException | None] = []
+    for entry in batch:
+        try:
+            hot.send_one(conn, entry.writes)
+        except sa.exc.DBAPIError as exc:
+            outcomes.append(entry.writes.failed(exc))
+            if exc.connection_invalidated:
+                # The statements after it were not sent: their units may be run again.
+                unsent = _Unsent("the connection was lost before this unit's writes were sent")
+                unsent.__cause__ = exc
+                outcomes.extend([unsent] * (len(batch) - len(outcomes)))
+                break
+        else:
+            outcomes.append(None)
+    return outcomes
 
 
 class _LoopThread:

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -56,6 +56,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util.concurrency import await_only
 
 from kessai.adapters.schema import UTCDateTime
+
+T = TypeVar("T")
 
 _Processor = Callable[[Any], Any] | None
 
@@ -322,25 +324,70 @@ def flush(conn: Connection, *, begin: bool = True) -> None:
     and a listener on the engine before SQLAlchemy's. Without ``begin``, in a unit that has begun
     no transaction, the statement is sent alone: one statement commits or fails as a whole.
     """
+    final = take(conn)
+    if final is None:
+        return
+    try:
+        _run_on_postgresql(conn, final.sql, final.values, begin=begin)
+    except sa.exc.DBAPIError as exc:
+        raise final.failed(exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Writes:
+    """A unit's deferred writes as the one statement that carries them, not yet sent."""
+
+    sql: str
+    values: list[Any]
+    # Whether the statement checks an UPDATE's row count (a division by zero when it differs).
+    checked: bool
+
+    def failed(self, exc: sa.exc.DBAPIError) -> Exception:
+        """The error a unit sees when this statement failed with ``exc``."""
+        if self.checked and sqlstate(exc.orig) == _CHECK_FAILED:
+            stale = StaleRows("a deferred UPDATE did not change the rows expected")
+            stale.__cause__ = exc
+            return stale
+        return exc
+
+
+def take(conn: Connection) -> Writes | None:
+    """The unit's deferred writes as one statement, taken off ``conn`` unsent (None: none)."""
     waiting = _deferred.pop(conn, None)
     if not waiting:
-        return
+        return None
     checked = any(entry.expect_rows is not None for entry in waiting)
     if len(waiting) == 1 and not checked:
-        sql, values = waiting[0].sql, waiting[0].values
-    else:
-        sql = _together(
-            tuple(entry.sql for entry in waiting),
-            tuple(len(entry.values) for entry in waiting),
-            tuple(entry.expect_rows for entry in waiting),
-        )
-        values = [value for entry in waiting for value in entry.values]
-    try:
-        _run_on_postgresql(conn, sql, values, begin=begin)
-    except sa.exc.DBAPIError as exc:
-        if checked and sqlstate(exc.orig) == _CHECK_FAILED:
-            raise StaleRows("a deferred UPDATE did not change the rows expected") from exc
-        raise
+        return Writes(waiting[0].sql, waiting[0].values, False)
+    sql = _together(
+        tuple(entry.sql for entry in waiting),
+        tuple(len(entry.values) for entry in waiting),
+        tuple(entry.expect_rows for entry in waiting),
+    )
+    return Writes(sql, [value for entry in waiting for value in entry.values], checked)
+
+
+def send_one(conn: Connection, writes: Writes) -> None:
+    """Send one unit's writes alone, outside any transaction (raises the driver's error)."""
+    _run_on_postgresql(conn, writes.sql, writes.values, begin=False)
+
+
+def can_send_many(conn: Connection) -> bool:
+    """Whether ``send_many`` can run on ``conn`` (asyncpg through SQLAlchemy's adapter)."""
+    return _fast_path(conn.connection.dbapi_connection)
+
+
+def send_many(conn: Connection, sql: str, values: list[list[Any]]) -> None:
+    """Execute ``sql`` once per list of ``values``, pipelined, in one transaction of its own.
+
+    PostgreSQL, on a connection in no transaction: asyncpg sends every execution, then one Sync,
+    so either all of them commit or none does.
+    """
+
+    def many(statement: Any) -> None:
+        await_only(statement.executemany(values))
+
+    _on_prepared(conn, sql, values, many, begin=False)
 
 
 def began(conn: Connection) -> bool:
@@ -466,9 +513,29 @@ def _run_on_postgresql(conn: Connection, sql: str, values: list[Any], *, begin: 
 
     ``begin``: begin the unit's transaction first, unless it has been (see ``began``).
     """
-    adapted: Any = conn.connection.dbapi_connection
-    if not _fast_path(adapted):
+    if not _fast_path(conn.connection.dbapi_connection):
         return _run_on_dbapi(conn, sql, values)
+
+    def fetched(statement: Any) -> _Fetched:
+        rows = await_only(statement.fetch(*values))
+        return _Fetched(rows, statement.get_statusmsg())
+
+    return _on_prepared(conn, sql, values, fetched, begin=begin)
+
+
+def _on_prepared(
+    conn: Connection,
+    sql: str,
+    values: list[Any],
+    call: Callable[[Any], T],
+    *,
+    begin: bool,
+) -> T:
+    """``call`` with the connection's prepared statement for ``sql``, with SQLAlchemy's errors.
+
+    ``begin``: begin the unit's transaction first, unless it has been (see ``began``).
+    """
+    adapted: Any = conn.connection.dbapi_connection
     driver: Any = conn.connection.driver_connection
     dialect = conn.dialect
     try:
@@ -483,8 +550,7 @@ def _run_on_postgresql(conn: Connection, sql: str, values: list[Any], *, begin: 
             statement = statements.get(sql)
             if statement is None:
                 statement = statements[sql] = await_only(driver.prepare(sql))
-            rows = await_only(statement.fetch(*values))
-            return _Fetched(rows, statement.get_statusmsg())
+            return call(statement)
         except dialect.loaded_dbapi.Error:
             raise
         except Exception as error:  # asyncpg's own: the adapter raises its DBAPI error for it
