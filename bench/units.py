@@ -127,7 +127,7 @@ def _measure(
     measuring: list[bool],
     now: datetime,
     loop_profile: cProfile.Profile | None,
-    batched: list[tuple[int, int]],
+    batched: list[Any],
 ) -> list[float]:
     """The warm-up, then each turn's CPU seconds per payment, on a fresh database at ``url``.
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             url = f"sqlite:///{Path(folder) / 'kessai.db'}"
         # On PostgreSQL the units run on the event loop's thread: that thread is profiled.
         loop_profile = profile if args.postgres else None
-        batched: list[tuple[int, int]] = []
+        batched: list[Any] = []
         figures = _measure(url, args, measuring, now, loop_profile, batched)
     kind = "PostgreSQL" if args.postgres else "SQLite"
     per_turn = ", ".join(f"{figure * 1e6:.0f}" for figure in figures)
@@ -200,10 +200,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.concurrency} at once: CPU per payment {per_turn} µs; "
         f"median {statistics.median(figures) * 1e6:.0f} µs"
     )
-    (batches_before, sent_before), (batches_after, sent_after) = batched
-    if batches_after > batches_before:
-        per_batch = (sent_after - sent_before) / (batches_after - batches_before)
-        print(f"Payments' last statements sent to PostgreSQL {per_batch:.1f} at a time")
+    before, after = batched
+    if after.write_batches > before.write_batches:
+        writes = (after.writes - before.writes) / (after.write_batches - before.write_batches)
+        print(f"Payments' last statements sent to PostgreSQL {writes:.1f} at a time")
+        # A read that found no other unit's to go with goes alone, uncounted.
+        payments = args.turns * args.payments
+        shared = after.reads - before.reads
+        batches = max(1, after.read_batches - before.read_batches)
+        print(
+            f"Reads sent with others: {shared / batches:.1f} at a time, "
+            f"{shared / payments:.2f} per payment"
+        )
     if profile is not None:
         out = io.StringIO()
         stats = pstats.Stats(profile, stream=out)

@@ -927,6 +927,98 @@ def test_units_run_from_synchronous_code_send_their_writes_alone(
     assert [sql.split()[0] for sql in sent] == ["WITH"]
 
 
+# -- plain reads of units on the event loop, sent together --------------------------------------
+
+
+def _reading(os_value: str) -> Callable[[Connection], object]:
+    def unit(conn: Connection) -> object:
+        row = _BY_OS.run(conn, {"os": os_value}).first()
+        return None if row is None else row.id
+
+    return unit
+
+
+def _reads_together(
+    url: str, units: list[Callable[[Connection], object]], cancel_first: bool = False
+) -> tuple[list[object], db_module.Batched]:
+    """Run ``units`` at once on one event loop: each one's result or exception, and the counts."""
+
+    async def scenario() -> tuple[list[object], db_module.Batched]:
+        database = Database(url)
+        try:
+            await asyncio.gather(*(database.run(_reading("-")) for _ in units))
+            before = database.batched()
+            tasks = [asyncio.ensure_future(database.run(unit)) for unit in units]
+            if cancel_first:
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                tasks[0].cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            after = database.batched()
+            counts = db_module.Batched(*(a - b for a, b in zip(after, before, strict=True)))
+            return outcomes, counts
+        finally:
+            await database.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_the_same_plain_read_of_units_at_once_goes_in_one_round_trip(
+    pg: tuple[Database, str],
+) -> None:
+    db, url = pg
+    known = {name: _integration(db, name) for name in ("HOT150", "HOT151", "HOT152")}
+    asked = ["HOT150", "HOT159", "HOT151", "HOT152", "HOT158", "HOT150"]
+    outcomes, counts = _reads_together(url, [_reading(name) for name in asked])
+    # Each unit got its own rows back, none where there is no row.
+    assert outcomes == [known.get(name) for name in asked]
+    assert (counts.read_batches, counts.reads) == (1, 6)
+
+
+def test_a_read_after_the_unit_began_its_transaction_is_its_own(
+    pg: tuple[Database, str],
+) -> None:
+    _, url = pg
+
+    def written_then_read(number: int) -> Callable[[Connection], object]:
+        def unit(conn: Connection) -> object:
+            os_value = f"HOT16{number}"
+            _INSERT.run(conn, {"os": os_value, "name": "Own", "created_at": AT})
+            # In the unit's transaction: it sees its own row, which no other connection could.
+            return _BY_OS.run(conn, {"os": os_value}).first() is not None
+
+        return unit
+
+    outcomes, counts = _reads_together(url, [written_then_read(i) for i in range(4)])
+    assert outcomes == [True] * 4
+    assert counts.reads == 0
+
+
+def test_when_a_shared_read_fails_each_unit_reads_alone(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, url = pg
+    pk = _integration(db, "HOT170")
+    # A batch PostgreSQL refuses (a statement that does not parse): nothing was read.
+    monkeypatch.setattr(hot, "_numbered", lambda sql, count: "SELECT nonsense FROM nowhere")
+    outcomes, counts = _reads_together(url, [_reading(n) for n in ("HOT170", "HOT179", "HOT170")])
+    assert outcomes == [pk, None, pk]
+    assert counts.read_batches == 1
+
+
+def test_when_the_unit_sending_a_shared_read_leaves_the_others_read_alone(
+    pg: tuple[Database, str],
+) -> None:
+    db, url = pg
+    pk = _integration(db, "HOT180")
+    outcomes, counts = _reads_together(
+        url, [_reading(n) for n in ("HOT180", "HOT180", "HOT189")], cancel_first=True
+    )
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert outcomes[1:] == [pk, None]
+    assert counts.read_batches == 0
+
+
 def _spend_every_code_elsewhere(url: str) -> None:
     """Another payment's unit, on a connection of its own, spends every code still unused."""
     racer = threading.Thread(

@@ -19,6 +19,8 @@ The same unit runs on both engines:
   identical. A unit that began no transaction ends with one statement carrying all its writes;
   the units on the event loop whose statements are ready at the same moment send them together,
   pipelined, in one transaction (``_PgBatches``), and one that fails there is sent again alone.
+  Likewise the same plain read made by several units at once goes in one round trip
+  (``hot.SharedReads``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -80,6 +82,15 @@ DEFAULT_DATABASE_URL: Final = "sqlite:///kessai.db"
 _PG_RETRYABLE: Final = frozenset({"40001", "40P01"})
 
 
+class Batched(NamedTuple):
+    """Counts of statements sent together (PostgreSQL), for the bench."""
+
+    write_batches: int
+    writes: int
+    read_batches: int
+    reads: int
+
+
 class NotDurable(RuntimeError):
     """The disk did not confirm the WAL: what was committed may not survive a crash.
 
@@ -110,6 +121,7 @@ class Database:
         self._sqlite: Engine | None = None
         self._pg: AsyncEngine | None = None
         self._pg_batches: _PgBatches | None = None
+        self._pg_reads: hot.SharedReads | None = None
         self._bridge: _LoopThread | None = None
         if self.dialect == "sqlite":
             self._sqlite = sa.create_engine(
@@ -133,6 +145,7 @@ class Database:
         else:
             self._pg = self._pg_engine()
             self._pg_batches = _PgBatches(self._pg)
+            self._pg_reads = hot.SharedReads()
 
     def _pg_engine(self) -> AsyncEngine:
         engine = create_async_engine(
@@ -155,7 +168,10 @@ class Database:
 
     @staticmethod
     async def _pg_unit(
-        engine: AsyncEngine, fn: Callable[[Connection], T], batches: _PgBatches | None = None
+        engine: AsyncEngine,
+        fn: Callable[[Connection], T],
+        batches: _PgBatches | None = None,
+        reads: hot.SharedReads | None = None,
     ) -> T:
         sync_engine = engine.sync_engine
         for attempt in range(MAX_RETRIES + 1):
@@ -167,6 +183,8 @@ class Database:
                 # unit), which cost about 100 µs of CPU per unit here.
                 nonlocal committing
                 with sync_engine.connect() as conn:
+                    if reads is not None:
+                        hot.share_reads(conn, reads)
                     with conn.begin():
                         result = fn(conn)
                         # The unit's deferred writes go before its COMMIT, inside it. In a unit
@@ -202,17 +220,19 @@ class Database:
             await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def batched(self) -> tuple[int, int]:
-        """Batches of units' last statements sent to PostgreSQL so far, and statements in them."""
-        batches = self._pg_batches
-        return (0, 0) if batches is None else (batches.batches, batches.statements)
+    def batched(self) -> Batched:
+        """How many of the units' statements went to PostgreSQL with others' so far."""
+        writes, reads = self._pg_batches, self._pg_reads
+        if writes is None or reads is None:
+            return Batched(0, 0, 0, 0)
+        return Batched(writes.batches, writes.statements, reads.batches, reads.reads)
 
     # -- both -----------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction; commit unless it raises."""
         if self._pg is not None:
-            return await self._pg_unit(self._pg, fn, self._pg_batches)
+            return await self._pg_unit(self._pg, fn, self._pg_batches, self._pg_reads)
         return await self._writer.run(fn, write)
 
     def run_sync(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:

@@ -39,6 +39,7 @@ PostgreSQL connection found dead is invalidated as SQLAlchemy would do it, so ca
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import weakref
@@ -76,6 +77,8 @@ class _Compiled:
     results: tuple[tuple[int, Callable[[Any], Any]], ...]
     # PostgreSQL: the INSERT returns its new primary key (SQLite has ``lastrowid``).
     returns_pk: bool = False
+    # PostgreSQL: a plain SELECT that ``SharedReads`` may send with other units' (see there).
+    shareable: bool = False
 
 
 # The last timestamp written and its text: a unit writes the same "now" many times over.
@@ -172,7 +175,14 @@ class Hot:
         converts = tuple((i, proc) for i, proc in enumerate(binds) if proc is not None)
         # An INSERT on PostgreSQL is compiled with ``RETURNING`` its primary key.
         returns_pk = not sqlite and bool(getattr(compiled, "implicit_returning", None))
-        entry = _Compiled(str(compiled), names, defaults, converts, row, results, returns_pk)
+        sql = str(compiled)
+        shareable = (
+            not sqlite
+            and self._reads_only
+            and sql.startswith("SELECT ")
+            and not sql.startswith("SELECT DISTINCT")
+        )
+        entry = _Compiled(sql, names, defaults, converts, row, results, returns_pk, shareable)
         self._compiled[dialect.name, keys] = entry
         return entry
 
@@ -267,6 +277,10 @@ class Hot:
         if dialect.name != "sqlite":
             if conn in _deferred:
                 flush(conn)
+            if self._reads_only:
+                reads = _shared_reads.get(conn)
+                if reads is not None and compiled.shareable and not began(conn):
+                    return HotResult(reads.fetch(conn, compiled.sql, values), compiled)
             return HotResult(
                 _run_on_postgresql(conn, compiled.sql, values, begin=not self._reads_only),
                 compiled,
@@ -388,6 +402,125 @@ def send_many(conn: Connection, sql: str, values: list[list[Any]]) -> None:
         await_only(statement.executemany(values))
 
     _on_prepared(conn, sql, values, many, begin=False)
+
+
+# Reads of units run on an event loop: the loop's ``SharedReads``, by the unit's connection.
+_shared_reads: weakref.WeakKeyDictionary[Connection, SharedReads] = weakref.WeakKeyDictionary()
+# At most this many units' reads go in one batch.
+SHARED_READS_MAX: Final = 16
+
+
+def share_reads(conn: Connection, reads: SharedReads) -> None:
+    """Let the plain reads of the unit on ``conn`` go with other units' (``SharedReads``)."""
+    _shared_reads[conn] = reads
+
+
+class _ReadAlone(Exception):
+    """The batch that was to carry a unit's read failed or was abandoned: it reads alone."""
+
+
+@dataclass(slots=True)
+class _SharedRead:
+    values: list[Any]
+    # Settled with the unit's rows by the unit that sends the batch (None for that unit).
+    done: asyncio.Future[list[Any]] | None
+
+
+class SharedReads:
+    """Sends the same plain SELECT of several units in one round trip (PostgreSQL).
+
+    A unit's plain reads before it begins a transaction are statements of their own, each
+    reading its own snapshot under READ COMMITTED. When several units on an event loop make the
+    same one at about the same moment, the first of them waits two turns of the loop, then sends
+    every one queued meanwhile on its own connection: the executions of one prepared statement,
+    pipelined, each with its unit's number as an extra first column so that the rows can be
+    handed back to their units (asyncpg's ``fetchmany``). Each execution still takes its own
+    snapshot. A unit's read goes alone, on its own connection, should the batch fail or its
+    sender leave before sending it.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, list[_SharedRead]] = {}
+        # Batches sent and reads in them, so that the bench can tell their size.
+        self.batches = 0
+        self.reads = 0
+
+    def fetch(self, conn: Connection, sql: str, values: list[Any]) -> Any:
+        """The rows of ``sql`` with ``values``, read with other units' if they come together."""
+        queued = self._open.get(sql)
+        if queued is not None and len(queued) < SHARED_READS_MAX:
+            done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            queued.append(_SharedRead(values, done))
+            try:
+                mine = await_only(done)
+            except _ReadAlone:
+                return _run_on_postgresql(conn, sql, values, begin=False)
+            return _Fetched(mine, f"SELECT {len(mine)}")
+        queued = self._open[sql] = [_SharedRead(values, None)]
+        try:
+            await_only(_two_turns())
+            del self._open[sql]
+            rows = self._send(conn, sql, queued) if len(queued) > 1 else None
+        except BaseException:
+            # Its sender's unit failed or was cancelled: the others read alone.
+            if self._open.get(sql) is queued:
+                del self._open[sql]
+            _read_alone(queued)
+            raise
+        if rows is None:
+            _read_alone(queued)
+            return _run_on_postgresql(conn, sql, values, begin=False)
+        for read, theirs in zip(queued[1:], rows[1:], strict=True):
+            if read.done is not None and not read.done.done():
+                read.done.set_result(theirs)
+        return _Fetched(rows[0], f"SELECT {len(rows[0])}")
+
+    def _send(
+        self, conn: Connection, sql: str, queued: list[_SharedRead]
+    ) -> list[list[Any]] | None:
+        """Each queued read's rows, read in one batch; None if the batch failed harmlessly.
+
+        A connection lost meanwhile raises: the sender's unit fails (and may run again), the
+        others read alone.
+        """
+        self.batches += 1
+        self.reads += len(queued)
+        arguments = [[*read.values, number] for number, read in enumerate(queued)]
+
+        def many(statement: Any) -> list[Any]:
+            return await_only(statement.fetchmany(arguments))
+
+        try:
+            records = _on_prepared(
+                conn, _numbered(sql, len(queued[0].values)), [], many, begin=False
+            )
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            return None
+        rows: list[list[Any]] = [[] for _ in queued]
+        for record in records:
+            values = tuple(record)
+            rows[values[0]].append(values[1:])
+        return rows
+
+
+def _read_alone(queued: list[_SharedRead]) -> None:
+    """Tell the units waiting on ``queued`` that their reads were not made for them."""
+    for read in queued:
+        if read.done is not None and not read.done.done():
+            read.done.set_exception(_ReadAlone())
+
+
+async def _two_turns() -> None:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+@lru_cache(maxsize=256)
+def _numbered(sql: str, count: int) -> str:
+    """``sql`` (a plain SELECT) with one more parameter, read back as its first column."""
+    return f"SELECT ${count + 1}::int4 AS kessai_read, {sql.removeprefix('SELECT ')}"
 
 
 def began(conn: Connection) -> bool:
