@@ -1076,6 +1076,61 @@ def test_a_request_whose_code_is_spent_after_its_read_runs_again_and_finds_it_us
     assert [row["outcome"] for row in charges] == ["success", "code-reused"]
 
 
+def test_requests_racing_in_one_batch_make_one_payment_per_transkey_and_one_charge_per_code(
+    pg: tuple[Database, str], batches: list[int]
+) -> None:
+    db, url = pg
+    now = datetime.now(UTC)
+    terminal, os_value, codes = _shop_with_codes(db, "Batched", now)
+    codes += db.run_sync(lambda conn: wallets.issue_codes(conn, "01", "success", 3, now))
+
+    async def scenario() -> tuple[list[Payment], list[Payment]]:
+        gateway = build_gateway(url, Settings())
+        try:
+            token = await _logged_in(gateway, terminal, os_value)
+
+            async def pay(trans_key: str, code: str) -> Payment:
+                view = await gateway.request(
+                    token,
+                    trans_key=trans_key,
+                    amount=700,
+                    code=code,
+                    service_id=None,
+                    request_id=f"req-{trans_key}",
+                )
+                return view.payment
+
+            # The first payments teach the process the code key (its codes are then read along)
+            # and open a second pooled connection, so that neither racer below waits for one.
+            await pay("BATCH0", codes[0])
+            await asyncio.gather(pay("BATCH8", codes[3]), pay("BATCH9", codes[4]))
+            batches.clear()
+            # A terminal that sent its REQUEST twice at once, then two terminals with one code.
+            twice = await asyncio.gather(pay("BATCH1", codes[1]), pay("BATCH1", codes[1]))
+            one_code = await asyncio.gather(pay("BATCH2", codes[2]), pay("BATCH3", codes[2]))
+            return list(twice), list(one_code)
+        finally:
+            await gateway.aclose()
+
+    twice, one_code = asyncio.run(scenario())
+    # Each race's two statements went in one batch, which failed; each then went alone.
+    assert batches == [2, 2]
+    assert twice[0] == twice[1] and twice[0].status.value == "COMPLETED"
+    outcomes = sorted((p.status.value, p.failure_code) for p in one_code)
+    assert outcomes == [("COMPLETED", None), ("FAILED", "CODE_ALREADY_USED")]
+    payments = _on_server(url, "SELECT trans_key, status FROM payments ORDER BY trans_key")
+    assert [(row["trans_key"], row["status"]) for row in payments] == [
+        ("BATCH0", "COMPLETED"),
+        ("BATCH1", "COMPLETED"),
+        ("BATCH2", one_code[0].status.value),
+        ("BATCH3", one_code[1].status.value),
+        ("BATCH8", "COMPLETED"),
+        ("BATCH9", "COMPLETED"),
+    ]
+    charges = _on_server(url, "SELECT outcome FROM sandbox_charges ORDER BY id")
+    assert sorted(row["outcome"] for row in charges) == ["code-reused"] + ["success"] * 5
+
+
 def test_the_sandboxs_own_pay_runs_again_when_its_code_is_spent_meanwhile(
     pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
