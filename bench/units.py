@@ -127,7 +127,7 @@ def _measure(
     measuring: list[bool],
     now: datetime,
     loop_profile: cProfile.Profile | None,
-    batched: list[Any],
+    batched: list[db_module.Batched],
 ) -> list[float]:
     """The warm-up, then each turn's CPU seconds per payment, on a fresh database at ``url``.
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             url = f"sqlite:///{Path(folder) / 'kessai.db'}"
         # On PostgreSQL the units run on the event loop's thread: that thread is profiled.
         loop_profile = profile if args.postgres else None
-        batched: list[Any] = []
+        batched: list[db_module.Batched] = []
         figures = _measure(url, args, measuring, now, loop_profile, batched)
     kind = "PostgreSQL" if args.postgres else "SQLite"
     per_turn = ", ".join(f"{figure * 1e6:.0f}" for figure in figures)

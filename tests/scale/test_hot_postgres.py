@@ -8,8 +8,9 @@ errors, and leave a connection found dead to be replaced, with the unit run anew
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -489,6 +490,19 @@ async def _logged_in(gateway: Gateway, terminal: IssuedTerminal, os_value: str) 
     return session.session_token
 
 
+async def _pay(gateway: Gateway, token: str, trans_key: str, code: str, amount: int) -> Payment:
+    """A REQUEST with ``code``, its service told by the code: the payment answered."""
+    view = await gateway.request(
+        token,
+        trans_key=trans_key,
+        amount=amount,
+        code=code,
+        service_id=None,
+        request_id=f"req-{trans_key}",
+    )
+    return view.payment
+
+
 def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statement(
     pg: tuple[Database, str], sent: list[str]
 ) -> None:
@@ -502,19 +516,12 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
             for number, code in enumerate(codes):
                 # The first payment also reads the database's code key, once for the process.
                 sent.clear()
-                view = await gateway.request(
-                    token,
-                    trans_key=f"DEFER{number}",
-                    amount=1200,
-                    code=code,
-                    service_id=None,
-                    request_id=f"req-pay-{number}",
-                )
+                payment = await _pay(gateway, token, f"DEFER{number}", code, 1200)
             paid = list(sent)
             sent.clear()
-            checked = await gateway.paycheck(token, view.payment.trans_id, "req-check")
-            assert checked.payment == view.payment
-            return view.payment, paid, list(sent)
+            checked = await gateway.paycheck(token, payment.trans_id, "req-check")
+            assert checked.payment == payment
+            return payment, paid, list(sent)
         finally:
             await gateway.aclose()
 
@@ -758,28 +765,56 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def _together(url: str, units: list[Callable[[Connection], object]]) -> list[object]:
-    """Run ``units`` at once through ``Database.run``: each one's result or exception."""
+def _reading(os_value: str) -> Callable[[Connection], object]:
+    def unit(conn: Connection) -> object:
+        row = _BY_OS.run(conn, {"os": os_value}).first()
+        return None if row is None else row.id
 
-    async def scenario() -> list[object]:
+    return unit
+
+
+def _at_once(
+    url: str, units: list[Callable[[Connection], object]], cancel_first: bool = False
+) -> tuple[list[object], db_module.Batched]:
+    """Run ``units`` at once through ``Database.run``: each one's result or exception, and the
+    counts of statements sent together meanwhile (``cancel_first``: the first unit's caller
+    leaves two turns of the event loop after they start)."""
+
+    async def scenario() -> tuple[list[object], db_module.Batched]:
         database = Database(url)
         try:
             # The pool opens its connections first, so that no unit waits for one below and
             # all of them end in the same turn of the event loop.
-            await asyncio.gather(
-                *(database.run(lambda conn: _BY_OS.run(conn, {"os": "-"}).first()) for _ in units)
-            )
-            return await asyncio.gather(
-                *(database.run(unit) for unit in units), return_exceptions=True
-            )
+            await asyncio.gather(*(database.run(_reading("-")) for _ in units))
+            before = database.batched()
+            tasks = [asyncio.ensure_future(database.run(unit)) for unit in units]
+            if cancel_first:
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                tasks[0].cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            after = database.batched()
+            counts = db_module.Batched(*(a - b for a, b in zip(after, before, strict=True)))
+            return outcomes, counts
         finally:
             await database.aclose()
 
     return asyncio.run(scenario())
 
 
-def _inserting(os_value: str) -> Callable[[Connection], None]:
+def _outcomes(url: str, units: list[Callable[[Connection], object]]) -> list[object]:
+    """``_at_once``'s outcomes alone."""
+    return _at_once(url, units)[0]
+
+
+def _inserting(
+    os_value: str, attempts: dict[str, int] | None = None
+) -> Callable[[Connection], None]:
+    """A unit deferring an integration and an audit entry; ``attempts`` counts its runs."""
+
     def unit(conn: Connection) -> None:
+        if attempts is not None:
+            attempts[os_value] = attempts.get(os_value, 0) + 1
         repo.append_audit(conn, _entry(f"test.{os_value}"))
         _INSERT.defer(conn, {"os": os_value, "name": "Together", "created_at": AT})
 
@@ -791,7 +826,7 @@ def test_units_ending_together_send_their_writes_in_one_batch(
 ) -> None:
     db, url = pg
     names = [f"HOT08{i}" for i in range(6)]
-    assert _together(url, [_inserting(name) for name in names]) == [None] * 6
+    assert _outcomes(url, [_inserting(name) for name in names]) == [None] * 6
     # One round trip and one transaction for all six: none of them went alone.
     assert batches == [6]
     assert not any(sql.startswith("WITH") for sql in sent)
@@ -803,9 +838,9 @@ def test_a_batch_takes_a_bounded_number_of_statements(
     pg: tuple[Database, str], batches: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db, url = pg
-    monkeypatch.setattr(db_module, "PG_BATCH_MAX_STATEMENTS", 2)
+    monkeypatch.setattr(hot, "BATCH_MAX", 2)
     names = [f"HOT13{i}" for i in range(5)]
-    assert _together(url, [_inserting(name) for name in names]) == [None] * 5
+    assert _outcomes(url, [_inserting(name) for name in names]) == [None] * 5
     # The fifth statement has a batch to itself, and goes alone.
     assert batches == [2, 2]
     assert all(_exists(db, name) for name in names)
@@ -816,7 +851,7 @@ def test_a_statement_that_fails_in_a_batch_fails_its_own_unit_only(
 ) -> None:
     db, url = pg
     _integration(db, "HOT091")
-    outcomes = _together(url, [_inserting(name) for name in ("HOT090", "HOT091", "HOT092")])
+    outcomes = _outcomes(url, [_inserting(name) for name in ("HOT090", "HOT091", "HOT092")])
     # The duplicate failed the batch, which applied nothing; each statement then went alone.
     assert batches == [3]
     assert outcomes[0] is None and outcomes[2] is None
@@ -837,7 +872,7 @@ def test_an_update_that_misses_in_a_batch_is_stale_for_its_own_unit_only(
 
         return unit
 
-    outcomes = _together(url, [renaming(first), renaming(second + 99), renaming(second)])
+    outcomes = _outcomes(url, [renaming(first), renaming(second + 99), renaming(second)])
     assert batches == [3]
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], hot.StaleRows)
@@ -852,15 +887,6 @@ def test_the_statements_after_a_lost_connection_are_not_sent_and_their_units_run
 ) -> None:
     db, url = pg
     attempts: dict[str, int] = {}
-
-    def counted(os_value: str) -> Callable[[Connection], None]:
-        insert = _inserting(os_value)
-
-        def unit(conn: Connection) -> None:
-            attempts[os_value] = attempts.get(os_value, 0) + 1
-            insert(conn)
-
-        return unit
 
     def refused(conn: Connection, sql: str, values: list[list[object]]) -> None:
         raise sa.exc.DBAPIError("batch", None, Exception("refused"))
@@ -881,7 +907,7 @@ def test_the_statements_after_a_lost_connection_are_not_sent_and_their_units_run
     # is lost on the first of them.
     monkeypatch.setattr(hot, "send_many", refused)
     monkeypatch.setattr(hot, "send_one", lost_once)
-    outcomes = _together(url, [counted(f"HOT11{i}") for i in range(3)])
+    outcomes = _outcomes(url, [_inserting(f"HOT11{i}", attempts) for i in range(3)])
     # The first unit's statement may have been applied: its unit fails and is not run again.
     assert isinstance(outcomes[0], sa.exc.DBAPIError) and outcomes[0].connection_invalidated
     assert attempts["HOT110"] == 1
@@ -889,6 +915,33 @@ def test_the_statements_after_a_lost_connection_are_not_sent_and_their_units_run
     assert outcomes[1:] == [None, None]
     assert attempts["HOT111"] == attempts["HOT112"] == 2
     assert _exists(db, "HOT111") and _exists(db, "HOT112")
+
+
+def test_units_whose_batch_gets_no_connection_run_again(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, url = pg
+    attempts: dict[str, int] = {}
+    connect = sa.engine.Engine.connect
+    refused: list[str] = []
+
+    def first_batch_refused(engine: sa.engine.Engine) -> Connection:
+        # The batch asks for its connection from a function named ``send`` (``_PgBatches``).
+        if not refused and sys._getframe(1).f_code.co_name == "send":
+            refused.append("batch")
+            raise sa.exc.OperationalError("connect", None, Exception("no connection"))
+        return connect(engine)
+
+    monkeypatch.setattr(sa.engine.Engine, "connect", first_batch_refused)
+    assert _outcomes(url, [_inserting("HOT200", attempts), _inserting("HOT201", attempts)]) == [
+        None,
+        None,
+    ]
+    # Nothing was sent: both units ran again, and committed once.
+    assert refused == ["batch"]
+    assert attempts == {"HOT200": 2, "HOT201": 2}
+    assert _exists(db, "HOT200") and _exists(db, "HOT201")
+    assert sorted(_actions(db)) == ["test.HOT200", "test.HOT201"]
 
 
 def test_a_unit_whose_caller_leaves_before_its_batch_goes_writes_nothing(
@@ -930,49 +983,29 @@ def test_units_run_from_synchronous_code_send_their_writes_alone(
 # -- plain reads of units on the event loop, sent together --------------------------------------
 
 
-def _reading(os_value: str) -> Callable[[Connection], object]:
-    def unit(conn: Connection) -> object:
-        row = _BY_OS.run(conn, {"os": os_value}).first()
-        return None if row is None else row.id
-
-    return unit
-
-
-def _reads_together(
-    url: str, units: list[Callable[[Connection], object]], cancel_first: bool = False
-) -> tuple[list[object], db_module.Batched]:
-    """Run ``units`` at once on one event loop: each one's result or exception, and the counts."""
-
-    async def scenario() -> tuple[list[object], db_module.Batched]:
-        database = Database(url)
-        try:
-            await asyncio.gather(*(database.run(_reading("-")) for _ in units))
-            before = database.batched()
-            tasks = [asyncio.ensure_future(database.run(unit)) for unit in units]
-            if cancel_first:
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-                tasks[0].cancel()
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            after = database.batched()
-            counts = db_module.Batched(*(a - b for a, b in zip(after, before, strict=True)))
-            return outcomes, counts
-        finally:
-            await database.aclose()
-
-    return asyncio.run(scenario())
-
-
 def test_the_same_plain_read_of_units_at_once_goes_in_one_round_trip(
     pg: tuple[Database, str],
 ) -> None:
     db, url = pg
     known = {name: _integration(db, name) for name in ("HOT150", "HOT151", "HOT152")}
     asked = ["HOT150", "HOT159", "HOT151", "HOT152", "HOT158", "HOT150"]
-    outcomes, counts = _reads_together(url, [_reading(name) for name in asked])
+    outcomes, counts = _at_once(url, [_reading(name) for name in asked])
     # Each unit got its own rows back, none where there is no row.
     assert outcomes == [known.get(name) for name in asked]
     assert (counts.read_batches, counts.reads) == (1, 6)
+
+
+def test_reads_past_a_batchs_bound_go_in_the_next_batch(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, url = pg
+    pk = _integration(db, "HOT190")
+    monkeypatch.setattr(hot, "BATCH_MAX", 2)
+    asked = ["HOT190", "HOT199", "HOT190", "HOT198", "HOT190"]
+    outcomes, counts = _at_once(url, [_reading(name) for name in asked])
+    assert outcomes == [pk, None, pk, None, pk]
+    # Two full batches; the fifth read found nobody to go with and went alone.
+    assert (counts.read_batches, counts.reads) == (2, 4)
 
 
 def test_a_read_after_the_unit_began_its_transaction_is_its_own(
@@ -989,7 +1022,7 @@ def test_a_read_after_the_unit_began_its_transaction_is_its_own(
 
         return unit
 
-    outcomes, counts = _reads_together(url, [written_then_read(i) for i in range(4)])
+    outcomes, counts = _at_once(url, [written_then_read(i) for i in range(4)])
     assert outcomes == [True] * 4
     assert counts.reads == 0
 
@@ -1001,7 +1034,7 @@ def test_when_a_shared_read_fails_each_unit_reads_alone(
     pk = _integration(db, "HOT170")
     # A batch PostgreSQL refuses (a statement that does not parse): nothing was read.
     monkeypatch.setattr(hot, "_numbered", lambda sql, count: "SELECT nonsense FROM nowhere")
-    outcomes, counts = _reads_together(url, [_reading(n) for n in ("HOT170", "HOT179", "HOT170")])
+    outcomes, counts = _at_once(url, [_reading(n) for n in ("HOT170", "HOT179", "HOT170")])
     assert outcomes == [pk, None, pk]
     assert counts.read_batches == 1
 
@@ -1011,7 +1044,7 @@ def test_when_the_unit_sending_a_shared_read_leaves_the_others_read_alone(
 ) -> None:
     db, url = pg
     pk = _integration(db, "HOT180")
-    outcomes, counts = _reads_together(
+    outcomes, counts = _at_once(
         url, [_reading(n) for n in ("HOT180", "HOT180", "HOT189")], cancel_first=True
     )
     assert isinstance(outcomes[0], asyncio.CancelledError)
@@ -1052,18 +1085,11 @@ def test_a_request_whose_code_is_spent_after_its_read_runs_again_and_finds_it_us
         gateway = build_gateway(url, Settings())
         try:
             token = await _logged_in(gateway, terminal, os_value)
-            paid = []
-            for number, code in enumerate(codes):  # the first payment teaches the code key
-                view = await gateway.request(
-                    token,
-                    trans_key=f"RACE{number}",
-                    amount=900,
-                    code=code,
-                    service_id=None,
-                    request_id=f"req-race-{number}",
-                )
-                paid.append(view.payment)
-            return paid
+            # The first payment teaches the code key.
+            return [
+                await _pay(gateway, token, f"RACE{number}", code, 900)
+                for number, code in enumerate(codes)
+            ]
         finally:
             await gateway.aclose()
 
@@ -1089,16 +1115,8 @@ def test_requests_racing_in_one_batch_make_one_payment_per_transkey_and_one_char
         try:
             token = await _logged_in(gateway, terminal, os_value)
 
-            async def pay(trans_key: str, code: str) -> Payment:
-                view = await gateway.request(
-                    token,
-                    trans_key=trans_key,
-                    amount=700,
-                    code=code,
-                    service_id=None,
-                    request_id=f"req-{trans_key}",
-                )
-                return view.payment
+            def pay(trans_key: str, code: str) -> Coroutine[Any, Any, Payment]:
+                return _pay(gateway, token, trans_key, code, 700)
 
             # The first payments teach the process the code key (its codes are then read along)
             # and open a second pooled connection, so that neither racer below waits for one.

@@ -70,10 +70,6 @@ WAL_BACKSTOP_PAGES: Final = 10_000
 # that many at once waits for one to come back. No overflow connections: under steady load they
 # were closed on return and opened again a moment later, a new server process each time.
 PG_POOL_SIZE: Final = 10
-# At most this many units' last statements go to PostgreSQL in one batch (``_PgBatches``): a
-# batch runs on one server process, one statement after the other, so a longer one would keep
-# the others waiting for it.
-PG_BATCH_MAX_STATEMENTS: Final = 16
 # Pooled PostgreSQL connections are replaced after this long, before firewalls forget them.
 PG_POOL_RECYCLE_SECONDS: Final = 300
 
@@ -792,10 +788,8 @@ class _PgBatches:
         self._scheduled = False
         waiting, self._waiting = self._waiting, {}
         for sql, queued in waiting.items():
-            for start in range(0, len(queued), PG_BATCH_MAX_STATEMENTS):
-                task = asyncio.ensure_future(
-                    self._send(sql, queued[start : start + PG_BATCH_MAX_STATEMENTS])
-                )
+            for start in range(0, len(queued), hot.BATCH_MAX):
+                task = asyncio.ensure_future(self._send(sql, queued[start : start + hot.BATCH_MAX]))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
 
@@ -815,7 +809,8 @@ class _PgBatches:
             except sa.exc.DBAPIError as exc:
                 raise _Unsent("no connection to send this unit's writes on") from exc
             with conn:
-                if len(batch) > 1 and hot.can_send_many(conn):
+                # Only units on asyncpg's fast path take their writes off (``hot.began``).
+                if len(batch) > 1:
                     try:
                         hot.send_many(conn, sql, [entry.writes.values for entry in batch])
                         return [None] * len(batch)

@@ -277,9 +277,9 @@ class Hot:
         if dialect.name != "sqlite":
             if conn in _deferred:
                 flush(conn)
-            if self._reads_only:
+            if compiled.shareable:
                 reads = _shared_reads.get(conn)
-                if reads is not None and compiled.shareable and not began(conn):
+                if reads is not None and not began(conn):
                     return HotResult(reads.fetch(conn, compiled.sql, values), compiled)
             return HotResult(
                 _run_on_postgresql(conn, compiled.sql, values, begin=not self._reads_only),
@@ -386,11 +386,6 @@ def send_one(conn: Connection, writes: Writes) -> None:
     _run_on_postgresql(conn, writes.sql, writes.values, begin=False)
 
 
-def can_send_many(conn: Connection) -> bool:
-    """Whether ``send_many`` can run on ``conn`` (asyncpg through SQLAlchemy's adapter)."""
-    return _fast_path(conn.connection.dbapi_connection)
-
-
 def send_many(conn: Connection, sql: str, values: list[list[Any]]) -> None:
     """Execute ``sql`` once per list of ``values``, pipelined, in one transaction of its own.
 
@@ -406,8 +401,10 @@ def send_many(conn: Connection, sql: str, values: list[list[Any]]) -> None:
 
 # Reads of units run on an event loop: the loop's ``SharedReads``, by the unit's connection.
 _shared_reads: weakref.WeakKeyDictionary[Connection, SharedReads] = weakref.WeakKeyDictionary()
-# At most this many units' reads go in one batch.
-SHARED_READS_MAX: Final = 16
+# At most this many units' statements go to PostgreSQL in one batch, reads (``SharedReads``) or
+# writes (``Database``'s): a batch runs on one server process, one statement after the other,
+# so a longer one would keep the others waiting for it.
+BATCH_MAX: Final = 16
 
 
 def share_reads(conn: Connection, reads: SharedReads) -> None:
@@ -448,7 +445,7 @@ class SharedReads:
     def fetch(self, conn: Connection, sql: str, values: list[Any]) -> Any:
         """The rows of ``sql`` with ``values``, read with other units' if they come together."""
         queued = self._open.get(sql)
-        if queued is not None and len(queued) < SHARED_READS_MAX:
+        if queued is not None and len(queued) < BATCH_MAX:
             done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             queued.append(_SharedRead(values, done))
             try:
@@ -459,12 +456,11 @@ class SharedReads:
         queued = self._open[sql] = [_SharedRead(values, None)]
         try:
             await_only(_two_turns())
-            del self._open[sql]
+            self._close(sql, queued)
             rows = self._send(conn, sql, queued) if len(queued) > 1 else None
         except BaseException:
             # Its sender's unit failed or was cancelled: the others read alone.
-            if self._open.get(sql) is queued:
-                del self._open[sql]
+            self._close(sql, queued)
             _read_alone(queued)
             raise
         if rows is None:
@@ -474,6 +470,14 @@ class SharedReads:
             if read.done is not None and not read.done.done():
                 read.done.set_result(theirs)
         return _Fetched(rows[0], f"SELECT {len(rows[0])}")
+
+    def _close(self, sql: str, queued: list[_SharedRead]) -> None:
+        """Take no more reads into ``queued``.
+
+        A full batch was already replaced by the next one (``fetch``): only one's own is removed.
+        """
+        if self._open.get(sql) is queued:
+            del self._open[sql]
 
     def _send(
         self, conn: Connection, sql: str, queued: list[_SharedRead]
