@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_only
 
 from kessai.adapters import db as db_module
 from kessai.adapters import hot
@@ -942,6 +943,76 @@ def test_units_whose_batch_gets_no_connection_run_again(
     assert attempts == {"HOT200": 2, "HOT201": 2}
     assert _exists(db, "HOT200") and _exists(db, "HOT201")
     assert sorted(_actions(db)) == ["test.HOT200", "test.HOT201"]
+
+
+def test_a_batch_whose_connection_is_lost_as_it_goes_fails_its_units_without_running_them_again(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, url = pg
+    attempts: dict[str, int] = {}
+    send_many = hot.send_many
+
+    def applied_then_lost(conn: Connection, sql: str, values: list[list[object]]) -> None:
+        # The batch reached the server and committed; its answer never came back.
+        send_many(conn, sql, values)
+        conn.invalidate()
+        raise sa.exc.DBAPIError(
+            sql, None, Exception("connection lost"), connection_invalidated=True
+        )
+
+    monkeypatch.setattr(hot, "send_many", applied_then_lost)
+    names = ["HOT210", "HOT211", "HOT212"]
+    outcomes = _outcomes(url, [_inserting(name, attempts) for name in names])
+    # Whether the batch committed is unknown to the gateway, so every unit fails with the lost
+    # connection and none runs again: running them again would have applied them twice.
+    assert all(
+        isinstance(outcome, sa.exc.DBAPIError) and outcome.connection_invalidated
+        for outcome in outcomes
+    )
+    assert attempts == dict.fromkeys(names, 1)
+    assert all(_exists(db, name) for name in names)
+    assert sorted(_actions(db)) == sorted(f"test.{name}" for name in names)
+
+
+@pytest.mark.parametrize("when", ["before it starts", "while it waits on the server"])
+def test_a_batch_cancelled_cancels_its_units_without_running_them_again(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    db, url = pg
+    attempts: dict[str, int] = {}
+    names = [f"HOT22{i}" for i in range(2)]
+    waiting = asyncio.Event()
+
+    def slow(conn: Connection, sql: str, values: list[list[object]]) -> None:
+        waiting.set()
+        await_only(asyncio.sleep(30))  # a server that does not answer
+
+    if when != "before it starts":
+        monkeypatch.setattr(hot, "send_many", slow)
+
+    async def scenario() -> list[object]:
+        database = Database(url)
+        try:
+            await asyncio.gather(*(database.run(_reading("-")) for _ in names))
+            tasks = [asyncio.ensure_future(database.run(_inserting(n, attempts))) for n in names]
+            sending = database._pg_batches._sending  # type: ignore[union-attr]
+            while not sending:
+                await asyncio.sleep(0)
+            if when != "before it starts":
+                await waiting.wait()
+            # As when the event loop closes with a batch on its way.
+            for task in list(sending):
+                task.cancel()
+            return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        finally:
+            await database.aclose()
+
+    outcomes = asyncio.run(scenario())
+    # Whether a cancelled batch committed is unknown: its units' callers are told they were
+    # cancelled rather than left waiting, and the units are not run again.
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+    assert attempts == dict.fromkeys(names, 1)
+    assert not any(_exists(db, name) for name in names)
 
 
 def test_a_unit_whose_caller_leaves_before_its_batch_goes_writes_nothing(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -789,9 +790,18 @@ class _PgBatches:
         waiting, self._waiting = self._waiting, {}
         for sql, queued in waiting.items():
             for start in range(0, len(queued), hot.BATCH_MAX):
-                task = asyncio.ensure_future(self._send(sql, queued[start : start + hot.BATCH_MAX]))
+                chunk = queued[start : start + hot.BATCH_MAX]
+                task = asyncio.ensure_future(self._send(sql, chunk))
                 self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
+                task.add_done_callback(functools.partial(self._sent, chunk))
+
+    def _sent(self, chunk: list[_Waiting], task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if task.cancelled():
+            # The loop is closing, perhaps before the batch even started: whether it committed
+            # is unknown, and its units' callers are not left waiting.
+            for entry in chunk:
+                entry.done.cancel()
 
     async def _send(self, sql: str, queued: list[_Waiting]) -> None:
         # A unit whose caller left before its writes were sent is not applied, as a SQLite unit
@@ -822,11 +832,6 @@ class _PgBatches:
 
         try:
             outcomes: list[BaseException | None] = await greenlet_spawn(send)
-        except asyncio.CancelledError:
-            # The loop is closing: the batch may or may not have committed.
-            for entry in batch:
-                entry.done.cancel()
-            raise
         except Exception as exc:
             outcomes = [exc] * len(batch)
         for entry, outcome in zip(batch, outcomes, strict=True):
