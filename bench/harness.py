@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -424,12 +424,14 @@ class CpuUse:
     """The CPU a window of the run used: in all, and by group of processes, in CPU seconds.
 
     ``groups`` holds what each named group used; what no group claimed (the bench's own
-    process, the kernel's network work, processes that came and went) is ``other``.
+    process, the kernel's network work, processes that came and went) is ``other``. ``threads``
+    splits the server's share by the role of the thread that used it (``thread_role``).
     """
 
     seconds: float
     busy: float
     groups: dict[str, float]
+    threads: dict[str, float] = field(default_factory=dict)
 
     @property
     def other(self) -> float:
@@ -459,6 +461,53 @@ class CpuUse:
             f"CPU: {self.cores_busy():.2f} of {os.cpu_count()} cores busy; "
             f"{per['all']:,.0f} µs of CPU per {what} ({parts})."
         )
+
+
+# The server's threads by role: the gateway names its database threads in the kernel
+# (kessai.adapters.db.OS_THREAD_NAMES); a process's first thread runs its event loop.
+THREAD_ROLES: Final = ("event loop", "SQLite writer", "checkpointer", "other threads")
+_ROLE_OF_NAME: Final = {"kessai-db": "SQLite writer", "kessai-ckpt": "checkpointer"}
+
+
+def thread_role(pid: int, tid: int, name: str) -> str:
+    """The role of thread ``tid`` of process ``pid``, named ``name`` by the kernel."""
+    if tid == pid:
+        return "event loop"
+    return _ROLE_OF_NAME.get(name, "other threads")
+
+
+def thread_snapshot(pids: Iterable[int]) -> dict[tuple[int, int], tuple[str, float]]:
+    """Each thread of ``pids``: its role and the user + system CPU seconds it used so far."""
+    threads: dict[tuple[int, int], tuple[str, float]] = {}
+    for pid in pids:
+        tasks = Path(f"/proc/{pid}/task")
+        try:
+            tids = [int(entry.name) for entry in tasks.iterdir()]
+        except OSError:
+            continue  # the process is gone
+        for tid in tids:
+            try:
+                stat = (tasks / str(tid) / "stat").read_text()
+            except OSError:
+                continue
+            close = stat.rindex(")")
+            name, fields = stat[stat.index("(") + 1 : close], stat[close + 2 :].split()
+            used = (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+            threads[pid, tid] = (thread_role(pid, tid, name), used)
+    return threads
+
+
+def thread_use(
+    before: dict[tuple[int, int], tuple[str, float]],
+    after: dict[tuple[int, int], tuple[str, float]],
+) -> dict[str, float]:
+    """CPU seconds per role between two ``thread_snapshot``s (a thread since it was first seen)."""
+    roles: dict[str, float] = {}
+    for key, (role, used) in after.items():
+        earlier = before.get(key)
+        start = earlier[1] if earlier is not None else 0.0
+        roles[role] = roles.get(role, 0.0) + max(0.0, used - start)
+    return roles
 
 
 def classifier(

@@ -41,7 +41,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -307,6 +307,35 @@ at each row's CPU per answer.{needs}
 
 {chr(10).join(lines)}
 
+{self.thread_section()}"""
+
+    def thread_section(self) -> str:
+        """The server's CPU per answer split by thread (empty when no row measured it)."""
+        roles = harness.THREAD_ROLES
+        lines = [
+            "| row | server | " + " | ".join(roles) + " |",
+            "|---|---|" + "---|" * len(roles),
+        ]
+        for key, (use, answers) in self.cpu.items():
+            if not use.threads or answers <= 0:
+                continue
+            per = {role: used / answers * 1e6 for role, used in use.threads.items()}
+            cells = " | ".join(f"{per[role]:,.0f} µs" if role in per else "—" for role in roles)
+            lines.append(
+                f"| {self.rows[key].measure.split(' — ')[0]} | "
+                f"{sum(per.values()):,.0f} µs | {cells} |"
+            )
+        if len(lines) == 2:
+            return ""
+        return f"""The server's share per answer, by the thread that used it (from /proc/PID/task):
+each worker's event loop (HTTP, the gateway's code outside units, and on PostgreSQL the units
+themselves), its SQLite writer thread (every unit, the commits and the WAL's fsyncs) and its
+checkpointer. A writer spends nearly all of its time holding SQLite's write lock, which the two
+workers take in turn: one second divided by the writers' time per payment is about the most
+payments a second this design commits on SQLite, however many cores there are.
+
+{chr(10).join(lines)}
+
 """
 
     def as_json(self) -> str:
@@ -322,6 +351,7 @@ at each row's CPU per answer.{needs}
                         "seconds": use.seconds,
                         "busy": use.busy,
                         "groups": use.groups,
+                        "threads": use.threads,
                         "answers": answers,
                     }
                     for key, (use, answers) in self.cpu.items()
@@ -497,7 +527,9 @@ def _drive_wrk(
     """
     harness.write_lines(prefix, lines, plan.threads)
     classify = harness.classifier(server)
+    pids = [*server.worker_pids(), server.process.pid]
     start = utcnow()
+    threads_before = harness.thread_snapshot(pids)
     before = harness.cpu_snapshot()
     result = harness.run_wrk(
         server.base_url,
@@ -510,7 +542,8 @@ def _drive_wrk(
     )
     # wrk has ended and been waited for: its CPU is that of the children reaped meanwhile.
     cpu = harness.cpu_use(before, harness.cpu_snapshot(), classify, reaped="wrk")
-    return WrkRun(result, start, utcnow(), cpu)
+    threads = harness.thread_use(threads_before, harness.thread_snapshot(pids))
+    return WrkRun(result, start, utcnow(), replace(cpu, threads=threads))
 
 
 def _status_200(status: int, body: bytes) -> bool:

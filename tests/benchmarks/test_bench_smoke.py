@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -108,6 +109,13 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
         assert f"| {rows[key]['measure'].split(' — ')[0]} | " in table
         assert "µs of CPU per" in rows[key]["note"]
     assert report["cpu"]["postgresql"]["groups"]["PostgreSQL"] > 0
+    # And the server's share by thread: on SQLite the units run on the writer thread, which
+    # the gateway names in the kernel; on PostgreSQL there is none.
+    assert "| row | server | event loop | SQLite writer | checkpointer |" in table
+    threads = {key: use["threads"] for key, use in report["cpu"].items()}
+    assert threads["request"]["event loop"] > 0 and threads["request"]["SQLite writer"] > 0
+    assert "SQLite writer" not in threads["postgresql"]
+    assert set(threads["ceiling"]) <= {"event loop", "other threads"}
     # The table is printed too, for whoever ran the bench.
     assert f"| {rows['request']['measure']} | {rows['request']['value']} |" in done.stdout
     # A quick run never overwrites the published figures.
@@ -192,6 +200,53 @@ def test_a_snapshot_of_this_machine_sees_this_process_use_cpu() -> None:
     used = second.processes[mine][1] - first.processes[mine][1]
     assert used >= 0.1
     assert second.busy - first.busy >= 0.1
+
+
+def test_threads_count_by_role_and_a_thread_counts_from_when_it_was_first_seen() -> None:
+    import harness  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    assert harness.thread_role(10, 10, "python") == "event loop"
+    assert harness.thread_role(10, 11, "kessai-db") == "SQLite writer"
+    assert harness.thread_role(10, 12, "kessai-ckpt") == "checkpointer"
+    assert harness.thread_role(10, 13, "python") == "other threads"
+    before = {(10, 10): ("event loop", 5.0), (10, 11): ("SQLite writer", 2.0)}
+    after = {
+        (10, 10): ("event loop", 6.5),
+        (10, 11): ("SQLite writer", 2.25),
+        (10, 12): ("checkpointer", 0.5),  # started within the window
+        (20, 20): ("event loop", 1.0),
+    }
+    assert harness.thread_use(before, after) == {
+        "event loop": 2.5,
+        "SQLite writer": 0.25,
+        "checkpointer": 0.5,
+    }
+
+
+def test_a_thread_snapshot_sees_this_process_and_a_named_thread() -> None:
+    import harness  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+
+    from kessai.adapters.db import name_os_thread  # noqa: PLC0415
+
+    ready, done = threading.Event(), threading.Event()
+    native: list[int] = []
+
+    def writer() -> None:
+        name_os_thread("kessai-db")
+        native.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        ready.wait(10)
+        snapshot = harness.thread_snapshot([os.getpid()])
+    finally:
+        done.set()
+        thread.join()
+    assert snapshot[os.getpid(), os.getpid()][0] == "event loop"
+    assert snapshot[os.getpid(), native[0]][0] == "SQLite writer"
 
 
 def test_a_hotspots_profile_reads_py_spys_stacks_by_thread() -> None:

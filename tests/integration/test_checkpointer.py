@@ -149,3 +149,36 @@ def test_a_checkpoint_that_fails_is_tried_again_after_the_next_write(
         assert found
     finally:
         db.close()
+
+
+def _os_thread_names() -> dict[int, str]:
+    """Each thread of this process as the kernel names it, by native id."""
+    tasks = Path("/proc/self/task")
+    return {int(task.name): (task / "comm").read_text().strip() for task in tasks.iterdir()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_the_writer_and_the_checkpointer_carry_their_names_in_the_operating_system(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'kessai.db'}")
+    try:
+        upgrade(db)
+        db.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE probe (n INTEGER)"))
+        ours = {
+            thread.name: thread.native_id
+            for thread in threading.enumerate()
+            if thread.name in ("kessai-db", "kessai-checkpoint")
+        }
+        # Each thread names itself as it starts, which may be a moment after ``start`` returns.
+        deadline = time.monotonic() + 5
+        names = _os_thread_names()
+        while names[ours["kessai-checkpoint"]] != "kessai-ckpt" and time.monotonic() < deadline:
+            time.sleep(0.01)
+            names = _os_thread_names()
+        # top -H, ps -L and the bench tell the threads apart by these names.
+        assert names[ours["kessai-db"]] == dbmod.OS_THREAD_NAMES["writer"] == "kessai-db"
+        assert names[ours["kessai-checkpoint"]] == dbmod.OS_THREAD_NAMES["checkpointer"]
+        assert names[threading.get_native_id()] != "kessai-db"
+    finally:
+        db.close()

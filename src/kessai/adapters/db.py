@@ -79,6 +79,23 @@ DEFAULT_DATABASE_URL: Final = "sqlite:///kessai.db"
 _PG_RETRYABLE: Final = frozenset({"40001", "40P01"})
 
 
+# The names the gateway's database threads carry in the operating system (``top -H``, ``ps -L``,
+# /proc/PID/task/TID/comm), at most 15 bytes each: what Linux keeps of a thread's name.
+OS_THREAD_NAMES: Final = {"writer": "kessai-db", "checkpointer": "kessai-ckpt"}
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the operating system too, where it can (Linux).
+
+    Python names its threads for itself alone; tools that look from outside (``top -H``,
+    ``bench/run.py``'s CPU per thread) see only what the kernel keeps. Best effort: a system
+    without /proc, or one that refuses the write, leaves the name as it was.
+    """
+    comm = f"/proc/self/task/{threading.get_native_id()}/comm"
+    with contextlib.suppress(OSError), open(comm, "w", encoding="ascii") as kernel_name:
+        kernel_name.write(name[:15])
+
+
 class Batched(NamedTuple):
     """Counts of statements sent together (PostgreSQL), for the bench."""
 
@@ -368,6 +385,7 @@ class _SqliteWriter:
         return self._lock_fd
 
     def _loop(self) -> None:
+        name_os_thread(OS_THREAD_NAMES["writer"])
         try:
             while True:
                 first = self._queue.get()
@@ -686,6 +704,7 @@ class _Checkpointer:
         self._thread.join()
 
     def _loop(self) -> None:
+        name_os_thread(OS_THREAD_NAMES["checkpointer"])
         while True:
             self._wanted.wait()
             if self._stopping:
