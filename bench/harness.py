@@ -98,6 +98,10 @@ class Server:
                 found.append(pid)
         return sorted(found)
 
+    def pids(self) -> list[int]:
+        """The workers and the process that started them: all of the server's processes."""
+        return [*self.worker_pids(), self.process.pid]
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
         if self.process.poll() is not None:
@@ -268,9 +272,19 @@ def hello_server(workdir: Path, workers: int = 2) -> Server:
 def processes() -> Iterator[tuple[int, str, list[str]]]:
     """Every process in /proc: its pid, command name, and the fields of its stat after the name.
 
-    In those fields, [1] is the parent's pid, [11] and [12] the user and system CPU in ticks.
+    In those fields, [1] is the parent's pid, [11] and [12] the user and system CPU in ticks
+    (``cpu_seconds``).
     """
-    for entry in Path("/proc").iterdir():
+    return _stats(Path("/proc"))
+
+
+def _stats(folder: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """Each numbered entry of ``folder`` (/proc, or a process's task/): id, name, stat fields."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return  # the process whose threads these were is gone
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
@@ -280,6 +294,11 @@ def processes() -> Iterator[tuple[int, str, list[str]]]:
         # The command name (in parentheses) may contain spaces: fields start after it.
         close = stat.rindex(")")
         yield int(entry.name), stat[stat.index("(") + 1 : close], stat[close + 2 :].split()
+
+
+def cpu_seconds(fields: list[str]) -> float:
+    """The user and system CPU seconds in a process's or thread's stat fields."""
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
 
 
 def rss_mb(pid: int) -> float:
@@ -411,10 +430,7 @@ def cpu_snapshot() -> CpuSnapshot:
     # user nice system idle iowait irq softirq steal: busy is all but idle and iowait. Steal
     # counts as busy: those are moments this machine wanted a core and had none.
     busy = (sum(ticks) - ticks[3] - ticks[4]) / _TICKS_PER_SECOND
-    used = {
-        pid: (name, (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND)
-        for pid, name, fields in processes()
-    }
+    used = {pid: (name, cpu_seconds(fields)) for pid, name, fields in processes()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return CpuSnapshot(time.monotonic(), busy, used, children.ru_utime + children.ru_stime)
 
@@ -463,38 +479,35 @@ class CpuUse:
         )
 
 
-# The server's threads by role: the gateway names its database threads in the kernel
-# (kessai.adapters.db.OS_THREAD_NAMES); a process's first thread runs its event loop.
+# The server's threads by role: a process's first thread runs its event loop, and the gateway
+# names its database threads in the kernel.
 THREAD_ROLES: Final = ("event loop", "SQLite writer", "checkpointer", "other threads")
-_ROLE_OF_NAME: Final = {"kessai-db": "SQLite writer", "kessai-ckpt": "checkpointer"}
+
+
+@functools.cache
+def _role_of_name() -> dict[str, str]:
+    from kessai.adapters.db import OS_THREAD_NAMES  # noqa: PLC0415 - the gateway's own names
+
+    return {
+        OS_THREAD_NAMES["writer"]: "SQLite writer",
+        OS_THREAD_NAMES["checkpointer"]: "checkpointer",
+    }
 
 
 def thread_role(pid: int, tid: int, name: str) -> str:
     """The role of thread ``tid`` of process ``pid``, named ``name`` by the kernel."""
     if tid == pid:
         return "event loop"
-    return _ROLE_OF_NAME.get(name, "other threads")
+    return _role_of_name().get(name, "other threads")
 
 
 def thread_snapshot(pids: Iterable[int]) -> dict[tuple[int, int], tuple[str, float]]:
     """Each thread of ``pids``: its role and the user + system CPU seconds it used so far."""
-    threads: dict[tuple[int, int], tuple[str, float]] = {}
-    for pid in pids:
-        tasks = Path(f"/proc/{pid}/task")
-        try:
-            tids = [int(entry.name) for entry in tasks.iterdir()]
-        except OSError:
-            continue  # the process is gone
-        for tid in tids:
-            try:
-                stat = (tasks / str(tid) / "stat").read_text()
-            except OSError:
-                continue
-            close = stat.rindex(")")
-            name, fields = stat[stat.index("(") + 1 : close], stat[close + 2 :].split()
-            used = (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
-            threads[pid, tid] = (thread_role(pid, tid, name), used)
-    return threads
+    return {
+        (pid, tid): (thread_role(pid, tid, name), cpu_seconds(fields))
+        for pid in pids
+        for tid, name, fields in _stats(Path(f"/proc/{pid}/task"))
+    }
 
 
 def thread_use(
@@ -511,14 +524,15 @@ def thread_use(
 
 
 def classifier(
-    server: Server, others: dict[int, str] | None = None
+    server_pids: Iterable[int], others: dict[int, str] | None = None
 ) -> Callable[[int, str], str | None]:
-    """The ``classify`` of ``cpu_use``: the server's processes, PostgreSQL's, and ``others``.
+    """The ``classify`` of ``cpu_use``: the server's processes (``Server.pids``), PostgreSQL's,
+    and ``others``.
 
     ``others`` names further processes by pid (the load generator, a profiler); PostgreSQL's
     processes are known by their command name.
     """
-    groups = {pid: "server" for pid in (*server.worker_pids(), server.process.pid)}
+    groups = dict.fromkeys(server_pids, "server")
     groups.update(others or {})
 
     def classify(pid: int, name: str) -> str | None:

@@ -171,7 +171,7 @@ def _profile(
                 drain_seconds=5.0,
             )
             others = {os.getpid(): "load generator", **{spy.pid: "py-spy" for spy in spies}}
-            classify = harness.classifier(server, others)
+            classify = harness.classifier([*pids, server.process.pid], others)
             cpu = harness.cpu_use(before, harness.cpu_snapshot(), classify)
             for process in spies:
                 _, errors = process.communicate(timeout=args.seconds + 60)

@@ -526,8 +526,8 @@ def _drive_wrk(
     that writing the files never counts as time the server had.
     """
     harness.write_lines(prefix, lines, plan.threads)
-    classify = harness.classifier(server)
-    pids = [*server.worker_pids(), server.process.pid]
+    pids = server.pids()
+    classify = harness.classifier(pids)
     start = utcnow()
     threads_before = harness.thread_snapshot(pids)
     before = harness.cpu_snapshot()

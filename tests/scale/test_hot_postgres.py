@@ -774,12 +774,22 @@ def _reading(os_value: str) -> Callable[[Connection], object]:
     return unit
 
 
+# What a test does while the units of ``_at_once`` run: given the database and their tasks.
+_Meanwhile = Callable[[Database, list["asyncio.Task[object]"]], Coroutine[Any, Any, None]]
+
+
+async def _cancel_first(database: Database, tasks: list[asyncio.Task[object]]) -> None:
+    """The first unit's caller leaves two turns of the event loop after the units start."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+
+
 def _at_once(
-    url: str, units: list[Callable[[Connection], object]], cancel_first: bool = False
+    url: str, units: list[Callable[[Connection], object]], meanwhile: _Meanwhile | None = None
 ) -> tuple[list[object], db_module.Batched]:
     """Run ``units`` at once through ``Database.run``: each one's result or exception, and the
-    counts of statements sent together meanwhile (``cancel_first``: the first unit's caller
-    leaves two turns of the event loop after they start)."""
+    counts of statements sent together meanwhile (``meanwhile`` runs once they started)."""
 
     async def scenario() -> tuple[list[object], db_module.Batched]:
         database = Database(url)
@@ -789,10 +799,8 @@ def _at_once(
             await asyncio.gather(*(database.run(_reading("-")) for _ in units))
             before = database.batched()
             tasks = [asyncio.ensure_future(database.run(unit)) for unit in units]
-            if cancel_first:
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-                tasks[0].cancel()
+            if meanwhile is not None:
+                await meanwhile(database, tasks)
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             after = database.batched()
             counts = db_module.Batched(*(a - b for a, b in zip(after, before, strict=True)))
@@ -990,24 +998,17 @@ def test_a_batch_cancelled_cancels_its_units_without_running_them_again(
     if when != "before it starts":
         monkeypatch.setattr(hot, "send_many", slow)
 
-    async def scenario() -> list[object]:
-        database = Database(url)
-        try:
-            await asyncio.gather(*(database.run(_reading("-")) for _ in names))
-            tasks = [asyncio.ensure_future(database.run(_inserting(n, attempts))) for n in names]
-            sending = database._pg_batches._sending  # type: ignore[union-attr]
-            while not sending:
-                await asyncio.sleep(0)
-            if when != "before it starts":
-                await waiting.wait()
-            # As when the event loop closes with a batch on its way.
-            for task in list(sending):
-                task.cancel()
-            return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-        finally:
-            await database.aclose()
+    async def cancel_the_batch(database: Database, tasks: list[asyncio.Task[object]]) -> None:
+        sending = database._pg_batches._sending  # type: ignore[union-attr]
+        while not sending:
+            await asyncio.sleep(0)
+        if when != "before it starts":
+            await waiting.wait()
+        # As when the event loop closes with a batch on its way.
+        for task in list(sending):
+            task.cancel()
 
-    outcomes = asyncio.run(scenario())
+    outcomes, _ = _at_once(url, [_inserting(n, attempts) for n in names], cancel_the_batch)
     # Whether a cancelled batch committed is unknown: its units' callers are told they were
     # cancelled rather than left waiting, and the units are not run again.
     assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
@@ -1116,7 +1117,7 @@ def test_when_the_unit_sending_a_shared_read_leaves_the_others_read_alone(
     db, url = pg
     pk = _integration(db, "HOT180")
     outcomes, counts = _at_once(
-        url, [_reading(n) for n in ("HOT180", "HOT180", "HOT189")], cancel_first=True
+        url, [_reading(n) for n in ("HOT180", "HOT180", "HOT189")], _cancel_first
     )
     assert isinstance(outcomes[0], asyncio.CancelledError)
     assert outcomes[1:] == [pk, None]
