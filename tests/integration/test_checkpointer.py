@@ -182,3 +182,32 @@ def test_the_writer_and_the_checkpointer_carry_their_names_in_the_operating_syst
         assert names[threading.get_native_id()] != "kessai-db"
     finally:
         db.close()
+
+
+def test_a_closing_database_checkpoints_its_last_writes_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pause no test outlasts: only the checkpoint made on closing can move the rows.
+    monkeypatch.setattr(dbmod, "CHECKPOINT_PAUSE_SECONDS", 3600.0)
+    database_file = tmp_path / "kessai.db"
+    db = Database(f"sqlite:///{database_file}")
+    upgrade(db)
+    db.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE probe (n INTEGER)"))
+    # Another process's connection: SQLite itself checkpoints only as the last one closes.
+    with contextlib.closing(sqlite3.connect(database_file)) as other:
+        other.execute("SELECT count(*) FROM probe").fetchone()
+        for n in range(ROWS):
+            db.run_sync(lambda conn, n=n: conn.exec_driver_sql(f"INSERT INTO probe VALUES ({n})"))
+        assert _rows_in_the_file_alone(database_file, tmp_path / "before.db") != ROWS
+        db.close()
+        assert _rows_in_the_file_alone(database_file, tmp_path / "after.db") == ROWS
+        # The WAL is still the other connection's: nothing was taken from it.
+        assert int(other.execute("SELECT count(*) FROM probe").fetchone()[0]) == ROWS
+
+
+def test_a_checkpoint_does_not_bring_back_a_removed_database_file(tmp_path: Path) -> None:
+    database_file = tmp_path / "kessai.db"
+    checkpointer = dbmod._Checkpointer(str(database_file))
+    with pytest.raises(sqlite3.OperationalError):
+        checkpointer._checkpoint()
+    assert not database_file.exists()

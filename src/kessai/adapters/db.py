@@ -686,7 +686,9 @@ class _Checkpointer:
     def __init__(self, path: str) -> None:
         self._path = path
         self._wanted = threading.Event()
-        self._stopping = False
+        # Writes said so far (only the writer thread counts them).
+        self._writes = 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kessai-checkpoint", daemon=True)
 
     def start(self) -> None:
@@ -695,36 +697,47 @@ class _Checkpointer:
 
     def poke(self) -> None:
         """Say that a write committed."""
+        self._writes += 1
         self._wanted.set()
 
     def stop(self) -> None:
-        """End the thread (after a checkpoint in progress)."""
-        self._stopping = True
+        """End the thread, once it has checkpointed the writes said since its last checkpoint.
+
+        That last checkpoint is this process's to make: left to the next process that writes, it
+        would land in the middle of that process's work (after a `kessai sandbox code` run of
+        thousands of codes, a checkpoint of 40-90 ms of disk writes while the gateway serves).
+        """
+        self._stop.set()
         self._wanted.set()
         self._thread.join()
 
     def _loop(self) -> None:
         name_os_thread(OS_THREAD_NAMES["checkpointer"])
+        checkpointed = 0
         while True:
             self._wanted.wait()
-            if self._stopping:
-                return
-            # Let commits accumulate: one checkpoint then moves many of them.
-            time.sleep(CHECKPOINT_PAUSE_SECONDS)
+            # Let commits accumulate: one checkpoint then moves many of them (a stop cuts it short).
+            self._stop.wait(CHECKPOINT_PAUSE_SECONDS)
             self._wanted.clear()
-            # ``stop`` sets the flag before the event, so a stop whose event was just cleared is
-            # seen here, and a later one wakes the next wait.
-            if self._stopping:
+            # ``stop`` and ``poke`` set their own state before ``_wanted``: whatever came before
+            # the clear is seen here, and whatever came after wakes the next wait.
+            stopping = self._stop.is_set()
+            writes = self._writes
+            if writes != checkpointed:
+                checkpointed = writes
+                # An error: another process's checkpointer is at work (busy), or the file is
+                # going away at shutdown. The next write asks again.
+                with contextlib.suppress(sqlite3.Error):
+                    self._checkpoint()
+            if stopping:
                 return
-            # An error: another process's checkpointer is at work (busy), or the file is going
-            # away at shutdown. The next write asks again.
-            with contextlib.suppress(sqlite3.Error):
-                self._checkpoint()
 
     def _checkpoint(self) -> None:
         # A connection of its own each time (a few a second at most): one kept open from before
         # the file was switched to WAL would go on answering "not in WAL mode".
-        with contextlib.closing(sqlite3.connect(self._path, isolation_level=None)) as conn:
+        # mode=rw: a database file removed meanwhile is not created again, empty.
+        uri = f"{Path(self._path).absolute().as_uri()}?mode=rw"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
             # FULL: the checkpoint fsyncs the WAL before copying and the database file after.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
