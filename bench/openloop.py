@@ -34,6 +34,8 @@ class OpenLoopResult:
     scheduled: int
     rate: float
     latencies: list[float] = field(default_factory=list)
+    # For each answer, when its request was due: seconds after the first one (same order).
+    due: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     accepted: int = 0  # answers the ``accept`` predicate liked (e.g. a COMPLETED payment)
     errors: int = 0  # connections that failed mid-request
@@ -60,6 +62,23 @@ class OpenLoopResult:
         if rank > self.answered:
             return math.inf
         return sorted(self.latencies)[rank - 1]
+
+    def by_second(self, q: float) -> list[float]:
+        """The q-quantile of each second's answered requests (by when they were due), in order.
+
+        A quantile over the whole run cannot tell a steady tail from one bad second; these can.
+        A second with no answer at all reads ``inf``.
+        """
+        seconds: dict[int, list[float]] = {}
+        for due, latency in zip(self.due, self.latencies, strict=True):
+            seconds.setdefault(int(due), []).append(latency)
+        last = max(seconds, default=-1)
+        figures = []
+        for second in range(last + 1):
+            latencies = sorted(seconds.get(second, ()))
+            rank = max(1, math.ceil(q * len(latencies)))
+            figures.append(latencies[rank - 1] if latencies else math.inf)
+        return figures
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -120,6 +139,7 @@ async def run_open_loop(
 
     connected = 0
     all_connected = asyncio.Event()
+    start = 0.0  # when the first request is due, set before any is queued
 
     async def connection() -> None:
         nonlocal connected
@@ -146,6 +166,7 @@ async def run_open_loop(
                     settle()
                     continue
                 result.latencies.append(time.perf_counter() - due)
+                result.due.append(due - start)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if accept is not None and accept(status, body):
                     result.accepted += 1

@@ -402,8 +402,14 @@ class Latency:
         return " / ".join(ms(q, bound) for q in (self.p50, self.p99, self.p999))
 
 
-def describe_open_loop(result: openloop.OpenLoopResult, seconds: float, accepted: str = "") -> str:
-    """Counts behind an open-loop row (``accepted`` names what the accepted answers were)."""
+def describe_open_loop(
+    result: openloop.OpenLoopResult, seconds: float, accepted: str = "", *, by_second: bool = False
+) -> str:
+    """Counts behind an open-loop row (``accepted`` names what the accepted answers were).
+
+    ``by_second`` adds the p99 of each second, for the latency rows: one bad second (a stall of
+    the machine, a checkpoint of another process's writes) then shows as such.
+    """
     statuses = ", ".join(f"{code}: {n:,}" for code, n in sorted(result.statuses.items()))
     text = (
         f"{result.scheduled:,} requests due over {seconds:g} s on {result.rate:,.0f}/s, "
@@ -417,6 +423,9 @@ def describe_open_loop(result: openloop.OpenLoopResult, seconds: float, accepted
         text += f", {result.errors:,} connection errors"
     if result.send_lag_max > 0.005:
         text += f"; the generator itself fell up to {result.send_lag_max * 1000:.0f} ms behind"
+    figures = ", ".join(f"{figure * 1000:.1f}" for figure in result.by_second(0.99))
+    if by_second and figures:
+        text += f"; p99 of each second, ms: {figures}"
     return text
 
 
@@ -622,7 +631,7 @@ def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
             "latency_ceiling",
             value=latency.text(plan.drain_seconds),
             number=None if math.isinf(latency.p99) else latency.p99 * 1000,
-            note=describe_open_loop(measured, plan.latency_seconds)
+            note=describe_open_loop(measured, plan.latency_seconds, by_second=True)
             + f"; {plan.open_connections} keep-alive connections.",
         )
         return Ceiling(rate, latency)
@@ -861,7 +870,7 @@ def part_latency(
         "latency",
         value=latency.text(plan.drain_seconds),
         number=None if math.isinf(latency.p99) else latency.p99 * 1000,
-        note=describe_open_loop(measured, plan.latency_seconds, "COMPLETED")
+        note=describe_open_loop(measured, plan.latency_seconds, "COMPLETED", by_second=True)
         + f"; {plan.open_connections} keep-alive connections; latency from each request's "
         "scheduled send time." + restarted,
     )
@@ -1059,6 +1068,8 @@ def _merge(a: openloop.OpenLoopResult, b: openloop.OpenLoopResult) -> openloop.O
         scheduled=a.scheduled + b.scheduled,
         rate=a.rate,
         latencies=a.latencies + b.latencies,
+        # The second run's seconds follow the first's.
+        due=a.due + [due + a.scheduled / a.rate for due in b.due],
         statuses=statuses,
         accepted=a.accepted + b.accepted,
         errors=a.errors + b.errors,

@@ -123,6 +123,30 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
     assert after == before
 
 
+def test_an_open_loop_run_tells_the_p99_of_each_second() -> None:
+    # Two seconds of ten requests each, due every 0.1 s; the second second has one slow answer.
+    first = [0.001 * (i + 1) for i in range(10)]
+    second = [0.002] * 9 + [0.050]
+    run = bench.openloop.OpenLoopResult(
+        scheduled=20,
+        rate=10.0,
+        latencies=first + second,
+        due=[0.1 * i for i in range(20)],
+        statuses={200: 20},
+    )
+    assert [round(figure, 3) for figure in run.by_second(0.99)] == [0.010, 0.050]
+    assert [round(figure, 3) for figure in run.by_second(0.5)] == [0.005, 0.002]
+    # A second without any answer is as slow as can be.
+    gap = bench.openloop.OpenLoopResult(scheduled=2, rate=1.0, latencies=[0.001, 0.001], due=[0, 2])
+    assert gap.by_second(0.99) == [0.001, math.inf, 0.001]
+    # Merged runs: the second run's seconds follow the first's.
+    merged = bench._merge(run, run)
+    assert [round(figure, 3) for figure in merged.by_second(0.99)] == [0.010, 0.050] * 2
+    # Only the latency rows print them.
+    assert "p99 of each second, ms: 10.0, 50.0" in bench.describe_open_loop(run, 2, by_second=True)
+    assert "each second" not in bench.describe_open_loop(run, 2)
+
+
 @pytest.mark.parametrize(
     ("server", "expected"),
     [
@@ -372,13 +396,15 @@ def test_the_phases_of_a_payment_add_up_to_its_time_in_the_gateway() -> None:
         json.dumps(_group([100.0, 100.0005], 100.0)),
         json.dumps(_group([200.0], 200.0, size_ms=3.0)),
         json.dumps({"checkpoint": [200.001, 200.002]}),
+        # After the first payment was queued, before the fastest one: still in the window.
+        json.dumps({"checkpoint": [100.0002, 100.0003]}),
         # Read-only (no lock stamps), queued outside the window, never answered: left out.
         json.dumps({"queued": [100.1], "taken": 100.2, "flushed": 100.3, "answered": 100.4}),
         json.dumps(_group([50.0], 50.0)),
         json.dumps({k: v for k, v in _group([150.0], 150.0).items() if k != "answered"}),
     ]
     groups, checkpoints = phases.read_records(lines)
-    assert checkpoints == [(200.001, 200.002)]
+    assert checkpoints == [(200.001, 200.002), (100.0002, 100.0003)]
     found = phases.payments(groups, 60.0, 300.0)
     # Sorted by time in the gateway: the unit queued half a millisecond after its group's first.
     assert [round(p.total * 1000, 3) for p in found] == [4.5, 5.0, 15.0]
@@ -392,9 +418,11 @@ def test_the_phases_of_a_payment_add_up_to_its_time_in_the_gateway() -> None:
     assert "| queued | 1.50 | " in text  # (1 + 0.5 + 3) / 3 ms over all
     assert "|   of which the writer's CPU | 0.83 | " in text
     assert "| units in its group | 1.7 | " in text
-    # Only the slow one overlapped the checkpoint: a third over all, all of the slowest.
-    assert "| overlapped a checkpoint | 33 % | 100 % | 100 % |" in text
-    assert "checkpoints in the window: 1, 1.00 ms on average" in text
+    # The slow one overlapped the later checkpoint, the first one queued the earlier one.
+    assert "| overlapped a checkpoint | 67 % | 100 % | 100 % |" in text
+    assert "checkpoints in the window: 2, 0.55 ms on average, longest 1.00 ms" in text
+    # Seconds counted from the first payment queued: the two at 100 s, the slow one 100 s later.
+    assert "in-gateway p99 by second of the window, ms — 0: 5.00, 100: 15.00" in text
     assert phases.report([], []) == "no timed payments in the window"
 
 
