@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import pstats
 import statistics
@@ -44,7 +45,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import db as db_module
 from kessai.adapters.migrate import upgrade
-from kessai.api.app import build_gateway
+from kessai.api.app import build_gateway, freeze_startup_objects
 from kessai.config import Settings
 from kessai.security import new_session_token, token_hash
 from kessai.service import admin, sessions
@@ -139,6 +140,9 @@ def _measure(
     tokens = _terminals(gateway, now)
     warmup = min(2_000, args.payments)
     codes = harness.issue_codes(url, warmup + args.turns * args.payments)
+    # As a serving worker does once started: without it, each full collection walks every
+    # module's objects again, a cost the server does not pay (20-35 % more CPU per payment, measured).
+    freeze_startup_objects()
 
     async def run() -> list[float]:
         try:
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         batched: list[db_module.Batched] = []
         figures = _measure(url, args, measuring, now, loop_profile, batched)
     kind = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"{gc.get_freeze_count():,} objects of the setup frozen out of the garbage collector")
     per_turn = ", ".join(f"{figure * 1e6:.0f}" for figure in figures)
     print(
         f"REQUEST without HTTP on {kind}, {args.payments:,} payments per turn, "

@@ -372,6 +372,9 @@ def test_units_measures_the_service_code_per_payment_and_profiles_it() -> None:
     args = ["--payments", "60", "--turns", "2", "--concurrency", "8", "--profile", "60"]
     out = _run_script("units.py", args, timeout=540).stdout
     assert len(_units_figures(out, "SQLite")) == 2
+    # Measured as in a serving worker, whose startup objects the collector no longer walks.
+    frozen = re.search(r"([\d,]+) objects of the setup frozen", out)
+    assert frozen is not None and int(frozen[1].replace(",", "")) > 10_000, out
     # cProfile's tables, from the writer thread: the payment's unit of work among them.
     assert "Ordered by: internal time" in out and "Ordered by: cumulative time" in out
     assert "gateway.py" in out and "(unit)" in out
