@@ -141,7 +141,7 @@ def _measure(
     warmup = min(2_000, args.payments)
     codes = harness.issue_codes(url, warmup + args.turns * args.payments)
     # As a serving worker does once started: without it, each full collection walks every
-    # module's objects again, a cost the server does not pay (20-35 % more CPU per payment, measured).
+    # module's objects again, a cost the server does not pay (20-35 % more CPU per payment).
     freeze_startup_objects()
 
     async def run() -> list[float]:
