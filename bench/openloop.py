@@ -19,12 +19,29 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1, nearest rank) of ``ordered``, sorted and not empty."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def per_second(samples: Iterable[tuple[float, float]], q: float) -> dict[int, float]:
+    """The q-quantile of the values of each whole second, from (seconds since start, value) pairs.
+
+    Only seconds with a sample are in it. A quantile over a whole run cannot tell a steady tail
+    from one bad second; these can.
+    """
+    seconds: dict[int, list[float]] = {}
+    for at, value in samples:
+        seconds.setdefault(int(at), []).append(value)
+    return {second: nearest_rank(sorted(values), q) for second, values in sorted(seconds.items())}
 
 
 @dataclass
@@ -66,19 +83,10 @@ class OpenLoopResult:
     def by_second(self, q: float) -> list[float]:
         """The q-quantile of each second's answered requests (by when they were due), in order.
 
-        A quantile over the whole run cannot tell a steady tail from one bad second; these can.
         A second with no answer at all reads ``inf``.
         """
-        seconds: dict[int, list[float]] = {}
-        for due, latency in zip(self.due, self.latencies, strict=True):
-            seconds.setdefault(int(due), []).append(latency)
-        last = max(seconds, default=-1)
-        figures = []
-        for second in range(last + 1):
-            latencies = sorted(seconds.get(second, ()))
-            rank = max(1, math.ceil(q * len(latencies)))
-            figures.append(latencies[rank - 1] if latencies else math.inf)
-        return figures
+        found = per_second(zip(self.due, self.latencies, strict=True), q)
+        return [found.get(second, math.inf) for second in range(max(found, default=-1) + 1)]
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -112,24 +111,14 @@ def _overlaps(payment: Payment, checkpoints: Sequence[tuple[float, float]]) -> b
     return any(start < answered and end > payment.queued for start, end in checkpoints)
 
 
-def _quantile(totals: Sequence[float], q: float) -> float:
-    """The q-quantile (nearest rank) of ``totals``, sorted, in milliseconds."""
-    return totals[min(len(totals) - 1, max(0, math.ceil(q * len(totals)) - 1))] * 1000
-
-
 def by_second(found: Sequence[Payment], start: float) -> str:
     """The in-gateway p99 of the payments queued in each second after ``start``.
 
     A p99 over the whole window cannot tell a steady tail from one bad second (a checkpoint of
     another process's writes, say); this line can.
     """
-    seconds: dict[int, list[float]] = {}
-    for payment in found:
-        seconds.setdefault(int(payment.queued - start), []).append(payment.total)
-    parts = [
-        f"{second}: {_quantile(sorted(totals), 0.99):.2f}"
-        for second, totals in sorted(seconds.items())
-    ]
+    p99s = openloop.per_second(((p.queued - start, p.total) for p in found), 0.99)
+    parts = [f"{second}: {p99 * 1000:.2f}" for second, p99 in p99s.items()]
     return "in-gateway p99 by second of the window, ms — " + ", ".join(parts)
 
 
@@ -141,7 +130,7 @@ def report(found: Sequence[Payment], checkpoints: Sequence[tuple[float, float]])
     totals = [payment.total for payment in found]
 
     def at(q: float) -> float:
-        return _quantile(totals, q)
+        return openloop.nearest_rank(totals, q) * 1000
 
     slices = {
         "all": found,

@@ -423,8 +423,8 @@ def describe_open_loop(
         text += f", {result.errors:,} connection errors"
     if result.send_lag_max > 0.005:
         text += f"; the generator itself fell up to {result.send_lag_max * 1000:.0f} ms behind"
-    figures = ", ".join(f"{figure * 1000:.1f}" for figure in result.by_second(0.99))
-    if by_second and figures:
+    if by_second and result.due:
+        figures = ", ".join(f"{figure * 1000:.1f}" for figure in result.by_second(0.99))
         text += f"; p99 of each second, ms: {figures}"
     return text
 

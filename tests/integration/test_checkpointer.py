@@ -195,11 +195,15 @@ def test_a_closing_database_checkpoints_its_last_writes_itself(
     db.run_sync(lambda conn: conn.exec_driver_sql("CREATE TABLE probe (n INTEGER)"))
     # Another process's connection: SQLite itself checkpoints only as the last one closes.
     with contextlib.closing(sqlite3.connect(database_file)) as other:
-        other.execute("SELECT count(*) FROM probe").fetchone()
-        for n in range(ROWS):
-            db.run_sync(lambda conn, n=n: conn.exec_driver_sql(f"INSERT INTO probe VALUES ({n})"))
-        assert _rows_in_the_file_alone(database_file, tmp_path / "before.db") != ROWS
-        db.close()
+        try:
+            other.execute("SELECT count(*) FROM probe").fetchone()
+            for n in range(ROWS):
+                db.run_sync(
+                    lambda conn, n=n: conn.exec_driver_sql(f"INSERT INTO probe VALUES ({n})")
+                )
+            assert _rows_in_the_file_alone(database_file, tmp_path / "before.db") != ROWS
+        finally:
+            db.close()
         assert _rows_in_the_file_alone(database_file, tmp_path / "after.db") == ROWS
         # The WAL is still the other connection's: nothing was taken from it.
         assert int(other.execute("SELECT count(*) FROM probe").fetchone()[0]) == ROWS
