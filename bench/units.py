@@ -11,9 +11,11 @@ bench's services (``harness.issue_codes``), then calls ``Gateway.request`` once 
 ``--concurrency`` at a time on one event loop (uvloop), as a worker's requests would. It prints the
 process's CPU time per payment for each turn, and their median: the event loop's part
 (validation, hashing, the answer's view) and the units' (SQL and the domain code; on SQLite on the
-writer thread), without uvicorn, HTTP parsing or a load generator. One process and no network
-make it steadier than the HTTP rows of bench/run.py, so it is the measure for changes to the
-service code's own cost; it is not a throughput figure. PostgreSQL's own CPU is not counted.
+writer thread), without uvicorn, HTTP parsing or a load generator. A second line splits the
+median by thread: the event loop, and on SQLite the writer thread and the checkpointer. One
+process and no network make it steadier than the HTTP rows of bench/run.py, so it is the measure
+for changes to the service code's own cost; it is not a throughput figure. PostgreSQL's own CPU
+is not counted.
 
 ``--profile N`` runs the turns under cProfile, on the writer thread on SQLite and on the event
 loop's on PostgreSQL (where the units run, in greenlets), and prints the functions with the most
@@ -29,12 +31,14 @@ import contextlib
 import cProfile
 import gc
 import io
+import os
 import pstats
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,8 +88,17 @@ def _terminals(gateway: Any, now: datetime) -> list[str]:
     return tokens
 
 
-async def _turn(gateway: Any, tokens: list[str], codes: list[str], concurrency: int) -> float:
-    """Pay once with each code; the process's CPU seconds per payment."""
+@dataclass(frozen=True)
+class Turn:
+    """One turn's CPU seconds per payment: the process's, and each thread role's
+    (``harness.THREAD_ROLES``: the event loop, the SQLite writer, its checkpointer)."""
+
+    cpu: float
+    by_role: dict[str, float]
+
+
+async def _turn(gateway: Any, tokens: list[str], codes: list[str], concurrency: int) -> Turn:
+    """Pay once with each code; the CPU seconds per payment it cost."""
     queue = iter(enumerate(codes))
     prefix = uuid.uuid4().hex[:8]
 
@@ -101,9 +114,12 @@ async def _turn(gateway: Any, tokens: list[str], codes: list[str], concurrency: 
             )
             assert view.payment.status.value == "COMPLETED", view.payment.status
 
+    threads = harness.thread_snapshot([os.getpid()])
     started = time.process_time()
     await asyncio.gather(*(payer() for _ in range(concurrency)))
-    return (time.process_time() - started) / len(codes)
+    cpu = time.process_time() - started
+    used = harness.thread_use(threads, harness.thread_snapshot([os.getpid()]))
+    return Turn(cpu / len(codes), {role: used[role] / len(codes) for role in used})
 
 
 def _profiled_writer(profile: cProfile.Profile, measuring: list[bool]) -> None:
@@ -129,8 +145,8 @@ def _measure(
     now: datetime,
     loop_profile: cProfile.Profile | None,
     batched: list[db_module.Batched],
-) -> list[float]:
-    """The warm-up, then each turn's CPU seconds per payment, on a fresh database at ``url``.
+) -> list[Turn]:
+    """The warm-up, then each turn's CPU per payment, on a fresh database at ``url``.
 
     ``batched`` receives the database's batch counts (``Database.batched``) before the measured
     turns and after them.
@@ -144,7 +160,7 @@ def _measure(
     # module's objects again, a cost the server does not pay (20-35 % more CPU per payment).
     freeze_startup_objects()
 
-    async def run() -> list[float]:
+    async def run() -> list[Turn]:
         try:
             await _turn(gateway, tokens, codes[:warmup], args.concurrency)
             measuring.append(True)
@@ -199,12 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         figures = _measure(url, args, measuring, now, loop_profile, batched)
     kind = "PostgreSQL" if args.postgres else "SQLite"
     print(f"{gc.get_freeze_count():,} objects of the setup frozen out of the garbage collector")
-    per_turn = ", ".join(f"{figure * 1e6:.0f}" for figure in figures)
+    per_turn = ", ".join(f"{turn.cpu * 1e6:.0f}" for turn in figures)
     print(
         f"REQUEST without HTTP on {kind}, {args.payments:,} payments per turn, "
         f"{args.concurrency} at once: CPU per payment {per_turn} µs; "
-        f"median {statistics.median(figures) * 1e6:.0f} µs"
+        f"median {statistics.median(turn.cpu for turn in figures) * 1e6:.0f} µs"
     )
+    # Where it went, thread by thread: on SQLite the writer's part is what every process waits
+    # for at saturation, since the writers hold the write lock in turn.
+    medians = {
+        role: statistics.median(turn.by_role.get(role, 0.0) for turn in figures) * 1e6
+        for role in harness.THREAD_ROLES
+    }
+    split = ", ".join(f"{role} {us:.0f}" for role, us in medians.items() if us >= 0.5)
+    print(f"by thread, median µs per payment: {split}")
     before, after = batched
     if after.write_batches > before.write_batches:
         writes = (after.writes - before.writes) / (after.write_batches - before.write_batches)

@@ -372,6 +372,11 @@ def test_units_measures_the_service_code_per_payment_and_profiles_it() -> None:
     args = ["--payments", "60", "--turns", "2", "--concurrency", "8", "--profile", "60"]
     out = _run_script("units.py", args, timeout=540).stdout
     assert len(_units_figures(out, "SQLite")) == 2
+    # Split by thread: the units ran on the writer thread, its checkpoints on their own.
+    split = re.search(
+        r"by thread, median µs per payment: event loop (\d+), SQLite writer (\d+)", out
+    )
+    assert split is not None and int(split[1]) > 0 and int(split[2]) > 0, out
     # Measured as in a serving worker, whose startup objects the collector no longer walks.
     frozen = re.search(r"([\d,]+) objects of the setup frozen", out)
     assert frozen is not None and int(frozen[1].replace(",", "")) > 10_000, out
@@ -388,6 +393,9 @@ def test_units_measures_on_postgresql() -> None:
     args = ["--payments", "60", "--turns", "1", "--concurrency", "8", "--postgres", postgres]
     out = _run_script("units.py", args, timeout=540).stdout
     assert len(_units_figures(out, "PostgreSQL")) == 1
+    # No writer thread: the units run on the event loop's.
+    split = re.search(r"by thread, median µs per payment: event loop [1-9].*", out)
+    assert split is not None and "SQLite writer" not in split[0], out
     batched = re.search(r"sent to PostgreSQL (\d+\.\d) at a time", out)
     assert batched is not None and float(batched[1]) >= 1.0, out
 
@@ -440,3 +448,46 @@ def test_phases_times_every_payment_of_a_short_run() -> None:
     assert "400 payments, queued for the writer thread" in out
     for row in ("| queued |", "| lock wait |", "| under the lock |", "| WAL flush |", "| answer |"):
         assert row in out
+
+
+def test_ab_compares_round_by_round_with_a_sign_test() -> None:
+    import ab  # noqa: PLC0415 - bench/ is on sys.path once bench/run.py is loaded
+    import openloop  # noqa: PLC0415
+
+    # Every split of 10 is as likely as its mirror; 10-0 happens twice in 1,024.
+    assert ab.sign_test(10, 0) == ab.sign_test(0, 10) == 2 / 1024
+    assert ab.sign_test(5, 5) == 1.0
+    assert ab.sign_test(0, 0) == 1.0
+    assert math.isclose(ab.sign_test(7, 3), 2 * (1 + 10 + 45 + 120) / 1024)
+    # Ties count for neither side; the ratio is B's figure over A's, round by round.
+    text = ab.compare([2.0, 4.0, 3.0, 1.0], [1.0, 2.0, 3.0, 1.5])
+    assert text == (
+        "B/A median 0.750; B faster in 2 of 4 rounds, slower in 1 (sign test p = 1.000)"
+    )
+
+    slices = {name: ab.Slices() for name in ab.BUILDS}
+    for name, latencies in (("A", [0.002, 0.004]), ("B", [0.001])):
+        result = openloop.OpenLoopResult(scheduled=2, rate=1.0, latencies=latencies)
+        result.statuses = {200: len(latencies)}
+        slices[name].add(result)
+    text = ab.report(slices, {"A": Path("/a"), "B": Path("/b")})
+    assert "| 1 | 2.00 | 1.00 | 4.00 | unanswered |" in text
+    assert "A, all slices together: p50 / p99 / p99.9 2.00 / 4.00 / 4.00 ms; 0 unanswered" in text
+    assert "B, all slices together: p50 / p99 / p99.9 1.00 / 1.00 / 1.00 ms; 1 unanswered" in text
+
+
+@pytest.mark.timeout(600)
+def test_ab_serves_two_builds_and_drives_them_in_turn() -> None:
+    src = str(ROOT / "src")
+    args = ["--b", src, "--rate", "200", "--slice", "0.5", "--rounds", "2", "--before", "50"]
+    out = _run_script("ab.py", args, timeout=540).stdout
+    assert f"A: {src}\nB: {src}" in out
+    assert re.search(r"^\| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out, re.MULTILINE)
+    assert "p50: B/A median " in out and "p99: B/A median " in out
+    # Every payment of every slice answered: 2 rounds × 100 on each build.
+    for name in ("A", "B"):
+        assert re.search(
+            rf"^{name}, all slices together: .* ms; 0 unanswered, 0 answers other than 200$",
+            out,
+            re.MULTILINE,
+        )
