@@ -464,6 +464,29 @@ def payment_requests(
 
 
 @contextlib.contextmanager
+def serving_fleet(
+    name: str,
+    url: str,
+    work: Path,
+    count: int,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[Server, dict[str, str], list[str]]]:
+    """`kessai serve` on a freshly provisioned ``url``, with ``count`` sandbox codes issued.
+
+    For the profiling tools: 4 merchants of 4 terminals each, every terminal logged in. Yields
+    the server, each mid's session token and the codes; the server stops afterwards.
+    """
+    log("provisioning")
+    fleet = harness.provision(url, 4, 4)
+    codes = harness.issue_codes(url, count)
+    server = harness.kessai_server(name, url, work, extra_env=extra_env)
+    try:
+        yield server, harness.login_all(server.base_url, fleet), codes
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def paying_server(
     name: str,
     url: str,
@@ -472,20 +495,9 @@ def paying_server(
     tag: str,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Server, list[bytes]]]:
-    """`kessai serve` on a freshly provisioned ``url``, and ``count`` REQUESTs ready for it.
-
-    For the profiling tools: 4 merchants of 4 terminals each, every terminal logged in, one
-    fresh code per REQUEST (raw HTTP for the open-loop generator). The server stops afterwards.
-    """
-    log("provisioning")
-    fleet = harness.provision(url, 4, 4)
-    codes = harness.issue_codes(url, count)
-    server = harness.kessai_server(name, url, work, extra_env=extra_env)
-    try:
-        tokens = harness.login_all(server.base_url, fleet)
+    """``serving_fleet``, with one REQUEST per code ready for it (raw HTTP, open-loop generator)."""
+    with serving_fleet(name, url, work, count, extra_env) as (server, tokens, codes):
         yield server, payment_requests(server, tokens, codes, tag)
-    finally:
-        server.stop()
 
 
 def settle(books: Books, quiet_seconds: float = 1.0, limit: float = 60.0) -> None:

@@ -460,20 +460,46 @@ def test_ab_compares_round_by_round_with_a_sign_test() -> None:
     assert ab.sign_test(0, 0) == 1.0
     assert math.isclose(ab.sign_test(7, 3), 2 * (1 + 10 + 45 + 120) / 1024)
     # Ties count for neither side; the ratio is B's figure over A's, round by round.
-    text = ab.compare([2.0, 4.0, 3.0, 1.0], [1.0, 2.0, 3.0, 1.5])
-    assert text == (
-        "B/A median 0.750; B faster in 2 of 4 rounds, slower in 1 (sign test p = 1.000)"
+    a, b = [2.0, 4.0, 3.0, 1.0], [1.0, 2.0, 3.0, 1.5]
+    assert ab.compare(a, b) == (
+        "B/A median 0.750; B better in 2 of 4 rounds, worse in 1 (sign test p = 1.000)"
+    )
+    # For a rate, more is better.
+    assert ab.compare(a, b, higher_is_better=True).startswith(
+        "B/A median 0.750; B better in 1 of 4 rounds, worse in 2"
     )
 
     slices = {name: ab.Slices() for name in ab.BUILDS}
     for name, latencies in (("A", [0.002, 0.004]), ("B", [0.001])):
         result = openloop.OpenLoopResult(scheduled=2, rate=1.0, latencies=latencies)
         result.statuses = {200: len(latencies)}
-        slices[name].add(result)
-    text = ab.report(slices, {"A": Path("/a"), "B": Path("/b")})
+        slices[name].add_open_loop(result)
+    text = ab.report(slices, {"A": Path("/a"), "B": Path("/b")}, throughput=False)
     assert "| 1 | 2.00 | 1.00 | 4.00 | unanswered |" in text
     assert "A, all slices together: p50 / p99 / p99.9 2.00 / 4.00 / 4.00 ms; 0 unanswered" in text
     assert "B, all slices together: p50 / p99 / p99.9 1.00 / 1.00 / 1.00 ms; 1 unanswered" in text
+
+    slices = {name: ab.Slices() for name in ab.BUILDS}
+    for name, answers, exhausted in (("A", 4000, 0), ("B", 5000, 2)):
+        slices[name].add_wrk(
+            bench.harness.WrkResult(
+                requests=answers,
+                seconds=1.0,
+                sent=answers,
+                threads_exhausted=exhausted,
+                socket_errors=0,
+                status_errors=0,
+                timeouts=0,
+                p50_ms=1,
+                p99_ms=2,
+                p999_ms=3,
+            )
+        )
+    text = ab.report(slices, {"A": Path("/a"), "B": Path("/b")}, throughput=True)
+    assert "| 1 | 4,000 | 5,000 |" in text
+    assert "REQUEST/s: B/A median 1.250; B better in 1 of 1 rounds, worse in 0" in text
+    assert "B, all slices: mean 5,000/s; 0 answers of 400 or more" in text
+    assert "1 slices ran out of codes (floors)" in text
 
 
 @pytest.mark.timeout(600)
@@ -490,4 +516,18 @@ def test_ab_serves_two_builds_and_drives_them_in_turn() -> None:
             rf"^{name}, all slices together: .* ms; 0 unanswered, 0 answers other than 200$",
             out,
             re.MULTILINE,
+        )
+
+
+@pytest.mark.timeout(600)
+def test_ab_compares_throughput_with_wrk() -> None:
+    if not bench.harness.wrk_available():
+        pytest.skip("wrk is not installed (scripts/test installs it)")
+    args = ["--b", str(ROOT / "src"), "--throughput", "--slice", "1", "--rounds", "2"]
+    out = _run_script("ab.py", [*args, "--before", "50"], timeout=540).stdout
+    assert re.search(r"^\| 2 \| [\d,]+ \| [\d,]+ \|$", out, re.MULTILINE), out
+    assert "REQUEST/s: B/A median " in out
+    for name in ("A", "B"):
+        assert re.search(
+            rf"^{name}, all slices: mean [\d,]+/s; 0 answers of 400 or more", out, re.M
         )
