@@ -36,6 +36,7 @@ import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -114,12 +115,35 @@ async def _turn(gateway: Any, tokens: list[str], codes: list[str], concurrency: 
             )
             assert view.payment.status.value == "COMPLETED", view.payment.status
 
-    threads = harness.thread_snapshot([os.getpid()])
+    threads = _thread_cpu()
     started = time.process_time()
     await asyncio.gather(*(payer() for _ in range(concurrency)))
     cpu = time.process_time() - started
-    used = harness.thread_use(threads, harness.thread_snapshot([os.getpid()]))
+    used: dict[str, float] = {}
+    for ident, (role, seconds) in _thread_cpu().items():
+        earlier = threads.get(ident)
+        used[role] = used.get(role, 0.0) + seconds - (earlier[1] if earlier else 0.0)
     return Turn(cpu / len(codes), {role: used[role] / len(codes) for role in used})
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """Each live thread of this process: its role (``harness.thread_role``) and CPU seconds so far.
+
+    Read from each thread's own CPU clock, to the nanosecond: /proc counts in 10 ms ticks, too
+    coarse for a short turn.
+    """
+    found = {}
+    pid = os.getpid()
+    for thread in threading.enumerate():
+        if thread.ident is None or thread.native_id is None:
+            continue
+        try:
+            name = Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
+            seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, ProcessLookupError):
+            continue  # ended meanwhile
+        found[thread.ident] = (harness.thread_role(pid, thread.native_id, name), seconds)
+    return found
 
 
 def _profiled_writer(profile: cProfile.Profile, measuring: list[bool]) -> None:
