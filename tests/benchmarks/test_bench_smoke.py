@@ -8,6 +8,7 @@ was told, BENCHMARKS.md left alone.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import math
@@ -145,6 +146,24 @@ def test_an_open_loop_run_tells_the_p99_of_each_second() -> None:
     # Only the latency rows print them.
     assert "p99 of each second, ms: 10.0, 50.0" in bench.describe_open_loop(run, 2, by_second=True)
     assert "each second" not in bench.describe_open_loop(run, 2)
+
+
+def test_an_open_loop_run_keeps_what_the_bench_holds_out_of_the_collectors_way() -> None:
+    import gc  # noqa: PLC0415
+
+    held = [{"code": str(n)} for n in range(10_000)]  # what the bench holds while it measures
+    seen: list[int] = []
+
+    async def measure(tag: str) -> str:
+        seen.append(gc.get_freeze_count())
+        await asyncio.sleep(0)
+        return tag
+
+    before = gc.get_freeze_count()
+    assert bench.openloop._on_a_fresh_loop(measure)("done") == "done"
+    # Frozen while the run went on, all of it given back afterwards.
+    assert seen[0] >= before + len(held)
+    assert gc.get_freeze_count() == before
 
 
 @pytest.mark.parametrize(
