@@ -216,7 +216,9 @@ def _on_a_fresh_loop(function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[
         # The bench's process holds every code it issued, its requests and its report: a full
         # collection over them took 60-94 ms here, and each request due meanwhile would be sent
         # late and counted slow against the server. Frozen, they are out of the collector's way,
-        # and it walks only what the run itself makes.
+        # and it walks only what the run itself makes. ``gc.unfreeze`` gives back every frozen
+        # object, so a process that had frozen some itself keeps them frozen.
+        ours = gc.get_freeze_count() == 0
         gc.freeze()
         try:
             try:
@@ -225,7 +227,8 @@ def _on_a_fresh_loop(function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[
                 return asyncio.run(coroutine)
             return uvloop.run(coroutine)
         finally:
-            gc.unfreeze()
+            if ours:
+                gc.unfreeze()
 
     blocking.__doc__ = f"Run :func:`{function.__name__}` on a fresh event loop."
     return blocking

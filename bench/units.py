@@ -119,18 +119,14 @@ async def _turn(gateway: Any, tokens: list[str], codes: list[str], concurrency: 
     started = time.process_time()
     await asyncio.gather(*(payer() for _ in range(concurrency)))
     cpu = time.process_time() - started
-    used: dict[str, float] = {}
-    for ident, (role, seconds) in _thread_cpu().items():
-        earlier = threads.get(ident)
-        used[role] = used.get(role, 0.0) + seconds - (earlier[1] if earlier else 0.0)
-    return Turn(cpu / len(codes), {role: used[role] / len(codes) for role in used})
+    used = harness.thread_use(threads, _thread_cpu())
+    return Turn(cpu / len(codes), {role: seconds / len(codes) for role, seconds in used.items()})
 
 
-def _thread_cpu() -> dict[int, tuple[str, float]]:
-    """Each live thread of this process: its role (``harness.thread_role``) and CPU seconds so far.
+def _thread_cpu() -> dict[tuple[int, int], tuple[str, float]]:
+    """``harness.thread_snapshot`` of this process, read from each thread's own CPU clock.
 
-    Read from each thread's own CPU clock, to the nanosecond: /proc counts in 10 ms ticks, too
-    coarse for a short turn.
+    To the nanosecond: /proc counts in 10 ms ticks, too coarse for a short turn.
     """
     found = {}
     pid = os.getpid()
@@ -142,7 +138,7 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
             seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
         except (OSError, ProcessLookupError):
             continue  # ended meanwhile
-        found[thread.ident] = (harness.thread_role(pid, thread.native_id, name), seconds)
+        found[pid, thread.native_id] = (harness.thread_role(pid, thread.native_id, name), seconds)
     return found
 
 

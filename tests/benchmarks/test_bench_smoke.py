@@ -164,6 +164,14 @@ def test_an_open_loop_run_keeps_what_the_bench_holds_out_of_the_collectors_way()
     # Frozen while the run went on, all of it given back afterwards.
     assert seen[0] >= before + len(held)
     assert gc.get_freeze_count() == before
+    # What the process had frozen itself stays frozen.
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert bench.openloop._on_a_fresh_loop(measure)("again") == "again"
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize(
@@ -519,6 +527,22 @@ def test_ab_compares_round_by_round_with_a_sign_test() -> None:
     assert "REQUEST/s: B/A median 1.250; B better in 1 of 1 rounds, worse in 0" in text
     assert "B, all slices: mean 5,000/s; 0 answers of 400 or more" in text
     assert "1 slices ran out of codes (floors)" in text
+
+
+def test_ab_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
+    import ab  # noqa: PLC0415
+
+    src = str(ROOT / "src")
+    for args in (
+        ["--b", str(tmp_path)],  # no kessai package in it
+        ["--b", src, "--rounds", "0"],
+        ["--b", src, "--slice", "0"],
+        ["--b", src, "--before", "-1"],
+    ):
+        with pytest.raises(SystemExit) as refused:
+            ab.parse(args)
+        assert refused.value.code == 2, args
+    assert ab.parse(["--b", src]).b == Path(src)
 
 
 @pytest.mark.timeout(600)
