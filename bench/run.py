@@ -15,8 +15,9 @@ Rows, all measured in the same run on the same machine:
   The figure is counted in the database (payments that became COMPLETED during the window);
 - PAYCHECK and STATUS reads per second on those payments;
 - latency of REQUEST at a fixed rate (1,000/s), open loop, from each request's scheduled time
-  (bench/openloop.py), beside the ceiling app's at the same rate; their difference per quantile
-  is the latency the gateway adds (the sandbox answers at once, so nothing else is in it);
+  (bench/openloop.py), beside the ceiling app's at the same rate, measured in alternating turns
+  of the same window; their difference per quantile is the latency the gateway adds (the
+  sandbox answers at once, so nothing else is in it);
 - REQUEST per second with the gateway on a local PostgreSQL;
 - RSS of each gateway worker at start and after N payments (N = 1,000,000 asked; the run stops
   at the time budget and says how many it reached);
@@ -54,6 +55,14 @@ from harness import HOST, BenchError, Books, Fleet, Server, log
 # The growth rows measure each store in this many turns, alternating with the other store: a
 # pause of the machine then lands in one short turn of one store, not in a whole row.
 GROWTH_TURNS: Final = 12
+# The latency rows (REQUEST and the hello app) likewise, for the same reason: their difference is
+# the gateway-added latency, and a slow stretch that hit only one of them would be counted in it.
+LATENCY_TURNS: Final = 10
+# The rows the sqlite part fills in, the hello app's latency among them (measured beside REQUEST's).
+SQLITE_ROWS: Final = (
+    "request", "paycheck", "status", "latency", "latency_ceiling", "latency_added", "rss_start",
+    "rss_after",
+)  # fmt: skip
 ROW_KEYS: Final = (
     "ceiling",
     "request",
@@ -105,7 +114,7 @@ def parse_plan(argv: Sequence[str]) -> tuple[Plan, Path | None, Path | None, Pat
     parser.add_argument("--seconds", type=float, help="each throughput row (default 15)")
     parser.add_argument("--read-seconds", type=float, help="PAYCHECK/STATUS rows (default 10)")
     parser.add_argument("--rate", type=float, help="fixed rate of the latency rows (1000/s)")
-    parser.add_argument("--latency-seconds", type=float, help="latency rows (default 10)")
+    parser.add_argument("--latency-seconds", type=float, help="latency rows (default 20)")
     parser.add_argument(
         "--memory-payments", type=int, help="payments before the last RSS reading (1,000,000)"
     )
@@ -140,7 +149,7 @@ def parse_plan(argv: Sequence[str]) -> tuple[Plan, Path | None, Path | None, Pat
         seconds=float(pick(args.seconds, 15, 2)),
         read_seconds=float(pick(args.read_seconds, 10, 1)),
         rate=float(pick(args.rate, 1000, 50)),
-        latency_seconds=float(pick(args.latency_seconds, 10, 1.5)),
+        latency_seconds=float(pick(args.latency_seconds, 20, 2)),
         drain_seconds=10.0 if quick else 15.0,
         open_connections=32 if quick else 128,
         memory_payments=int(pick(args.memory_payments, 1_000_000, 300)),
@@ -595,6 +604,45 @@ def _drive_open_loop(
     )
 
 
+@dataclass(frozen=True)
+class Turns:
+    """One server measured in turns: what to send it, and which answers count."""
+
+    server: Server
+    requests: Sequence[bytes]
+    # Every request is sent at most once over all the turns (payments): each turn takes the
+    # next ones. Otherwise each turn cycles through them from the start (reads).
+    once: bool = False
+    accept: Callable[[int, bytes], bool] = _status_200
+
+
+def in_turns(
+    plan: Plan, sides: Sequence[Turns], rate: float, seconds: float, turns: int
+) -> list[openloop.OpenLoopResult]:
+    """Each side driven at ``rate`` for ``seconds`` in all, in ``turns`` short turns in rotation.
+
+    The order of the sides is reversed every other round, so that none always follows the same
+    neighbour. A pause of the machine then lands in one short turn of one side, and a slow
+    stretch hits every side alike. Each side's turns are merged into one result, in order.
+    """
+    length = seconds / turns
+    per_turn = max(1, round(rate * length))
+    merged: list[openloop.OpenLoopResult | None] = [None] * len(sides)
+    order = list(range(len(sides)))
+    for turn in range(turns):
+        for index in order if turn % 2 == 0 else order[::-1]:
+            side = sides[index]
+            requests = side.requests
+            if side.once:
+                requests = requests[turn * per_turn : (turn + 1) * per_turn]
+                if len(requests) < per_turn:
+                    raise BenchError(f"{side.server.name}: too few requests for {turns} turns")
+            result = _drive_open_loop(plan, side.server, requests, rate, length, side.accept)
+            earlier = merged[index]
+            merged[index] = result if earlier is None else _merge(earlier, result)
+    return [result for result in merged if result is not None]
+
+
 # --- the parts ------------------------------------------------------------------------------------
 
 
@@ -603,18 +651,23 @@ class Ceiling:
     """What the ceiling part measured."""
 
     rate: float
-    latency: Latency | None
+
+
+HELLO_CODE: Final = "9" * 24
+
+
+def hello_bodies(count: int = 2_000) -> list[str]:
+    """Bodies for the hello app: the size and shape of REQUEST's."""
+    return [payment_body("H", i, HELLO_CODE) for i in range(count)]
 
 
 def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
-    """The hello app: throughput with wrk, then latency at the fixed rate."""
+    """The hello app's throughput with wrk (its latency is measured beside REQUEST's)."""
     log("ceiling: starting the hello app")
     server = harness.hello_server(work)
     try:
         token = secrets.token_urlsafe(32)
-        code = "9" * 24
-        bodies = [payment_body("H", i, code) for i in range(2_000)]
-        lines = (f"POST\t/hello\t{token}\t{b}" for b in bodies)
+        lines = (f"POST\t/hello\t{token}\t{b}" for b in hello_bodies())
         ran = _drive_wrk(plan, server, work / "hello", lines, "cycle", plan.seconds)
         result = ran.result
         rate = result.ok_per_second
@@ -631,22 +684,8 @@ def part_ceiling(plan: Plan, report: Report, work: Path) -> Ceiling:
             "of a REQUEST body, with an Authorization header, and is parsed as JSON. "
             + ran.cpu.text(answers, "answer"),
         )
-        log(f"ceiling: {rate:,.0f}/s; open loop at {plan.rate:,.0f}/s")
-        host = f"{HOST}:{server.port}"
-        requests = [
-            openloop.http_request("POST", "/hello", host, token=token, body=b.encode())
-            for b in bodies
-        ]
-        measured = _drive_open_loop(plan, server, requests, plan.rate, plan.latency_seconds)
-        latency = Latency.of(measured)
-        report.set(
-            "latency_ceiling",
-            value=latency.text(plan.drain_seconds),
-            number=None if math.isinf(latency.p99) else latency.p99 * 1000,
-            note=describe_open_loop(measured, plan.latency_seconds, by_second=True)
-            + f"; {plan.open_connections} keep-alive connections.",
-        )
-        return Ceiling(rate, latency)
+        log(f"ceiling: {rate:,.0f}/s")
+        return Ceiling(rate)
     finally:
         server.stop()
 
@@ -838,7 +877,7 @@ def part_sqlite(plan: Plan, report: Report, work: Path, ceiling: Ceiling | None)
             work,
             "GET /v1/payments?transKey=…",
         )
-        part_latency(plan, report, books, server, tokens, url, ceiling)
+        part_latency(plan, report, books, server, tokens, url, work)
         part_memory(plan, report, books, server, tokens, url, work, request_rate, at_start)
         templates = [
             (seed.Template(int(pid), str(tid)), str(mid))
@@ -859,37 +898,70 @@ def part_latency(
     server: Server,
     tokens: dict[str, str],
     url: str,
-    ceiling: Ceiling | None,
+    work: Path,
 ) -> None:
-    """REQUEST at the fixed rate, open loop, each with a fresh transKey and code."""
+    """REQUEST and the hello app at the fixed rate, open loop, in alternating turns.
+
+    Each REQUEST has a fresh transKey and code. The gateway-added latency is a difference of two
+    measurements, so both are taken in the same stretch of time: the hello app serves beside the
+    gateway (each idles while the other is measured), in ``LATENCY_TURNS`` turns each.
+    """
     count = max(1, round(plan.rate * plan.latency_seconds))
     codes = harness.issue_codes(url, count)
-    log(f"sqlite: REQUEST at {plan.rate:,.0f}/s, open loop, {count:,} payments")
     requests = payment_requests(server, tokens, codes, "L")
-    restarts = harness.worker_restarts(server)
-    measured = _drive_open_loop(
-        plan,
-        server,
-        requests,
-        plan.rate,
-        plan.latency_seconds,
-        accept=lambda status, body: status == 200 and b'"COMPLETED"' in body,
-    )
+    log("sqlite: starting the hello app beside the gateway")
+    hello = harness.hello_server(work)
+    try:
+        token = secrets.token_urlsafe(32)
+        host = f"{HOST}:{hello.port}"
+        greetings = [
+            openloop.http_request("POST", "/hello", host, token=token, body=b.encode())
+            for b in hello_bodies()
+        ]
+        # A warm-up of the fresh hello app (the gateway has served every row before this one).
+        _drive_open_loop(plan, hello, greetings, plan.rate, min(1.0, plan.latency_seconds))
+        log(
+            f"sqlite: REQUEST and the hello app at {plan.rate:,.0f}/s, open loop, "
+            f"{LATENCY_TURNS} turns each, {count:,} payments"
+        )
+        restarts = harness.worker_restarts(server)
+        completed = Turns(
+            server,
+            requests,
+            once=True,
+            accept=lambda status, body: status == 200 and b'"COMPLETED"' in body,
+        )
+        measured, base_run = in_turns(
+            plan, [completed, Turns(hello, greetings)], plan.rate, plan.latency_seconds,
+            LATENCY_TURNS,
+        )  # fmt: skip
+    finally:
+        hello.stop()
     settle(books)
     restarted = _restarts_note(server, restarts)
+    turns = (
+        f"{LATENCY_TURNS} turns of {plan.latency_seconds / LATENCY_TURNS:g} s, alternating "
+        "with the other server (the per-second p99s run on from one turn to the next); "
+        f"{plan.open_connections} keep-alive connections; latency from each request's "
+        "scheduled send time."
+    )
     latency = Latency.of(measured)
     report.set(
         "latency",
         value=latency.text(plan.drain_seconds),
         number=None if math.isinf(latency.p99) else latency.p99 * 1000,
         note=describe_open_loop(measured, plan.latency_seconds, "COMPLETED", by_second=True)
-        + f"; {plan.open_connections} keep-alive connections; latency from each request's "
-        "scheduled send time." + restarted,
+        + f"; {turns}"
+        + restarted,
     )
-    if ceiling is None or ceiling.latency is None:
-        report.set("latency_added", value="no ceiling to subtract", note="ceiling skipped")
-        return
-    base = ceiling.latency
+    base = Latency.of(base_run)
+    report.set(
+        "latency_ceiling",
+        value=base.text(plan.drain_seconds),
+        number=None if math.isinf(base.p99) else base.p99 * 1000,
+        note=describe_open_loop(base_run, plan.latency_seconds, by_second=True)
+        + f"; the hello app of the ceiling row, started again beside the gateway; {turns}",
+    )
     added = Latency(latency.p50 - base.p50, latency.p99 - base.p99, latency.p999 - base.p999)
     report.set(
         "latency_added",
@@ -897,10 +969,10 @@ def part_latency(
         number=None if math.isinf(added.p99) else added.p99 * 1000,
         target="p99 ≤ 5 ms",
         verdict=verdict(added.p99 <= 0.005),
-        note="each quantile of the REQUEST row minus the same quantile of the ceiling row, "
-        "measured with the same generator at the same rate: what the gateway adds to the cost "
-        "of serving any HTTP request here. The sandbox answers at once (in the gateway's own "
-        "database), so no wallet time is in it.",
+        note="each quantile of the REQUEST row minus the same quantile of the ceiling's latency "
+        "row, measured with the same generator at the same rate, in alternating turns of the "
+        "same window: what the gateway adds to the cost of serving any HTTP request here. The "
+        "sandbox answers at once (in the gateway's own database), so no wallet time is in it.",
     )
 
 
@@ -1027,11 +1099,9 @@ def part_growth(plan: Plan, report: Report, work: Path, sqlite: SqliteOutcome) -
             _drive_open_loop(plan, server, requests[key], rate, max(1.0, plan.growth_seconds / 6))
         restarts = [harness.worker_restarts(server) for server in servers]
         log(f"growth: PAYCHECK at {rate:,.0f}/s, in turns")
-        for _ in range(GROWTH_TURNS):
-            for key, server in zip(stores, servers, strict=True):
-                seconds = plan.growth_seconds / GROWTH_TURNS
-                result = _drive_open_loop(plan, server, requests[key], rate, seconds)
-                measured[key] = _merge(measured[key], result) if key in measured else result
+        sides = [Turns(server, requests[key]) for key, server in zip(stores, servers, strict=True)]
+        results = in_turns(plan, sides, rate, plan.growth_seconds, GROWTH_TURNS)
+        measured = dict(zip(stores, results, strict=True))
         restarted = [
             _restarts_note(server, before) for server, before in zip(servers, restarts, strict=True)
         ]
@@ -1146,14 +1216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ceiling = run_part(
             report,
             "ceiling",
-            ("ceiling", "latency_ceiling"),
+            ("ceiling",),
             lambda: part_ceiling(plan, report, work),
         )
         assert ceiling is None or isinstance(ceiling, Ceiling)
         sqlite = run_part(
             report,
             "sqlite",
-            ("request", "paycheck", "status", "latency", "latency_added", "rss_start", "rss_after"),
+            SQLITE_ROWS,
             lambda: part_sqlite(plan, report, work, ceiling),
         )
         if "growth" in plan.skip:

@@ -148,6 +148,59 @@ def test_an_open_loop_run_tells_the_p99_of_each_second() -> None:
     assert "each second" not in bench.describe_open_loop(run, 2)
 
 
+def test_sides_measured_in_turns_alternate_and_payments_are_never_sent_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan, *_ = bench.parse_plan(["--quick"])
+    driven: list[tuple[str, list[bytes], float]] = []
+
+    def drive(
+        plan: object,
+        server: object,
+        requests: list[bytes],
+        rate: float,
+        seconds: float,
+        accept: object = None,
+    ) -> object:
+        name = server.name  # type: ignore[attr-defined]
+        driven.append((name, list(requests), seconds))
+        count = round(rate * seconds)
+        return bench.openloop.OpenLoopResult(
+            scheduled=count,
+            rate=rate,
+            latencies=[0.001 if name == "gateway" else 0.0005] * count,
+            due=[i / rate for i in range(count)],
+            statuses={200: count},
+            accepted=count,
+        )
+
+    monkeypatch.setattr(bench, "_drive_open_loop", drive)
+    gateway, hello = (type("S", (), {"name": name})() for name in ("gateway", "hello"))
+    payments = [f"pay{i}".encode() for i in range(8)]
+    greetings = [b"hi"]
+    pays, greets = bench.in_turns(
+        plan,
+        [bench.Turns(gateway, payments, once=True), bench.Turns(hello, greetings)],
+        2.0,
+        4.0,
+        4,
+    )
+    # Two requests a turn; the order of the two sides swaps every turn.
+    assert [name for name, _, _ in driven] == ["gateway", "hello", "hello", "gateway"] * 2
+    assert all(seconds == 1.0 for _, _, seconds in driven)
+    # Each payment is sent in one turn only; the reads start over each turn.
+    sent = [requests for name, requests, _ in driven if name == "gateway"]
+    assert sent == [payments[0:2], payments[2:4], payments[4:6], payments[6:8]]
+    assert all(requests == greetings for name, requests, _ in driven if name == "hello")
+    # Each side's turns merged, in their order: four seconds each.
+    assert (pays.scheduled, greets.scheduled) == (8, 8)
+    assert pays.due == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    assert len(pays.by_second(0.99)) == 4
+    # Too few payments for every turn: refused, rather than sending one twice.
+    with pytest.raises(bench.BenchError, match="too few requests"):
+        bench.in_turns(plan, [bench.Turns(gateway, payments[:7], once=True)], 2.0, 4.0, 4)
+
+
 def test_an_open_loop_run_keeps_what_the_bench_holds_out_of_the_collectors_way() -> None:
     import gc  # noqa: PLC0415
 
