@@ -982,6 +982,34 @@ def test_a_batch_whose_connection_is_lost_as_it_goes_fails_its_units_without_run
     assert sorted(_actions(db)) == sorted(f"test.{name}" for name in names)
 
 
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_batch_that_fails_with_a_non_driver_error_fails_its_units_once_each(
+    pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch, applied: bool
+) -> None:
+    db, url = pg
+    attempts: dict[str, int] = {}
+    send_many = hot.send_many
+
+    def broken(conn: Connection, sql: str, values: list[list[object]]) -> None:
+        # A fault that is no database error (a bug, a driver's own exception): whether the batch
+        # reached the server is unknown to whoever catches it.
+        if applied:
+            send_many(conn, sql, values)
+        raise RuntimeError("not a driver error")
+
+    monkeypatch.setattr(hot, "send_many", broken)
+    names = [f"HOT{24 if applied else 25}{i}" for i in range(3)]
+    outcomes = _outcomes(url, [_inserting(name, attempts) for name in names])
+    # Every caller gets the error (none is left waiting), and no unit runs again: had the batch
+    # been applied, a second run would have applied it twice.
+    assert all(
+        isinstance(outcome, RuntimeError) and str(outcome) == "not a driver error"
+        for outcome in outcomes
+    )
+    assert attempts == dict.fromkeys(names, 1)
+    assert all(_exists(db, name) == applied for name in names)
+
+
 @pytest.mark.parametrize("when", ["before it starts", "while it waits on the server"])
 def test_a_batch_cancelled_cancels_its_units_without_running_them_again(
     pg: tuple[Database, str], monkeypatch: pytest.MonkeyPatch, when: str
