@@ -65,6 +65,9 @@ class Settings:
     # Sandbox: how long a "timeout" outcome hides its true result from queries.
     sandbox_reveal_after_seconds: float = 3.0
     max_body_bytes: int = 16 * 1024
+    # `kessai serve --workers N` with at least as many workers as CPUs keeps each worker on one
+    # CPU (kessai.cli.supervise.worker_cpus). Turn off where other busy processes share the CPUs.
+    pin_workers: bool = True
     # The externally visible base URL, used in sandbox qrData links.
     public_url: str = "http://127.0.0.1:8000"
     # The sandbox wallets and their pages; turn off where real providers are used.

@@ -141,8 +141,13 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, workers: int = 2) -> Iterator[Served]:
-    """Start `kessai serve --workers N` on a free port; stop it, and any worker it left, after."""
+def serving(
+    tmp_path: Path, workers: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """Start `kessai serve --workers N` on a free port; stop it, and any worker it left, after.
+
+    ``env`` adds to (or overrides) the test environment's variables.
+    """
     database = sqlite_url(tmp_path / "k.db")
     last: AssertionError | None = None
     for attempt in range(3):  # the free port can be taken between probe and bind
@@ -152,7 +157,7 @@ def serving(tmp_path: Path, workers: int = 2) -> Iterator[Served]:
         command += ["--database", database, "--workers", str(workers)]
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                command, env=base_env(), stdout=sink, stderr=subprocess.STDOUT
+                command, env={**base_env(), **(env or {})}, stdout=sink, stderr=subprocess.STDOUT
             )
         served = Served(process, port, log, workers)
         seen: set[int] = set()
@@ -381,6 +386,37 @@ def test_each_worker_listens_on_a_socket_of_its_own(tmp_path: Path) -> None:
         assert _socket_inodes(served.process.pid) & listening == listening
 
 
+def _cpus(pid: int) -> set[int]:
+    """The CPUs every thread of ``pid`` may run on: all its threads must agree."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            found.append(os.sched_getaffinity(int(task.name)))
+    assert found and all(cpus == found[0] for cpus in found), found
+    return found[0]
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_each_worker_is_kept_on_a_cpu_of_its_own_unless_told_not_to(
+    tmp_path: Path, pinned: bool
+) -> None:
+    usable = os.sched_getaffinity(0)  # the server inherits this process's
+    workers = max(2, len(usable))
+    env = {} if pinned else {"KESSAI_PIN_WORKERS": "false"}
+    with serving(tmp_path, workers, env) as served:
+        pids = served.wait_ready()
+        # Every thread of each worker (its event loop, its database threads) on the same CPUs.
+        held = sorted(_cpus(pid) for pid in pids)
+    if pinned:
+        # As many workers as CPUs: one CPU each, every CPU used.
+        assert all(len(cpus) == 1 for cpus in held), held
+        assert set().union(*held) == usable
+        assert "Workers kept on CPUs" in served.log_text()
+    else:
+        assert held == [usable] * workers
+        assert "Workers kept on CPUs" not in served.log_text()
+
+
 def test_a_killed_worker_is_replaced_on_its_socket_and_sigterm_stops_everything(
     tmp_path: Path,
 ) -> None:
@@ -389,6 +425,7 @@ def test_a_killed_worker_is_replaced_on_its_socket_and_sigterm_stops_everything(
         listening = _listening_inodes(served.port)
         (victims_socket,) = _socket_inodes(victim) & listening
 
+        cpus = _cpus(victim)
         os.kill(victim, signal.SIGKILL)
         # Connections made at once, while the replacement may still be starting: those hashed to
         # the dead worker's socket wait in its backlog and are answered all the same.
@@ -401,6 +438,8 @@ def test_a_killed_worker_is_replaced_on_its_socket_and_sigterm_stops_everything(
         (replacement,) = set(pids) - {survivor}
         assert f"Child process [{victim}] died" in served.log_text()
         assert _socket_inodes(replacement) & listening == {victims_socket}
+        # On the CPUs of the worker it replaces (one of them when workers are pinned).
+        assert _cpus(replacement) == cpus
         # And the port keeps answering, over both workers again.
         with connections(served.port, CONNECTIONS) as clients:
             counts = _holders(served.port, clients, pids)

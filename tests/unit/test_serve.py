@@ -33,9 +33,11 @@ def test_several_workers_run_under_the_supervisor_with_time_to_start(
     # A spawned worker answers the supervisor's ping only after importing the command's modules,
     # which can take several seconds when the cores are busy; uvicorn's own default is 5 s.
     seen: list[uvicorn.Config] = []
+    pinned: list[bool] = []
 
-    def record(config: uvicorn.Config) -> int:
+    def record(config: uvicorn.Config, *, pin: bool) -> int:
         seen.append(config)
+        pinned.append(pin)
         return 0
 
     monkeypatch.setattr(supervise, "SUPPORTED", True)
@@ -52,6 +54,11 @@ def test_several_workers_run_under_the_supervisor_with_time_to_start(
     assert config.server_header is False
     assert config.log_level == "info"
     assert config.backlog == 2048  # uvicorn's default, for each worker's socket
+    # Workers are kept on CPUs unless KESSAI_PIN_WORKERS says otherwise.
+    assert pinned == [True]
+    monkeypatch.setenv("KESSAI_PIN_WORKERS", "false")
+    main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 2, None)
+    assert pinned == [True, False]
 
 
 def test_one_worker_runs_under_uvicorn_itself(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +80,7 @@ def test_one_worker_runs_under_uvicorn_itself(monkeypatch: pytest.MonkeyPatch) -
 def test_a_supervisor_that_gives_up_makes_serve_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     # A worker that cannot start (or a port in use) must not look like a clean exit.
     monkeypatch.setattr(supervise, "SUPPORTED", True)
-    monkeypatch.setattr(supervise, "serve", lambda config: STARTUP_FAILURE)
+    monkeypatch.setattr(supervise, "serve", lambda config, pin: STARTUP_FAILURE)
     with pytest.raises(typer.Exit) as raised:
         main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 3, None)
     assert raised.value.exit_code == STARTUP_FAILURE

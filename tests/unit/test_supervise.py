@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -26,7 +27,7 @@ import supervise_stubs
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from kessai.cli.supervise import Supervisor, listening_sockets, serve
+from kessai.cli.supervise import Supervisor, listening_sockets, serve, worker_cpus
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing"),
@@ -160,6 +161,7 @@ def supervised(
     healthcheck: float = 60.0,
     stop_timeout: float = 30.0,
     startup_timeout: float = 120.0,
+    cpus: list[frozenset[int] | None] | None = None,
 ) -> Iterator[Running]:
     """Run a supervisor of ``workers`` workers of ``supervise_stubs:<app>`` on a free port."""
     config = uvicorn.Config(
@@ -182,6 +184,7 @@ def supervised(
         ping_interval=0.2,
         stop_timeout=stop_timeout,
         startup_timeout=startup_timeout,
+        cpus=cpus,
     )
     running = Running(supervisor, sockets[0].getsockname()[1], log, threading.Thread())
     running.thread = threading.Thread(target=lambda: running.status.append(supervisor.run()))
@@ -335,3 +338,74 @@ def _socket_inodes(pid: int) -> set[int]:
             if target.startswith("socket:["):
                 found.add(int(target[len("socket:[") : -1]))
     return found
+
+
+# --- CPUs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("workers", "usable", "expected"),
+    [
+        (2, {0, 1}, [{0}, {1}]),
+        (4, {0, 1}, [{0}, {1}, {0}, {1}]),  # more workers than CPUs: in turn
+        (3, {7, 2, 5}, [{2}, {5}, {7}]),  # the CPUs this process may use, whichever they are
+        (2, {3}, [{3}, {3}]),
+        (1, {0, 1}, [None]),  # fewer workers than CPUs: a worker may use several at once
+        (2, {0, 1, 2, 3}, [None, None]),
+        (2, set(), [None, None]),
+    ],
+)
+def test_workers_are_given_a_cpu_each_only_when_they_are_at_least_as_many(
+    workers: int, usable: set[int], expected: list[set[int] | None]
+) -> None:
+    assert worker_cpus(workers, usable) == expected
+
+
+def _affinities(pid: int) -> list[set[int]]:
+    """The CPUs each thread of ``pid`` may run on."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            found.append(os.sched_getaffinity(int(task.name)))
+    return found
+
+
+def test_a_worker_and_its_replacement_run_on_the_cpus_given_for_its_socket() -> None:
+    usable = os.sched_getaffinity(0)
+    one = min(usable)
+    with supervised("pid_app", 2, healthcheck=10, cpus=[frozenset({one}), None]) as running:
+        deadline = time.monotonic() + WAIT
+        # Each worker pins itself first thing, then starts its ping thread: two threads or more
+        # mean the pinning is done.
+        while len(running.supervisor.pids()) < 2 or not all(
+            len(_affinities(pid)) > 1 for pid in running.supervisor.pids()
+        ):
+            assert time.monotonic() < deadline, running.text()
+            time.sleep(0.1)
+        pinned, free = running.supervisor.pids()
+        running.seen_pids.update({pinned, free})
+        # Every thread of the first, the ones it started after being pinned among them.
+        threads = _affinities(pinned)
+        assert len(threads) > 1 and all(cpus == {one} for cpus in threads), threads
+        assert all(cpus == usable for cpus in _affinities(free))
+        os.kill(pinned, signal.SIGKILL)
+        while running.supervisor.pids()[0] == pinned:
+            assert time.monotonic() < deadline, running.text()
+            time.sleep(0.1)
+        replacement = running.supervisor.pids()[0]
+        running.seen_pids.add(replacement)
+        while len(_affinities(replacement)) < 2:
+            assert time.monotonic() < deadline, running.text()
+            time.sleep(0.1)
+        assert all(cpus == {one} for cpus in _affinities(replacement))
+
+
+def test_a_supervisor_needs_a_cpu_set_for_each_socket() -> None:
+    config = uvicorn.Config("supervise_stubs:pid_app", workers=2)
+    sockets = listening_sockets("127.0.0.1", 0, 2, 128)
+    try:
+        with pytest.raises(ValueError, match="1 CPU sets for 2 sockets"):
+            Supervisor(config, sockets, cpus=[None])
+    finally:
+        for sock in sockets:
+            sock.close()

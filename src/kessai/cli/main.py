@@ -155,7 +155,7 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
     os.environ["KESSAI_PUBLIC_URL"] = public_url or f"http://{host}:{port}"
     # Checked here, once: a bad KESSAI_* value then stops the command with its one-line message
     # (see main) instead of failing every worker process at its start.
-    Settings.from_env()
+    pin = Settings.from_env().pin_workers
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Several processes: metrics are summed over all of them at every scrape.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kessai-metrics-")
@@ -178,7 +178,7 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
         return
     # Several workers: each gets a listening socket of its own, so that the kernel spreads new
     # connections over them evenly (see `supervise`).
-    status = supervise.serve(uvicorn.Config(SERVED_APP, **settings))
+    status = supervise.serve(uvicorn.Config(SERVED_APP, **settings), pin=pin)
     if status != 0:
         raise typer.Exit(status)
 
