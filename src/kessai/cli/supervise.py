@@ -6,6 +6,8 @@ then lands mostly on whichever worker wakes first, and stays there while the oth
 worker gets its own socket on the same address, opened with SO_REUSEPORT, and the kernel spreads new
 connections over the sockets by a hash of their addresses, whoever happens to be awake.
 
+With at least as many workers as CPUs, each worker is kept on a CPU of its own (``worker_cpus``).
+
 The supervisor keeps its own copy of every socket for the whole run. A worker that dies is
 replaced on the same socket, so the connections queued on it wait for the replacement instead of
 being refused. Workers are started with multiprocessing's "spawn" context, like uvicorn's, and log
@@ -145,7 +147,7 @@ def worker_cpus(workers: int, usable: Collection[int]) -> list[frozenset[int] | 
     on) is each worker given one, in turn. A worker's event loop hands every unit of work to its
     database writer thread and takes the answer back; on one CPU the two share its caches, and
     the process's working set stays in that CPU's cache instead of following its threads from one
-    CPU to the other (on the bench's two cores, REQUEST/s rose 6-9 %). With fewer workers than
+    CPU to the other (on the bench's two cores, REQUEST/s rose 4-9 %). With fewer workers than
     CPUs, a worker's threads could use more than one CPU at once, and none is pinned.
     """
     cpus = sorted(usable)
@@ -174,12 +176,12 @@ def _work(
     cpus: frozenset[int] | None = None,
 ) -> None:
     """The body of a worker process: serve on ``sock`` until told to stop, on ``cpus`` if given."""
-    if cpus is not None:
-        # First, so that every thread the worker starts (its database writer, the checkpointer,
-        # the ping thread below) inherits it.
-        _pin(cpus)
     # Logging is set up again in each child, as uvicorn does for its workers.
     config.configure_logging()
+    if cpus is not None:
+        # Before any thread is started, so that every one the worker starts (its database
+        # writer, the checkpointer, the ping thread below) inherits it.
+        _pin(cpus)
     server = _WorkerServer(config)
     threading.Thread(
         target=_answer_pings, args=(server, conn), name="kessai-healthcheck", daemon=True
