@@ -65,8 +65,17 @@ class Payment:
     group: dict[str, Any]
 
     def stamp(self, name: str) -> float:
-        """A stamp of this payment: its own queuing, or its group's."""
-        return self.queued if name == "queued" else float(self.group[name])
+        """A stamp of this payment: its own queuing, or its group's.
+
+        A group takes in the units queued while it waited for the writer lock, after it was
+        taken up: for such a unit, a stamp of its group from before it was queued reads as its
+        queuing, so that its phases start when it does (no negative wait) and still add up.
+        The writer's CPU readings are a clock of their own, and are kept as they are.
+        """
+        if name == "queued":
+            return self.queued
+        value = float(self.group[name])
+        return value if name.endswith("_cpu") else max(value, self.queued)
 
     @property
     def total(self) -> float:

@@ -515,6 +515,17 @@ def test_the_phases_of_a_payment_add_up_to_its_time_in_the_gateway() -> None:
     # Seconds counted from the first payment queued: the two at 100 s, the slow one 100 s later.
     assert "in-gateway p99 by second of the window, ms — 0: 5.00, 100: 15.00" in text
     assert phases.report([], []) == "no timed payments in the window"
+    # A unit that joined its group while the group waited for the lock (queued after the group
+    # was taken up): it waited for the lock from its own queuing, and for nothing before.
+    joined = phases.payments(
+        phases.read_records([json.dumps(_group([300.0, 300.0015], 300.0))])[0], 0, 400
+    )
+    late = max(joined, key=lambda payment: payment.queued)
+    assert late.phase("queued", "taken") == 0
+    assert math.isclose(late.phase("taken", "locked"), 0.0005)
+    assert math.isclose(
+        sum(late.phase(s, e) for n, s, e in phases.PHASES if "CPU" not in n), late.total
+    )
 
 
 @pytest.mark.timeout(600)
