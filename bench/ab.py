@@ -3,6 +3,7 @@
     .venv/bin/python bench/ab.py --b /tmp/other/src      # this checkout's src against another
     .venv/bin/python bench/ab.py --a /tmp/x/src --b /tmp/y/src --rounds 40 --slice 2
     .venv/bin/python bench/ab.py --b /tmp/other/src --throughput     # REQUEST/s under wrk
+    .venv/bin/python bench/ab.py --b src --b-env KESSAI_PIN_WORKERS=false  # one setting
 
 This machine's speed swings by up to a factor of two within minutes, so two bench runs made one
 after the other compare the machine's states as much as the code. Here both builds serve at the
@@ -21,7 +22,8 @@ divided by A's, in how many rounds B did better, with the sign test's two-sided 
 chance of a split at least that uneven if neither build were better), and each build's figures
 over all its slices. Every payment has a fresh code and transKey, as in the bench's REQUEST rows.
 Before the rounds each build pays ``--before`` times at ``--rate``, untimed, so that neither is
-measured cold.
+measured cold. ``--a-env`` and ``--b-env`` (``NAME=VALUE``, repeatable) add to one build's
+environment: the same ``src`` with a setting changed is a build too.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,8 +113,11 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def report(slices: dict[str, Slices], sources: dict[str, Path], *, throughput: bool) -> str:
-    """The rounds, then each figure's comparison and each build's figures over all its slices."""
+def report(slices: dict[str, Slices], sources: Mapping[str, object], *, throughput: bool) -> str:
+    """The rounds, then each figure's comparison and each build's figures over all its slices.
+
+    ``sources`` names each build as the report heads it: its src folder, and its variables.
+    """
     a, b = slices["A"], slices["B"]
     names = ["REQUEST/s"] if throughput else ["p50", "p99"]
     show: Callable[[float], str] = _rate if throughput else _ms
@@ -175,7 +180,20 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--before", type=int, default=5000, help="untimed payments per build first (5,000)"
     )
+    for name in ("a", "b"):
+        parser.add_argument(
+            f"--{name}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"a variable of {name.upper()}'s environment (repeatable)",
+        )
     args = parser.parse_args(argv)
+    for name in ("a", "b"):
+        pairs = [item.partition("=") for item in getattr(args, f"{name}_env")]
+        if any(not key or not equals for key, equals, _ in pairs):
+            parser.error(f"--{name}-env takes NAME=VALUE")
+        setattr(args, f"{name}_env", {key: value for key, _, value in pairs})
     for name in ("a", "b"):
         folder: Path = getattr(args, name)
         if not (folder / "kessai" / "__init__.py").is_file():
@@ -267,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve both builds, drive them in alternating slices, print the comparison."""
     args = parse(sys.argv[1:] if argv is None else argv)
     sources = {"A": args.a.resolve(), "B": args.b.resolve()}
+    envs: dict[str, dict[str, str]] = {"A": args.a_env, "B": args.b_env}
     count = args.before + args.rounds * _per_slice(args)
     work = Path(tempfile.mkdtemp(prefix="kessai-ab-"))
     try:
@@ -283,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"sqlite:///{folder / 'kessai.db'}",
                         folder,
                         count,
-                        {"PYTHONPATH": str(sources[name])},
+                        {"PYTHONPATH": str(sources[name]), **envs[name]},
                     )
                 )
             slices = _drive(args, servers, tokens, codes, work)
@@ -292,7 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(report(slices, sources, throughput=args.throughput))
+    labels = {
+        name: " ".join([str(sources[name]), *(f"{k}={v}" for k, v in envs[name].items())])
+        for name in BUILDS
+    }
+    print(report(slices, labels, throughput=args.throughput))
     return 0
 
 

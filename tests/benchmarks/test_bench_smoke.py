@@ -602,19 +602,25 @@ def test_ab_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
         ["--b", src, "--rounds", "0"],
         ["--b", src, "--slice", "0"],
         ["--b", src, "--before", "-1"],
+        ["--b", src, "--b-env", "KESSAI_PIN_WORKERS"],  # no value
+        ["--b", src, "--a-env", "=false"],  # no name
     ):
         with pytest.raises(SystemExit) as refused:
             ab.parse(args)
         assert refused.value.code == 2, args
     assert ab.parse(["--b", src]).b == Path(src)
+    # A setting is a build too: the same src, one variable more in B's environment.
+    parsed = ab.parse(["--b", src, "--b-env", "KESSAI_PIN_WORKERS=false", "--b-env", "X=a=b"])
+    assert (parsed.a_env, parsed.b_env) == ({}, {"KESSAI_PIN_WORKERS": "false", "X": "a=b"})
 
 
 @pytest.mark.timeout(600)
 def test_ab_serves_two_builds_and_drives_them_in_turn() -> None:
     src = str(ROOT / "src")
     args = ["--b", src, "--rate", "200", "--slice", "0.5", "--rounds", "2", "--before", "50"]
+    args += ["--b-env", "KESSAI_PIN_WORKERS=false"]
     out = _run_script("ab.py", args, timeout=540).stdout
-    assert f"A: {src}\nB: {src}" in out
+    assert f"A: {src}\nB: {src} KESSAI_PIN_WORKERS=false" in out
     assert re.search(r"^\| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out, re.MULTILINE)
     assert "p50: B/A median " in out and "p99: B/A median " in out
     # Every payment of every slice answered: 2 rounds × 100 on each build.
