@@ -43,7 +43,7 @@ from pathlib import Path
 import harness
 import openloop
 from harness import HOST, ROOT, BenchError, Server, log
-from run import payment_lines, payment_requests, serving_fleet
+from run import Turns, parse_plan, payment_lines, payment_requests, serving_fleet, turn_by_turn
 
 BUILDS = ("A", "B")
 WRK_THREADS = 2
@@ -194,7 +194,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         if any(not key or not equals for key, equals, _ in pairs):
             parser.error(f"--{name}-env takes NAME=VALUE")
         setattr(args, f"{name}_env", {key: value for key, _, value in pairs})
-    for name in ("a", "b"):
         folder: Path = getattr(args, name)
         if not (folder / "kessai" / "__init__.py").is_file():
             parser.error(f"--{name} {folder}: not a src folder holding the kessai package")
@@ -234,20 +233,19 @@ def _drive(
     slices = {name: Slices() for name in BUILDS}
     what = "wrk" if args.throughput else f"{args.rate:,.0f}/s"
     log(f"{args.rounds} rounds of {args.slice:g} s on each build, {what}")
+    if not args.throughput:
+        # The bench's own turns: the open-loop generator with the full bench's connections and
+        # drain time, each payment sent in one slice only.
+        plan, *_ = parse_plan([])
+        sides = [Turns(servers[name], requests[name][args.before :], once=True) for name in BUILDS]
+        measured = turn_by_turn(plan, sides, args.rate, args.rounds * args.slice, args.rounds)
+        for name, results in zip(BUILDS, measured, strict=True):
+            for result in results:
+                slices[name].add_open_loop(result)
+        return slices
     for n in range(args.rounds):
         start = args.before + n * per_slice
         for name in BUILDS if n % 2 == 0 else BUILDS[::-1]:
-            if not args.throughput:
-                slices[name].add_open_loop(
-                    openloop.run(
-                        HOST,
-                        servers[name].port,
-                        requests[name][start : start + per_slice],
-                        rate=args.rate,
-                        seconds=args.slice,
-                    )
-                )
-                continue
             prefix = work / name / f"slice-{n}"
             # A tag of its own per slice keeps every transKey fresh.
             lines = payment_lines(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -616,18 +617,18 @@ class Turns:
     accept: Callable[[int, bytes], bool] = _status_200
 
 
-def in_turns(
+def turn_by_turn(
     plan: Plan, sides: Sequence[Turns], rate: float, seconds: float, turns: int
-) -> list[openloop.OpenLoopResult]:
+) -> list[list[openloop.OpenLoopResult]]:
     """Each side driven at ``rate`` for ``seconds`` in all, in ``turns`` short turns in rotation.
 
     The order of the sides is reversed every other round, so that none always follows the same
     neighbour. A pause of the machine then lands in one short turn of one side, and a slow
-    stretch hits every side alike. Each side's turns are merged into one result, in order.
+    stretch hits every side alike. Answers each side's results, turn by turn.
     """
     length = seconds / turns
     per_turn = max(1, round(rate * length))
-    merged: list[openloop.OpenLoopResult | None] = [None] * len(sides)
+    results: list[list[openloop.OpenLoopResult]] = [[] for _ in sides]
     order = list(range(len(sides)))
     for turn in range(turns):
         for index in order if turn % 2 == 0 else order[::-1]:
@@ -637,10 +638,20 @@ def in_turns(
                 requests = requests[turn * per_turn : (turn + 1) * per_turn]
                 if len(requests) < per_turn:
                     raise BenchError(f"{side.server.name}: too few requests for {turns} turns")
-            result = _drive_open_loop(plan, side.server, requests, rate, length, side.accept)
-            earlier = merged[index]
-            merged[index] = result if earlier is None else _merge(earlier, result)
-    return [result for result in merged if result is not None]
+            results[index].append(
+                _drive_open_loop(plan, side.server, requests, rate, length, side.accept)
+            )
+    return results
+
+
+def in_turns(
+    plan: Plan, sides: Sequence[Turns], rate: float, seconds: float, turns: int
+) -> list[openloop.OpenLoopResult]:
+    """``turn_by_turn``, each side's turns merged into one result, in order."""
+    return [
+        functools.reduce(_merge, results)
+        for results in turn_by_turn(plan, sides, rate, seconds, turns)
+    ]
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -1079,7 +1090,6 @@ def part_growth(plan: Plan, report: Report, work: Path, sqlite: SqliteOutcome) -
         work,
         workers=2,
     )
-    measured: dict[str, openloop.OpenLoopResult] = {}
     try:
         requests = {}
         for key, server in zip(stores, servers, strict=True):

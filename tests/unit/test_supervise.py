@@ -409,3 +409,16 @@ def test_a_supervisor_needs_a_cpu_set_for_each_socket() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_a_cpu_the_worker_may_not_use_leaves_it_unpinned_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kessai.cli.supervise import _pin  # noqa: PLC0415 - the worker's own step
+
+    before = os.sched_getaffinity(0)
+    missing = max(before) + 4096  # no such CPU: the kernel refuses it
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        _pin(frozenset({missing}))
+    assert os.sched_getaffinity(0) == before
+    assert f"not kept on CPU [{missing}]" in caplog.text
