@@ -24,6 +24,8 @@ from typing import NamedTuple
 import httpx
 import pytest
 
+from kessai.adapters.db import OS_THREAD_NAMES
+
 from .support import KESSAI, base_env, free_port, sqlite_url, stop_process, tail, wait_healthy
 
 pytestmark = [
@@ -36,6 +38,7 @@ pytestmark = [
 CONNECTIONS = 64
 START_TIMEOUT = 180.0
 ANSWER_TIMEOUT = 120.0
+WRITER = OS_THREAD_NAMES["writer"]
 LISTEN, ESTABLISHED = "0A", "01"
 
 
@@ -396,6 +399,28 @@ def _cpus(pid: int) -> set[int]:
     return found[0]
 
 
+def _policies(pid: int) -> dict[str, set[int]]:
+    """The scheduling policies of ``pid``'s threads, by the threads' names in the kernel."""
+    found: dict[str, set[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            name = (task / "comm").read_text(encoding="ascii").strip()
+            found.setdefault(name, set()).add(os.sched_getscheduler(int(task.name)))
+    return found
+
+
+def _writers_started(served: Served, pids: list[int]) -> None:
+    """Send /healthz on fresh connections until every worker has started its database writer.
+
+    Each worker starts its writer thread with its first unit of work; a new connection lands on
+    a worker by a hash of its address.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while not all(WRITER in _policies(pid) for pid in pids):
+        assert time.monotonic() < deadline, {pid: _policies(pid) for pid in pids}
+        assert httpx.get(f"{served.base_url}/healthz", timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize("pinned", [True, False])
 def test_each_worker_is_kept_on_a_cpu_of_its_own_unless_told_not_to(
     tmp_path: Path, pinned: bool
@@ -405,16 +430,24 @@ def test_each_worker_is_kept_on_a_cpu_of_its_own_unless_told_not_to(
     env = {} if pinned else {"KESSAI_PIN_WORKERS": "false"}
     with serving(tmp_path, workers, env) as served:
         pids = served.wait_ready()
+        _writers_started(served, pids)
         # Every thread of each worker (its event loop, its database threads) on the same CPUs.
         held = sorted(_cpus(pid) for pid in pids)
+        policies = [_policies(pid) for pid in pids]
     if pinned:
         # As many workers as CPUs: one CPU each, every CPU used.
         assert all(len(cpus) == 1 for cpus in held), held
         assert set().union(*held) == usable
         assert "Workers kept on CPUs" in served.log_text()
+        # On a shared CPU only the database writer preempts the threads it wakes.
+        for threads in policies:
+            assert threads.pop(WRITER) == {os.SCHED_OTHER}, policies
+            assert set().union(*threads.values()) == {os.SCHED_BATCH}, policies
     else:
         assert held == [usable] * workers
         assert "Workers kept on CPUs" not in served.log_text()
+        for threads in policies:
+            assert set().union(*threads.values()) == {os.SCHED_OTHER}, policies
 
 
 def test_a_killed_worker_is_replaced_on_its_socket_and_sigterm_stops_everything(

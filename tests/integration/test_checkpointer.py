@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy.engine import Connection
@@ -17,6 +20,8 @@ from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
 
 ROWS = 300
+
+T = TypeVar("T")
 
 
 def _checkpointers() -> int:
@@ -215,3 +220,57 @@ def test_a_checkpoint_does_not_bring_back_a_removed_database_file(tmp_path: Path
     with pytest.raises(sqlite3.OperationalError):
         checkpointer._checkpoint()
     assert not database_file.exists()
+
+
+def _policy_of_a_thread(policy: int, body: Callable[[], T]) -> T:
+    """Run ``body`` on a new thread that runs under ``policy``, and answer what it answered."""
+    answers: list[T] = []
+
+    def run() -> None:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+        answers.append(body())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert answers, "the thread failed"
+    return answers[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="needs Linux's policies")
+def test_the_writer_runs_at_the_normal_policy_when_its_creator_is_batched(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'kessai.db'}")
+
+    def policy(conn: Connection) -> int:
+        return os.sched_getscheduler(0)
+
+    def first_unit() -> tuple[int, int]:
+        writer = db.run_sync(policy)
+        (checkpointer,) = (t for t in threading.enumerate() if t.name == "kessai-checkpoint")
+        assert checkpointer.native_id is not None
+        return writer, os.sched_getscheduler(checkpointer.native_id)
+
+    try:
+        # A pinned serving worker's loop runs under SCHED_BATCH and starts the database's
+        # threads with its first unit (kessai.cli.supervise).
+        writer, checkpointer = _policy_of_a_thread(os.SCHED_BATCH, first_unit)
+        # Only the writer may take the shared CPU from the threads it wakes.
+        assert writer == os.SCHED_OTHER
+        assert checkpointer == os.SCHED_BATCH
+    finally:
+        db.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="needs Linux's policies")
+@pytest.mark.parametrize("policy", ["SCHED_OTHER", "SCHED_IDLE"])
+def test_a_thread_not_batched_keeps_its_policy(policy: str) -> None:
+    # An operator's choice (chrt --idle, say) is not undone.
+    chosen = getattr(os, policy)
+
+    def leave() -> int:
+        dbmod.leave_batch_policy()
+        return os.sched_getscheduler(0)
+
+    assert _policy_of_a_thread(chosen, leave) == chosen

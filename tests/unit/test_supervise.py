@@ -370,6 +370,15 @@ def _affinities(pid: int) -> list[set[int]]:
     return found
 
 
+def _policies(pid: int) -> set[int]:
+    """The scheduling policies of ``pid``'s threads."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            found.add(os.sched_getscheduler(int(task.name)))
+    return found
+
+
 def test_a_worker_and_its_replacement_run_on_the_cpus_given_for_its_socket() -> None:
     usable = os.sched_getaffinity(0)
     one = min(usable)
@@ -388,6 +397,9 @@ def test_a_worker_and_its_replacement_run_on_the_cpus_given_for_its_socket() -> 
         threads = _affinities(pinned)
         assert len(threads) > 1 and all(cpus == {one} for cpus in threads), threads
         assert all(cpus == usable for cpus in _affinities(free))
+        # A pinned worker's threads yield its CPU to a database writer (this app starts none).
+        assert _policies(pinned) == {os.SCHED_BATCH}
+        assert _policies(free) == {os.SCHED_OTHER}
         os.kill(pinned, signal.SIGKILL)
         while running.supervisor.pids()[0] == pinned:
             assert time.monotonic() < deadline, running.text()
@@ -398,6 +410,7 @@ def test_a_worker_and_its_replacement_run_on_the_cpus_given_for_its_socket() -> 
             assert time.monotonic() < deadline, running.text()
             time.sleep(0.1)
         assert all(cpus == {one} for cpus in _affinities(replacement))
+        assert _policies(replacement) == {os.SCHED_BATCH}
 
 
 def test_a_supervisor_needs_a_cpu_set_for_each_socket() -> None:
@@ -422,3 +435,18 @@ def test_a_cpu_the_worker_may_not_use_leaves_it_unpinned_and_says_so(
         _pin(frozenset({missing}))
     assert os.sched_getaffinity(0) == before
     assert f"not kept on CPU [{missing}]" in caplog.text
+
+
+def test_a_policy_refused_leaves_the_worker_as_it_was_and_says_so(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kessai.cli.supervise import _yield_to_the_writer  # noqa: PLC0415 - the worker's own step
+
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+        _yield_to_the_writer()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert "left at the normal scheduling policy: [Errno 1] Operation not permitted" in caplog.text

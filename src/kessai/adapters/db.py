@@ -96,6 +96,21 @@ def name_os_thread(name: str) -> None:
         kernel_name.write(name[:15])
 
 
+def leave_batch_policy() -> None:
+    """Give the calling thread the normal scheduling policy if it inherited SCHED_BATCH.
+
+    A pinned serving worker runs its threads under SCHED_BATCH (``kessai.cli.supervise``) so
+    that the ones woken while the writer thread holds the write lock do not take its CPU; the
+    writer, which starts from such a thread, must not keep that policy itself. Any other policy
+    (one an operator chose with ``chrt``, say) is left alone, and so is a refusal.
+    """
+    if not hasattr(os, "sched_setscheduler"):
+        return
+    with contextlib.suppress(OSError):
+        if os.sched_getscheduler(0) == os.SCHED_BATCH:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 class Batched(NamedTuple):
     """Counts of statements sent together (PostgreSQL), for the bench."""
 
@@ -386,6 +401,7 @@ class _SqliteWriter:
 
     def _loop(self) -> None:
         name_os_thread(OS_THREAD_NAMES["writer"])
+        leave_batch_policy()
         try:
             while True:
                 first = self._queue.get()
