@@ -27,7 +27,7 @@ import supervise_stubs
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from kessai.cli.supervise import Supervisor, listening_sockets, serve, worker_cpus
+from kessai.cli.supervise import Supervisor, listening_sockets, serve, usable_cpus, worker_cpus
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing"),
@@ -359,6 +359,15 @@ def test_workers_are_given_a_cpu_each_only_when_they_are_at_least_as_many(
     workers: int, usable: set[int], expected: list[set[int] | None]
 ) -> None:
     assert worker_cpus(workers, usable) == expected
+
+
+def test_a_system_that_cannot_tell_its_cpus_pins_no_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert usable_cpus() == frozenset(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
+    assert usable_cpus() == frozenset()
+    assert worker_cpus(2, usable_cpus()) == [None, None]
 
 
 def _affinities(pid: int) -> list[set[int]]:

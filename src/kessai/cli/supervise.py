@@ -157,6 +157,15 @@ def worker_cpus(workers: int, usable: Collection[int]) -> list[frozenset[int] | 
     return [frozenset({cpus[slot % len(cpus)]}) for slot in range(workers)]
 
 
+def usable_cpus() -> frozenset[int]:
+    """The CPUs this process may run on; none where the system cannot tell (macOS, Windows).
+
+    With none, ``worker_cpus`` pins nobody: there is no affinity to set there either.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    return frozenset() if affinity is None else frozenset(affinity(0))
+
+
 def _pin(cpus: frozenset[int]) -> None:
     """Keep every thread of this process, and those it starts later, on ``cpus``.
 
@@ -553,7 +562,7 @@ def serve(config: uvicorn.Config, *, pin: bool = False) -> int:
     address = f"[{config.host}]" if ":" in config.host else config.host
     scheme = "https" if config.is_ssl else "http"
     logger.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, address, port)
-    cpus = worker_cpus(config.workers, os.sched_getaffinity(0)) if pin else None
+    cpus = worker_cpus(config.workers, usable_cpus()) if pin else None
     if cpus is not None and any(cpus):
         logger.info(
             "Workers kept on CPUs %s, their threads but the database writer under SCHED_BATCH",
