@@ -411,6 +411,11 @@ class Latency:
         """'p50 / p99 / p99.9' for the table."""
         return " / ".join(ms(q, bound) for q in (self.p50, self.p99, self.p999))
 
+    @property
+    def p99_ms(self) -> float | None:
+        """The p99 in milliseconds, for the JSON rows; None when some were never answered."""
+        return None if math.isinf(self.p99) else self.p99 * 1000
+
 
 def describe_open_loop(
     result: openloop.OpenLoopResult, seconds: float, accepted: str = "", *, by_second: bool = False
@@ -960,7 +965,7 @@ def part_latency(
     report.set(
         "latency",
         value=latency.text(plan.drain_seconds),
-        number=None if math.isinf(latency.p99) else latency.p99 * 1000,
+        number=latency.p99_ms,
         note=describe_open_loop(measured, plan.latency_seconds, "COMPLETED", by_second=True)
         + f"; {turns}"
         + restarted,
@@ -969,7 +974,7 @@ def part_latency(
     report.set(
         "latency_ceiling",
         value=base.text(plan.drain_seconds),
-        number=None if math.isinf(base.p99) else base.p99 * 1000,
+        number=base.p99_ms,
         note=describe_open_loop(base_run, plan.latency_seconds, by_second=True)
         + f"; the hello app of the ceiling row, started again beside the gateway; {turns}",
     )
@@ -977,7 +982,7 @@ def part_latency(
     report.set(
         "latency_added",
         value=added.text(plan.drain_seconds),
-        number=None if math.isinf(added.p99) else added.p99 * 1000,
+        number=added.p99_ms,
         target="p99 ≤ 5 ms",
         verdict=verdict(added.p99 <= 0.005),
         note="each quantile of the REQUEST row minus the same quantile of the ceiling's latency "
@@ -1132,7 +1137,7 @@ def part_growth(plan: Plan, report: Report, work: Path, sqlite: SqliteOutcome) -
         report.set(
             key,
             value=ms(latency.p99, plan.drain_seconds),
-            number=None if math.isinf(latency.p99) else latency.p99 * 1000,
+            number=latency.p99_ms,
             note=f"PAYCHECK of {len(requests[key]):,} random stored payments at {rate:,.0f}/s "
             f"(a quarter of the PAYCHECK row's rate, at most 250/s), open loop, in "
             f"{GROWTH_TURNS} turns alternating with the other store, after a warm-up: "

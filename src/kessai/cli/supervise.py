@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -166,15 +166,23 @@ def usable_cpus() -> frozenset[int]:
     return frozenset() if affinity is None else frozenset(affinity(0))
 
 
+def _each_thread(apply: Callable[[int], None]) -> None:
+    """Call ``apply`` with the id of each thread this process has now.
+
+    For a setting a new thread takes from its creator (CPU affinity, scheduling policy): set here
+    before the worker starts any thread of its own, it holds for every later one too.
+    """
+    for task in os.listdir("/proc/self/task"):
+        apply(int(task))
+
+
 def _pin(cpus: frozenset[int]) -> None:
     """Keep every thread of this process, and those it starts later, on ``cpus``.
 
-    A new thread takes its creator's affinity; the threads that already exist are set one by one.
     A refusal (a CPU taken away meanwhile) leaves the worker unpinned, and says so.
     """
     try:
-        for task in os.listdir("/proc/self/task"):
-            os.sched_setaffinity(int(task), cpus)
+        _each_thread(lambda task: os.sched_setaffinity(task, cpus))
     except OSError as exc:
         logger.warning("Worker [%d] not kept on CPU %s: %s", os.getpid(), sorted(cpus), exc)
 
@@ -192,8 +200,7 @@ def _yield_to_the_writer() -> None:
     leaves the policy as it was, and says so.
     """
     try:
-        for task in os.listdir("/proc/self/task"):
-            os.sched_setscheduler(int(task), os.SCHED_BATCH, os.sched_param(0))
+        _each_thread(lambda task: os.sched_setscheduler(task, os.SCHED_BATCH, os.sched_param(0)))
     except OSError as exc:
         logger.warning("Worker [%d] left at the normal scheduling policy: %s", os.getpid(), exc)
 
