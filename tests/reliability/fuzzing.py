@@ -361,8 +361,14 @@ def isolation_problem(
     content: bytes,
     trans_id: str | None,
     trans_key: str | None,
+    known: Mapping[str, KnownPayment] | None = None,
 ) -> str | None:
-    """A payment of another merchant shown, or an answer about another payment; or None."""
+    """A payment of another merchant shown, or an answer about another payment; or None.
+
+    ``asked_merchant`` is the merchant of the payment a transId names. A transKey names a
+    payment only within a merchant, so the payment answered for one is judged by its own
+    transId among the ``known`` payments: another merchant's may share the key.
+    """
     if not 200 <= status < 300:
         return None
     if asked_merchant is not None and asked_merchant != actor_merchant:
@@ -373,6 +379,12 @@ def isolation_problem(
         return None  # images
     if not isinstance(body, dict):
         return None
+    owner = (known or {}).get(str(body.get("transId")))
+    if owner is not None and owner.merchant_id != actor_merchant:
+        return (
+            f"payment {owner.trans_id} of merchant {owner.merchant_id} was answered {status} "
+            "to another merchant"
+        )
     if trans_id is not None and body.get("transId") != trans_id:
         return f"asked for payment {trans_id}, answered payment {body.get('transId')}"
     if trans_key is not None and body.get("transKey") != trans_key:
@@ -388,6 +400,7 @@ class Asked:
     merchant_id: int | None = None  # the merchant of the named payment, when it is a known one
     trans_id: str | None = None
     trans_key: str | None = None
+    known: Mapping[str, KnownPayment] | None = None  # the payments answered so far, by transId
 
 
 def check_answer(
@@ -429,6 +442,7 @@ def check_answer(
             content,
             asked.trans_id,
             asked.trans_key,
+            asked.known,
         )
         if problem:
             found.append(("isolation", problem))
@@ -716,8 +730,9 @@ class Fuzzer:
         if name == "STATUS" and "QUERY" not in negative:
             chosen = self._pick_payment(rng, acting, None)
             if chosen is not None:
+                # Judged by the payment answered (``known``): the actor's merchant may have a
+                # payment of its own under another merchant's transKey, and is answered that.
                 case.query = {**(case.query or {}), "transKey": chosen.trans_key}
-                asked_merchant = chosen.merchant_id
             if isinstance(case.query, dict) and "transKey" in case.query:
                 asked_key = str(case.query["transKey"])
         if body_valid:
@@ -733,7 +748,7 @@ class Fuzzer:
             case.body = body
         if actor is None:
             return Asked()
-        return Asked(actor, asked_merchant, asked_id, asked_key)
+        return Asked(actor, asked_merchant, asked_id, asked_key, world.payments)
 
     def _tailor_other(
         self,

@@ -34,6 +34,7 @@ from reliability.fuzzing import (
     TERMINAL_OPERATIONS,
     Asked,
     FuzzReport,
+    KnownPayment,
     World,
     acceptance_problem,
     check_answer,
@@ -207,6 +208,22 @@ def test_isolation_check_flags_foreign_and_mismatched_payments() -> None:
     assert isolation_problem(1, 1, 200, body, "2222222222", None) is not None  # another one
     assert isolation_problem(1, 1, 200, body, None, "K2") is not None
     assert isolation_problem(1, 1, 200, body, "1111111111", "K1") is None
+
+
+def test_isolation_check_judges_a_transkey_by_the_payment_answered() -> None:
+    # Merchant 2 has a payment under transKey K1; merchant 1 has one of its own under the same key.
+    known = {
+        "1111111111": KnownPayment("1111111111", "K1", 1, "CUSTOMER_CODE", "COMPLETED"),
+        "2222222222": KnownPayment("2222222222", "K1", 2, "CUSTOMER_CODE", "COMPLETED"),
+    }
+    own = _answer(200, {"transId": "1111111111", "transKey": "K1"}).content
+    foreign = _answer(200, {"transId": "2222222222", "transKey": "K1"}).content
+    assert isolation_problem(None, 1, 200, own, None, "K1", known) is None
+    problem = isolation_problem(None, 1, 200, foreign, None, "K1", known)
+    assert problem is not None and "2222222222 of merchant 2" in problem
+    # A payment the run never saw answered is the actor's own as far as the run can tell.
+    unseen = _answer(200, {"transId": "3333333333", "transKey": "K1"}).content
+    assert isolation_problem(None, 1, 200, unseen, None, "K1", known) is None
 
 
 def _paycheck_case(schema: OpenApiSchema) -> schemathesis.Case:
