@@ -274,3 +274,19 @@ def test_a_thread_not_batched_keeps_its_policy(policy: str) -> None:
         return os.sched_getscheduler(0)
 
     assert _policy_of_a_thread(chosen, leave) == chosen
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="needs Linux's policies")
+def test_a_refused_policy_leaves_a_batched_writer_batched_without_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The writer must start all the same: a refusal costs only the preemption it would regain.
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    def leave() -> int:
+        monkeypatch.setattr(os, "sched_setscheduler", refuse)
+        dbmod.leave_batch_policy()
+        return os.sched_getscheduler(0)
+
+    assert _policy_of_a_thread(os.SCHED_BATCH, leave) == os.SCHED_BATCH
