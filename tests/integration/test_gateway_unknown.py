@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import run
 
 from kessai.connectors.base import (
     FlowNotSupported,
@@ -19,6 +20,7 @@ from kessai.connectors.base import (
 )
 from kessai.domain.errors import Conflict
 from kessai.domain.model import PaymentStatus, PendingReason
+from kessai.service.worker import Worker
 
 if TYPE_CHECKING:
     from conftest import Harness, Till
@@ -264,6 +266,56 @@ def test_a_refund_with_an_unknown_outcome_keeps_its_amount_reserved(h: Harness) 
         till.refund(paid.trans_id, 401)
     assert caught.value.code == "REFUND_EXCEEDS_REMAINING"
     assert till.refund(paid.trans_id, 400).payment.refundable_amount == 0
+
+
+def test_a_customer_code_payment_still_waiting_at_the_give_up_time_is_withdrawn(
+    make_harness: Callable[..., Harness],
+) -> None:
+    # A customer asked to confirm in the wallet who walks away (and pays in cash) must not be
+    # charged by a confirmation given later: the payment is withdrawn at the provider and
+    # FAILED on the provider's word, and the wallet can no longer approve it.
+    h = make_harness()
+    till = h.till()
+    give_up = h.settings.provider_give_up_seconds
+    p = till.request(1000, outcome="password")
+    waiting = (S.PENDING, PendingReason.WAITING_FOR_CUSTOMER)
+    assert (p.status, p.pending_reason) == waiting
+    h.clock.advance(give_up - 1)
+    assert state(till, p.trans_id) == waiting
+    h.clock.advance(1)
+    withdrawn = till.paycheck(p.trans_id)
+    assert withdrawn.status is S.FAILED
+    assert withdrawn.failure_code == "REVERSED"
+    assert withdrawn.failure_message is not None
+    assert withdrawn.failure_message.startswith("the customer did not confirm")
+    assert h.charge(p.trans_id)["status"] == "CANCELED"  # type: ignore[index]
+    assert h.settle(p.trans_id, approve=True) == "CANCELED"
+    assert till.paycheck(p.trans_id).status is S.FAILED
+
+
+def test_the_worker_withdraws_a_customer_code_payment_nobody_confirms(
+    make_harness: Callable[..., Harness],
+) -> None:
+    # Without any PAYCHECK from the terminal, the worker's pass ends the payment.
+    h = make_harness()
+    p = h.till().request(1000, outcome="password")
+    h.clock.advance(h.settings.provider_give_up_seconds)
+    report = run(Worker(h.gateway).run_once())
+    assert report.finished == 1
+    row = h.payment_row(p.trans_id)
+    assert (row["status"], row["failure_code"]) == ("FAILED", "REVERSED")
+
+
+def test_a_qr_code_waiting_to_be_scanned_is_not_withdrawn_before_its_deadline(
+    make_harness: Callable[..., Harness],
+) -> None:
+    # The give-up time is for a customer's confirmation; a QR code has its own deadline.
+    h = make_harness()
+    give_up = h.settings.provider_give_up_seconds
+    till = h.till()
+    qr = till.qr(1000, ttl_seconds=int(give_up) * 3)
+    h.clock.advance(give_up * 2)
+    assert state(till, qr.trans_id) == (S.PENDING, PendingReason.WAITING_FOR_CUSTOMER)
 
 
 @pytest.mark.parametrize("outcome", ["timeout-success", "timeout-failure"])

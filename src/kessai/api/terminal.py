@@ -173,7 +173,9 @@ async def logout(state: State, request: Request[Any, Any, Any]) -> Empty:
         "The terminal scanned the code on the customer's phone. The answer is the payment: "
         "COMPLETED, FAILED (with failureCode), or PENDING with pendingReason "
         "WAITING_FOR_CUSTOMER (the wallet asks the customer to confirm) or OUTCOME_UNKNOWN "
-        "(the provider has not answered yet) — then poll PAYCHECK. transKey is the idempotency "
+        "(the provider has not answered yet) — then poll PAYCHECK. Either one still PENDING at "
+        "the give-up time (60 s; WeChat Pay 30 s) is cancelled at the provider and ends FAILED "
+        "(REVERSED). transKey is the idempotency "
         "key: a retry with the same transKey and parameters answers the same payment and never "
         "charges twice."
     ),

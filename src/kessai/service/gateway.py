@@ -692,9 +692,17 @@ class Gateway:
             and payment.qr_expires_at is not None
             and now >= payment.qr_expires_at
         )
+        # A customer who never confirms in the wallet (walked away, paid in cash) must not be
+        # charged later by a confirmation nobody waits for: a customer-code payment still
+        # waiting at the give-up time is withdrawn like one whose outcome is unknown. A QR code
+        # waiting to be scanned ends at its own deadline instead (``expiring``).
+        given_up_on = payment.pending_reason is PendingReason.OUTCOME_UNKNOWN or (
+            payment.kind is PaymentKind.CUSTOMER_CODE
+            and payment.pending_reason is PendingReason.WAITING_FOR_CUSTOMER
+        )
         giving_up = (
             not expiring
-            and payment.pending_reason is PendingReason.OUTCOME_UNKNOWN
+            and given_up_on
             and (now - payment.created_at).total_seconds() >= self._give_up_seconds(connector)
         )
         result: ProviderResult | None
@@ -1261,12 +1269,18 @@ def _decide(
     if outcome is ProviderOutcome.CANCELED and expiring:
         outcome = ProviderOutcome.EXPIRED
     if outcome is ProviderOutcome.CANCELED and giving_up:
-        # The terminal was told "unknown"; the provider has now confirmed that no money moved.
+        # The terminal was told "unknown" or "waiting"; the provider has now confirmed that no
+        # money moved.
         outcome = ProviderOutcome.FAILED
+        who = (
+            "the customer"
+            if payment.pending_reason is PendingReason.WAITING_FOR_CUSTOMER
+            else "the provider"
+        )
         result = ProviderResult(
             ProviderOutcome.FAILED,
             failure_code="REVERSED",
-            failure_message="the provider did not confirm the payment in time; it was "
+            failure_message=f"{who} did not confirm the payment in time; it was "
             "cancelled at the provider and nothing was charged",
         )
     qr_data = result.qr_data if result is not None and result.qr_data else payment.qr_data
