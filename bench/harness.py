@@ -63,6 +63,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["PYTHONUNBUFFERED"] = "1"
+    env["KESSAI_SANDBOX_ENABLED"] = "true"  # the bench pays with the sandbox's codes
     env.update(extra)
     return env
 

@@ -171,7 +171,7 @@ def _measure(
     ``batched`` receives the database's batch counts (``Database.batched``) before the measured
     turns and after them.
     """
-    gateway = build_gateway(url, Settings())
+    gateway = build_gateway(url, Settings(sandbox_enabled=True))
     upgrade(gateway.db)
     tokens = _terminals(gateway, now)
     warmup = min(2_000, args.payments)

@@ -70,8 +70,10 @@ class Settings:
     pin_workers: bool = True
     # The externally visible base URL, used in sandbox qrData links.
     public_url: str = "http://127.0.0.1:8000"
-    # The sandbox wallets and their pages; turn off where real providers are used.
-    sandbox_enabled: bool = True
+    # The sandbox wallets: their pages, and payments of services a merchant has no provider
+    # account for. Off unless asked for (`kessai demo` turns it on): a sandbox code "pays"
+    # without moving money, so it must never answer for a real shop by default.
+    sandbox_enabled: bool = False
 
     def __post_init__(self) -> None:
         # Every limit is checked once, wherever the settings come from: a negative batch size

@@ -42,6 +42,7 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.05, max_delay_s=0.2, max
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any KESSAI_* setting of the developer's shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
+    env["KESSAI_SANDBOX_ENABLED"] = "true"  # the tests pay with the sandbox's codes
     env.update(extra)
     return env
 

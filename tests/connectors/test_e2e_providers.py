@@ -53,7 +53,8 @@ SETTINGS = {
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
-    return env | SETTINGS | {"PYTHONUNBUFFERED": "1"}
+    # The sandbox stays on: services without a provider account still pay there.
+    return env | SETTINGS | {"PYTHONUNBUFFERED": "1", "KESSAI_SANDBOX_ENABLED": "true"}
 
 
 def _free_port() -> int:

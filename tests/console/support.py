@@ -63,6 +63,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment without KESSAI_* (so nothing leaks in), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["KESSAI_SANDBOX_ENABLED"] = "true"  # the tests pay with the sandbox's codes
     env.update(extra or {})
     return env
 

@@ -78,6 +78,8 @@ def base_env() -> dict[str, str]:
     """The environment for subprocesses: ours, minus any KESSAI_* that could leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KESSAI_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # The tests pay with the sandbox's codes, which production leaves off.
+    env["KESSAI_SANDBOX_ENABLED"] = "true"
     return env
 
 

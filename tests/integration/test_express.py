@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any], list[str]]]:
 @pytest.fixture
 def client(setup: tuple[str, dict[str, Any], list[str]]) -> Iterator[TestClient[Any]]:
     url, _, _ = setup
-    with TestClient(serving_app(url, Settings())) as test_client:
+    with TestClient(serving_app(url, Settings(sandbox_enabled=True))) as test_client:
         yield test_client
 
 
@@ -196,7 +197,7 @@ def test_a_serving_process_leaves_startups_objects_out_of_later_collections(
     setup: tuple[str, dict[str, Any], list[str]],
 ) -> None:
     url, login, codes = setup
-    app = serving_app(url, Settings(), freeze_at_startup=True)
+    app = serving_app(url, Settings(sandbox_enabled=True), freeze_at_startup=True)
     assert gc.get_freeze_count() == 0
     with TestClient(app) as served:
         # The app's modules, routes and gateway, at least: tens of thousands of objects.
@@ -220,7 +221,7 @@ def test_tests_and_embedded_apps_freeze_nothing(
     setup: tuple[str, dict[str, Any], list[str]],
 ) -> None:
     url, _, _ = setup
-    with TestClient(serving_app(url, Settings())) as served:
+    with TestClient(serving_app(url, Settings(sandbox_enabled=True))) as served:
         assert served.get("/healthz").status_code == 200
         assert gc.get_freeze_count() == 0
 
@@ -233,6 +234,9 @@ def test_kessai_serve_builds_a_freezing_app(
     served = app_from_env()
     assert isinstance(served, express.Front)
     assert freeze_startup_objects in served.app.on_startup
+    # httpx would log each webhook delivery's whole URL, query token and all, at INFO.
+    assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
+    assert logging.getLogger("httpcore").getEffectiveLevel() >= logging.WARNING
 
 
 class _Cyclic:

@@ -232,7 +232,7 @@ def test_a_gateway_whose_disk_fails_an_fsync_answers_500_and_reports_itself_unhe
     path: Path, recorder: Recorder
 ) -> None:
     login, codes = seed_terminal(f"sqlite:///{path}", "Disk Shop", 2)
-    with TestClient(serving_app(f"sqlite:///{path}", Settings())) as client:
+    with TestClient(serving_app(f"sqlite:///{path}", Settings(sandbox_enabled=True))) as client:
         answer = client.post("/v1/login", json={**login, "key": "AA:BB:CC:00:11:22"})
         auth = {"Authorization": f"Bearer {answer.json()['sessionToken']}"}
         body = {"transKey": "DISK1", "amount": 500, "code": codes[0]}

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from kessai.adapters import schema as t
 from kessai.connectors.base import PayRequest, ProviderOutcome, ProviderResult
+from kessai.domain.errors import InvalidRequest
 from kessai.domain.model import PaymentStatus
 from kessai.service import events
 from kessai.service.worker import Worker
@@ -344,3 +345,29 @@ def test_the_worker_gives_its_webhook_pass_the_budget_its_time_bound_leaves(
     finally:
         asyncio.run(worker.aclose())
         sluggish.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_webhook_url_with_a_user_or_password_is_refused_and_nothing_is_set(h: Harness) -> None:
+    # Credentials in the URL would be kept in clear in the database and in the audit trail,
+    # which refuses every change, and would be logged with each delivery.
+    shop = h.provision()
+    url = "https://hookuser:hookpass@hooks.example.jp/in"
+    with pytest.raises(InvalidRequest) as caught:
+        h.db.run_sync(lambda conn: events.set_endpoint(conn, shop.merchant_id, url, h.clock()))
+    assert caught.value.field == "url"
+    assert h.table("webhook_endpoints") == []
+    assert not [r for r in h.table("audit_events") if r["action"] == "webhook.endpoint_set"]
+
+
+@pytest.mark.usefixtures("master_key")
+def test_the_audit_trail_keeps_a_webhook_url_without_its_query(h: Harness) -> None:
+    # A token in the query is the merchant's secret: the endpoint keeps it to deliver, the
+    # append-only audit trail does not.
+    shop = h.provision()
+    url = "https://hooks.example.jp/in?token=URLSECRET123#part"
+    h.db.run_sync(lambda conn: events.set_endpoint(conn, shop.merchant_id, url, h.clock()))
+    assert [r["url"] for r in h.table("webhook_endpoints")] == [url]
+    (entry,) = [r for r in h.table("audit_events") if r["action"] == "webhook.endpoint_set"]
+    assert "URLSECRET123" not in str(entry["detail"])
+    assert "https://hooks.example.jp/in" in str(entry["detail"])

@@ -58,6 +58,7 @@ SERVICES: Final = ("01", "02", "03", "04", "05", "20", "21", "22")
 # longest time a provider call can spend queued on a loaded machine: below that, "not found"
 # would be taken for "never arrived" while the call is still on its way.
 CRASH_SETTINGS: Final[Mapping[str, str]] = {
+    "KESSAI_SANDBOX_ENABLED": "true",
     "KESSAI_SANDBOX_REVEAL_AFTER_SECONDS": "1",
     "KESSAI_PROVIDER_RECHECK_INTERVAL_MS": "200",
     "KESSAI_WORKER_RECHECK_INTERVAL_MS": "500",

@@ -511,7 +511,7 @@ def test_a_request_writes_its_charge_payment_and_audit_entries_with_one_statemen
     terminal, os_value, codes = _shop_with_codes(db, "Deferred", datetime.now(UTC))
 
     async def scenario() -> tuple[Payment, list[str], list[str]]:
-        gateway = build_gateway(url, Settings())
+        gateway = build_gateway(url, Settings(sandbox_enabled=True))
         try:
             token = await _logged_in(gateway, terminal, os_value)
             for number, code in enumerate(codes):
@@ -1182,7 +1182,7 @@ def test_a_request_whose_code_is_spent_after_its_read_runs_again_and_finds_it_us
     monkeypatch.setattr(sessions, "authenticate_for_payment", racing)
 
     async def scenario() -> list[Payment]:
-        gateway = build_gateway(url, Settings())
+        gateway = build_gateway(url, Settings(sandbox_enabled=True))
         try:
             token = await _logged_in(gateway, terminal, os_value)
             # The first payment teaches the code key.
@@ -1211,7 +1211,7 @@ def test_requests_racing_in_one_batch_make_one_payment_per_transkey_and_one_char
     codes += db.run_sync(lambda conn: wallets.issue_codes(conn, "01", "success", 3, now))
 
     async def scenario() -> tuple[list[Payment], list[Payment]]:
-        gateway = build_gateway(url, Settings())
+        gateway = build_gateway(url, Settings(sandbox_enabled=True))
         try:
             token = await _logged_in(gateway, terminal, os_value)
 

@@ -19,11 +19,11 @@ def test_environment_overrides_defaults_with_the_right_types(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("KESSAI_QR_TTL_DEFAULT_SECONDS", "120")
-    monkeypatch.setenv("KESSAI_SANDBOX_ENABLED", "false")
+    monkeypatch.setenv("KESSAI_SANDBOX_ENABLED", "true")
     monkeypatch.setenv("KESSAI_PROVIDER_TIMEOUT_SECONDS", "2.5")
     settings = Settings.from_env(public_url="http://pos.example")
     assert settings.qr_ttl_default_seconds == 120
-    assert settings.sandbox_enabled is False
+    assert settings.sandbox_enabled is True
     assert settings.provider_timeout_seconds == 2.5
     assert settings.public_url == "http://pos.example"
 
@@ -68,3 +68,10 @@ def test_zero_empty_and_the_spellings_of_yes_and_no(monkeypatch: pytest.MonkeyPa
 def test_limits_are_checked_however_the_settings_are_made() -> None:
     with pytest.raises(SettingsError, match="KESSAI_MAX_BODY_BYTES must be more than 0"):
         Settings(max_body_bytes=0)
+
+
+def test_the_sandbox_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sandbox code "pays" without moving money: a gateway must never offer it by default.
+    monkeypatch.delenv("KESSAI_SANDBOX_ENABLED", raising=False)
+    assert Settings().sandbox_enabled is False
+    assert Settings.from_env().sandbox_enabled is False

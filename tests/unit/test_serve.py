@@ -6,6 +6,7 @@ own listening socket.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -84,3 +85,18 @@ def test_a_supervisor_that_gives_up_makes_serve_fail(monkeypatch: pytest.MonkeyP
     with pytest.raises(typer.Exit) as raised:
         main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 3, None)
     assert raised.value.exit_code == STARTUP_FAILURE
+
+
+def test_an_operators_public_url_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind a TLS proxy the gateway listens on a local http address; the console's cookies are
+    # Secure only if the https address the operator gave survives the start.
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setenv("KESSAI_PUBLIC_URL", "https://pay.example.jp")
+    main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 1, None)
+    assert os.environ["KESSAI_PUBLIC_URL"] == "https://pay.example.jp"
+    # --public-url wins over the environment; without either, the listening address is used.
+    main._serve("127.0.0.1", 8000, "sqlite:///unused.db", 1, "https://other.example.jp")
+    assert os.environ["KESSAI_PUBLIC_URL"] == "https://other.example.jp"
+    monkeypatch.delenv("KESSAI_PUBLIC_URL")
+    main._serve("127.0.0.1", 8001, "sqlite:///unused.db", 1, None)
+    assert os.environ["KESSAI_PUBLIC_URL"] == "http://127.0.0.1:8001"

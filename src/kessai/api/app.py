@@ -222,4 +222,8 @@ def app_from_env() -> ASGIApp:
     # Litestar's own logging setup (run while the app is built) resets the root logger to INFO;
     # the level asked for must win.
     logging.getLogger().setLevel(level)
+    # httpx logs every request's whole URL at INFO, and a merchant's webhook URL may carry a
+    # token in its query: the HTTP client logs only its warnings, whatever the level.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     return app

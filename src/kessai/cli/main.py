@@ -152,7 +152,11 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
     from kessai.cli import supervise  # noqa: PLC0415 - it imports uvicorn too
 
     os.environ["KESSAI_DATABASE_URL"] = database
-    os.environ["KESSAI_PUBLIC_URL"] = public_url or f"http://{host}:{port}"
+    # An operator's KESSAI_PUBLIC_URL (the https address in front of a proxy) is kept: the
+    # console's cookies are Secure only when it says https.
+    os.environ["KESSAI_PUBLIC_URL"] = (
+        public_url or os.environ.get("KESSAI_PUBLIC_URL") or f"http://{host}:{port}"
+    )
     # Checked here, once: a bad KESSAI_* value then stops the command with its one-line message
     # (see main) instead of failing every worker process at its start.
     pin = Settings.from_env().pin_workers
@@ -461,6 +465,8 @@ def demo(
         key_file.write_text(keys.generate_key())
         key_file.chmod(0o600)
         os.environ[keys.KEY_FILE_ENV] = str(key_file)
+    # The demo is the sandbox's: its wallets answer every payment.
+    os.environ["KESSAI_SANDBOX_ENABLED"] = "true"
     base = f"http://{host}:{port}"
     with opened(url) as db:
         text = seed_and_describe(db, url, base)

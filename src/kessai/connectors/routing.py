@@ -197,13 +197,22 @@ def choose(
     service_id: str,
     flow: Flow,
     connectors: Mapping[str, Connector],
+    *,
+    sandbox: bool = True,
 ) -> str:
     """The connector name for a payment, given the merchant's active account for the service.
 
-    ``row`` is that account (None: the merchant has none, and the sandbox serves the service).
-    Raises ``FlowNotSupported`` when the configured provider lacks ``flow``, and
-    ``AccountUnusable`` when its account cannot be used; either way no payment is written.
+    ``row`` is that account (None: the merchant has none, and the sandbox serves the service
+    when ``sandbox`` is on). Raises ``FlowNotSupported`` when the configured provider lacks
+    ``flow``, and ``AccountUnusable`` when its account cannot be used or there is none and the
+    sandbox is off; either way no payment is written.
     """
+    if row is None and not sandbox:
+        raise AccountUnusable(
+            f"the merchant has no provider account for serviceId {service_id}, and the "
+            "sandbox wallets are turned off",
+            field="serviceId",
+        )
     kind = SANDBOX if row is None else str(row.provider)
     connector = connectors.get(kind)
     if connector is None:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -146,7 +146,20 @@ def _check_url(url: str) -> str:
         raise InvalidRequest(
             f"url must be an http(s) URL of at most {MAX_URL_LENGTH} characters", field="url"
         )
+    if "@" in parts.netloc:
+        # A user and password in the URL would be kept in the database and the audit trail in
+        # clear; the signature is what proves an event comes from the gateway.
+        raise InvalidRequest(
+            "url must not carry a user or password: verify the events' signature instead",
+            field="url",
+        )
     return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its query and fragment, where a token may hide: for logs and the audit."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def set_endpoint(conn: Connection, merchant_id: int, url: str, now: datetime) -> str:
@@ -184,7 +197,7 @@ def set_endpoint(conn: Connection, merchant_id: int, url: str, now: datetime) ->
         actor="admin:cli",
         action="webhook.endpoint_set",
         merchant_id=merchant_id,
-        detail={"url": url},
+        detail={"url": shown_url(url)},
     )
     return secret
 

@@ -453,7 +453,11 @@ class Gateway:
             trans_id = first_trans_id if runs == 1 else new_trans_id()
             payment = build(ctx, trans_id)
             provider = routing.choose(
-                ctx.account_of(service.service_id), service.service_id, flow, self.connectors
+                ctx.account_of(service.service_id),
+                service.service_id,
+                flow,
+                self.connectors,
+                sandbox=self.settings.sandbox_enabled,
             )
             local = self._in_database(provider) if within is not None else None
             move: _Move | None = None

@@ -294,6 +294,7 @@ class Simulation:
         # alone with the wallet. The worker's jobs get no wall-clock budget: a loaded machine
         # must not change the run.
         self.settings = Settings(
+            sandbox_enabled=True,
             provider_recheck_interval_ms=self.rng.choice((250, 1000, 3000)),
             worker_recheck_interval_ms=self.rng.choice((500, 3000, 10000)),
             worker_batch_size=self.rng.choice((5, 100)),
