@@ -247,3 +247,41 @@ def test_another_merchants_payment_is_absent(
     assert acting.status == 404
     after = register.paycheck(theirs["transId"])
     assert (after["status"], after["refundedAmount"]) == ("COMPLETED", 0)
+
+
+# Days whose Japan-time bounds fall outside what a datetime can hold (0001-01-01 starts in year 0
+# in UTC; 9999-12-31 ends in year 10000): read as invalid filters, like from=x.
+CALENDAR_ENDS = ["to=9999-12-31", "from=0001-01-01"]
+
+
+@pytest.mark.parametrize("query", CALENDAR_ENDS)
+def test_a_date_at_the_end_of_the_calendar_is_an_invalid_filter(
+    page: Page, register: Register, shop: Shop, query: str
+) -> None:
+    paid = register.pay(310)
+    login(page, shop.owner, OWNER_PASSWORD)
+    listing = page.request.get(f"/console/payments?{query}")
+    assert listing.status == 200, listing.status
+    assert 'id="filter-invalid"' in listing.text()
+    # The CSV leaves the same bound out: every payment, this one too.
+    export = page.request.get(f"/console/payments.csv?{query}")
+    assert export.status == 200, export.status
+    assert export.headers["content-type"].startswith("text/csv")
+    body = export.body()
+    assert body.startswith(b"\xef\xbb\xbf")
+    assert paid["transId"] in body.decode("utf-8-sig")
+
+
+def test_the_days_next_to_the_ends_of_the_calendar_still_filter(
+    page: Page, register: Register, shop: Shop
+) -> None:
+    paid = register.pay(320)
+    login(page, shop.owner, OWNER_PASSWORD)
+    page.goto("/console/payments?from=0001-01-02&to=9999-12-30")
+    expect(page.locator("#filter-invalid")).to_have_count(0)
+    expect(page.locator("#date-from")).to_have_value("0001-01-02")
+    expect(page.locator("#date-to")).to_have_value("9999-12-30")
+    assert paid["transId"] in _rows(page)
+    export = page.request.get("/console/payments.csv?from=0001-01-02&to=9999-12-30")
+    assert export.status == 200
+    assert paid["transId"] in export.body().decode("utf-8-sig")

@@ -182,3 +182,70 @@ def test_forms_without_the_csrf_token_are_refused(
     # Still logged in: the refused logout changed nothing.
     page.goto("/console/payments")
     expect(page.locator("#user-email")).to_have_text(shop.owner)
+
+
+# Amounts a loose reading turns into another number: cut to 12 characters (¥1), or read by int()
+# with its "_" separators (¥10) or full-width digits (¥10).
+MISREAD_AMOUNTS = ["000000000001999", "1_0", "１０"]
+AMOUNT_INVALID = "返金額は1円から"
+
+
+@pytest.mark.parametrize("typed", MISREAD_AMOUNTS)
+def test_a_refund_amount_is_read_whole_and_in_ascii_digits_or_refused(
+    page: Page, register: Register, shop: Shop, typed: str
+) -> None:
+    paid = register.pay(2000)
+    login(page, shop.owner, OWNER_PASSWORD)
+    page.goto(f"/console/payments/{paid['transId']}")
+    base = f"/console/payments/{paid['transId']}"
+    confirm = page.request.post(
+        f"{base}/refund/confirm",
+        form={"_csrf": csrf_of(page), "mode": "partial", "amount": typed},
+        max_redirects=0,
+    )
+    assert confirm.status == 400, confirm.status
+    assert AMOUNT_INVALID in confirm.text()
+    assert 'id="refund-confirm"' not in confirm.text()
+    # The final step, posted directly, refuses it the same way, and nothing is refunded.
+    final = page.request.post(
+        f"{base}/refund",
+        form={"_csrf": csrf_of(page), "amount": typed, "refund_key": new_key("C")},
+        max_redirects=0,
+    )
+    assert final.status == 400, final.status
+    assert AMOUNT_INVALID in final.text()
+    after = register.paycheck(paid["transId"])
+    assert (after["status"], after["refundedAmount"], after["refunds"]) == ("COMPLETED", 0, [])
+    # Grouping commas and a leading ¥ are still read, as typed on a receipt.
+    grouped = page.request.post(
+        f"{base}/refund/confirm",
+        form={"_csrf": csrf_of(page), "mode": "partial", "amount": "¥1,500"},
+        max_redirects=0,
+    )
+    assert grouped.status == 200
+    assert 'id="confirm-amount">¥1,500<' in grouped.text()
+
+
+def test_an_over_long_refund_key_or_voucher_number_is_refused_not_cut_short(
+    page: Page, register: Register, shop: Shop
+) -> None:
+    paid = register.pay(900)
+    login(page, shop.owner, OWNER_PASSWORD)
+    page.goto(f"/console/payments/{paid['transId']}")
+    answer = page.request.post(
+        f"/console/payments/{paid['transId']}/refund",
+        form={"_csrf": csrf_of(page), "amount": "900", "refund_key": "C" + "1" * 60},
+        max_redirects=0,
+    )
+    assert answer.status == 400, answer.status
+    assert "refundKey" in answer.text()
+    after = register.paycheck(paid["transId"])
+    assert (after["status"], after["refundedAmount"], after["refunds"]) == ("COMPLETED", 0, [])
+    voucher = page.request.post(
+        f"/console/payments/{paid['transId']}/voucher",
+        form={"_csrf": csrf_of(page), "voucher_no": "V" * 60},
+        max_redirects=0,
+    )
+    assert voucher.status == 400, voucher.status
+    assert 'id="voucher-error"' in voucher.text()
+    assert register.status(paid["transKey"])["voucherNo"] is None

@@ -141,3 +141,38 @@ def test_daily_totals_count_payments_and_refunds_per_day_terminal_and_service(
     # A period longer than allowed falls back to the default, and says so.
     page.goto("/console/totals?from=2020-01-01&to=2026-01-01")
     expect(page.locator(".field-error")).to_contain_text("92日")
+
+
+# Periods touching days whose Japan-time bounds a datetime cannot hold (0001-01-01 starts in year 0
+# in UTC, 9999-12-31 ends in year 10000; to=0001-01-01 alone would start 13 days before year 1).
+CALENDAR_ENDS = [
+    "to=9999-12-31",
+    "to=0001-01-01",
+    "from=0001-01-01&to=0001-01-02",
+    "from=9999-12-30&to=9999-12-31",
+]
+
+
+@pytest.mark.parametrize("query", CALENDAR_ENDS)
+def test_a_period_at_the_end_of_the_calendar_is_refused_like_an_unreadable_one(
+    page: Page, shop: Shop, query: str
+) -> None:
+    login(page, shop.owner, OWNER_PASSWORD)
+    answer = page.goto(f"/console/totals?{query}")
+    assert answer is not None
+    assert answer.status == 200, answer.status
+    expect(page.locator(".field-error")).to_contain_text("92日")
+    # The default period is shown instead: the last two weeks, up to today.
+    today = datetime.now(JST).date()
+    expect(page.locator("#totals-to")).to_have_value(today.isoformat())
+    expect(page.locator("#totals-from")).to_have_value((today - timedelta(days=13)).isoformat())
+
+
+def test_periods_next_to_the_ends_of_the_calendar_are_shown(page: Page, shop: Shop) -> None:
+    login(page, shop.owner, OWNER_PASSWORD)
+    for first, last in (("0001-01-02", "0001-01-03"), ("9999-12-29", "9999-12-30")):
+        page.goto(f"/console/totals?from={first}&to={last}")
+        expect(page.locator(".field-error")).to_have_count(0)
+        expect(page.locator("#totals-from")).to_have_value(first)
+        expect(page.locator("#totals-to")).to_have_value(last)
+        expect(page.locator("#total-paid")).to_have_text("¥0")

@@ -32,6 +32,13 @@ PAID_STATUSES: Final = (
 )
 MAX_SEARCH_LENGTH: Final = 40
 MAX_PAGE: Final = 10_000
+# The days a filter may name. A Japan-time day runs from its midnight to the next, in UTC: for
+# 0001-01-01 the first lies before datetime's range, for 9999-12-31 the second after it. Such a day
+# is refused like any unreadable date, not clamped: for the list, leaving the bound out selects
+# the very rows clamping would (no payment is dated near either end), and for totals the default
+# period with the notice is more use than days that cannot hold a sale.
+FIRST_DAY: Final = date.min + timedelta(days=1)
+LAST_DAY: Final = date.max - timedelta(days=1)
 
 
 # -- the payment list -----------------------------------------------------------------------------
@@ -79,8 +86,12 @@ class PaymentFilter:
         return bool(self.params(page=1))
 
 
-def _date(raw: str) -> date:
-    return date.fromisoformat(raw)
+def parse_day(raw: str) -> date:
+    """A filter's ``YYYY-MM-DD``; ValueError when unreadable or outside FIRST_DAY..LAST_DAY."""
+    day = date.fromisoformat(raw)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"{raw} is at the end of the calendar")
+    return day
 
 
 def _amount(raw: str) -> int:
@@ -104,8 +115,8 @@ def parse_filter(params: Mapping[str, str], service_ids: frozenset[str]) -> Paym
         except (ValueError, InvalidRequest):
             invalid.append(key)
 
-    take("date_from", "from", _date)
-    take("date_to", "to", _date)
+    take("date_from", "from", parse_day)
+    take("date_to", "to", parse_day)
     take("mid", "terminal", lambda raw: fields.check("mid", raw))
     take("service_id", "service", lambda raw: _member(raw, service_ids))
     take("status", "status", lambda raw: _member(raw, frozenset(STATUSES)))

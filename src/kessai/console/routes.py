@@ -8,6 +8,7 @@ whether they are ``public`` or ``owner_only``.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -48,7 +49,7 @@ from kessai.console.web import (
 from kessai.domain import fields
 from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import InvalidRequest, KessaiError, NotFound, RateLimited
-from kessai.domain.model import VOUCHER_EDITABLE_STATUSES
+from kessai.domain.model import MAX_AMOUNT_YEN, MIN_AMOUNT_YEN, VOUCHER_EDITABLE_STATUSES
 from kessai.security import new_session_token, token_hash, verify_secret
 from kessai.service import admin, ratelimit
 
@@ -62,11 +63,37 @@ _DUMMY_HASH: Final = (
 )
 TOTALS_DEFAULT_DAYS: Final = 14
 REFUND_KEY_PREFIX: Final = "C"
+MAX_AMOUNT_TEXT: Final = 12
+# A typed amount of yen: ASCII digits, either plain or grouped by threes with commas, after an
+# optional ¥. Nothing else: no sign, no "_" and no full-width digits, all of which int() accepts.
+_YEN_TEXT: Final = re.compile(r"¥?([0-9]+|[0-9]{1,3}(?:,[0-9]{3})+)")
 
 
-def _form_text(form: Any, name: str, limit: int = 200) -> str:
+def _form_text(form: Any, name: str, limit: int = 200) -> str | None:
+    """A form field, trimmed; "" when absent, None when longer than ``limit``.
+
+    A value that is too long is refused, never cut short: cut short it may read as another valid
+    value (an amount of 000000000001999 as 000000000001). Each caller decides what refusing means.
+    """
     value = form.get(name)
-    return value.strip()[:limit] if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    value = value.strip()
+    return value if len(value) <= limit else None
+
+
+def _yen_amount(raw: str | None) -> int:
+    """A typed amount of whole yen within the gateway's bounds; ValueError for anything else.
+
+    ``raw`` is None when the field was too long: refused like any other unreadable amount.
+    """
+    found = _YEN_TEXT.fullmatch(raw or "")
+    if found is None:
+        raise ValueError("amount is not a whole number of yen")
+    value = int(found[1].replace(",", ""))
+    if not MIN_AMOUNT_YEN <= value <= MAX_AMOUNT_YEN:
+        raise ValueError("amount out of bounds")
+    return value
 
 
 def _services(lang: str) -> list[tuple[str, str]]:
@@ -119,10 +146,11 @@ async def login_submit(request: AnyRequest) -> Response[Any]:
     """
     config = config_of(request)
     form = await request.form()
-    email = _form_text(form, "email", users.MAX_EMAIL_LENGTH)
+    # An address longer than any account's is refused like an unknown one: "" names no account.
+    email = _form_text(form, "email", users.MAX_EMAIL_LENGTH) or ""
     password = form.get("password")
     password = password if isinstance(password, str) else ""
-    target = safe_next(_form_text(form, "next", 2000))
+    target = safe_next(_form_text(form, "next", 2000))  # too long (None): home, as unsafe ones
     gw = gateway(request)
     now = gw.clock()
     t = Translator(lang_of(request))
@@ -207,9 +235,9 @@ async def switch_language(request: AnyRequest) -> Redirect:
     """Switch between Japanese and English; remembered in a cookie and on the user."""
     config = config_of(request)
     form = await request.form()
-    lang = _form_text(form, "lang", 2)
-    if lang not in LANGS:
-        lang = "ja"
+    chosen = _form_text(form, "lang", 2)
+    # An unknown choice, or one too long to be any (None): Japanese.
+    lang = chosen if chosen is not None and chosen in LANGS else "ja"
     user = user_of(request)
     if user is not None:
         await write(request, lambda conn: users.remember_lang(conn, user.user_id, lang))
@@ -348,12 +376,15 @@ async def payment_page(request: AnyRequest, trans_id: FromPath[str]) -> Response
 
 
 def _refund_amount(form: Any, refundable: int) -> int:
-    """The amount of the refund form: all that remains, or the partial amount typed."""
+    """The amount of the refund form: all that remains, or the partial amount typed.
+
+    Any mode but "partial" (a too long one too) asks for all that remains, which the confirmation
+    page shows before anything is refunded.
+    """
     if _form_text(form, "mode", 10) != "partial":
         return refundable
-    raw = _form_text(form, "amount", 12).replace(",", "").replace("¥", "")
-    value = int(raw)  # ValueError for anything but an integer
-    if not 1 <= value <= refundable:
+    value = _yen_amount(_form_text(form, "amount", MAX_AMOUNT_TEXT))
+    if value > refundable:
         raise ValueError("amount out of range")
     return value
 
@@ -379,7 +410,7 @@ async def refund_confirm(request: AnyRequest, trans_id: FromPath[str]) -> Respon
             status_code=400,
             refund_error=t("refund.amount_invalid", max=yen(refundable)),
             refund_mode="partial",
-            refund_amount=_form_text(form, "amount", 12),
+            refund_amount=_form_text(form, "amount", MAX_AMOUNT_TEXT) or "",
         )
     return page(
         request,
@@ -400,10 +431,11 @@ async def refund_submit(request: AnyRequest, trans_id: FromPath[str]) -> Respons
     fields.check("transId", trans_id)
     form = await request.form()
     t = Translator(lang_of(request))
-    refund_key = _form_text(form, "refund_key", 40)
+    key_text = _form_text(form, "refund_key", 40)
     try:
-        fields.check("refundKey", refund_key)
-        amount = int(_form_text(form, "amount", 12))
+        # A key too long to be one (None) is refused by refundKey's rule, as a malformed one is.
+        refund_key = fields.check("refundKey", key_text or "")
+        amount = _yen_amount(_form_text(form, "amount", MAX_AMOUNT_TEXT))
         view = await gateway(request).refund_for_merchant(
             user.merchant_id,
             trans_id,
@@ -431,7 +463,9 @@ async def voucher_submit(request: AnyRequest, trans_id: FromPath[str]) -> Respon
     user = require_user(request)
     fields.check("transId", trans_id)
     form = await request.form()
-    voucher_no = _form_text(form, "voucher_no", 40)
+    # A number too long to be one (None) becomes "", which VOUCHERNO's rule refuses like a
+    # malformed one (the page says so; the payment keeps its number).
+    voucher_no = _form_text(form, "voucher_no", 40) or ""
     now = gateway(request).clock()
     rid = request_id_of(request.scope)
     t = Translator(lang_of(request))
@@ -529,15 +563,17 @@ def _totals_range(request: AnyRequest, max_days: int) -> _Range:
     if not raw_from and not raw_to:
         return default
     try:
-        day_to = date.fromisoformat(raw_to) if raw_to else today
+        # A day at the very end of the calendar is refused like an unreadable one (see
+        # queries.FIRST_DAY for why), and so is a default start that would fall before it.
+        day_to = queries.parse_day(raw_to) if raw_to else today
         day_from = (
-            date.fromisoformat(raw_from)
+            queries.parse_day(raw_from)
             if raw_from
             else day_to - timedelta(days=TOTALS_DEFAULT_DAYS - 1)
         )
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: that default start before year 1
         return _Range(default.day_from, default.day_to, True)
-    if day_from > day_to or (day_to - day_from).days >= max_days:
+    if day_from < queries.FIRST_DAY or day_from > day_to or (day_to - day_from).days >= max_days:
         return _Range(default.day_from, default.day_to, True)
     return _Range(day_from, day_to, False)
 
