@@ -306,6 +306,17 @@ def test_the_worker_withdraws_a_customer_code_payment_nobody_confirms(
     assert (row["status"], row["failure_code"]) == ("FAILED", "REVERSED")
 
 
+def test_a_qr_code_the_provider_never_made_is_not_shown_as_waiting_for_the_customer(
+    fast_h: Harness,
+) -> None:
+    # Nothing to scan: the terminal must not be told that the customer is the one to act.
+    till = fast_h.till()
+    install(fast_h, SilentProvider("timeout", "unknown"))
+    qr = till.qr(1000)
+    assert (qr.status, qr.pending_reason, qr.qr_data) == (*UNKNOWN, None)
+    assert state(till, qr.trans_id) == UNKNOWN
+
+
 def test_a_qr_code_waiting_to_be_scanned_is_not_withdrawn_before_its_deadline(
     make_harness: Callable[..., Harness],
 ) -> None:

@@ -829,7 +829,9 @@ class Gateway:
                 service_id=service.service_id,
                 amount=amount,
                 status=S.PENDING,
-                pending_reason=PendingReason.WAITING_FOR_CUSTOMER,
+                # Waiting for the customer only once the provider has made the code: a call
+                # left unanswered must not show a terminal a wait with nothing to scan.
+                pending_reason=PendingReason.OUTCOME_UNKNOWN,
                 qr_expires_at=expires_at,
                 created_at=now,
                 updated_at=now,
