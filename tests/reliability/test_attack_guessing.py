@@ -351,6 +351,24 @@ def test_the_console_login_shares_the_allowance(gw: Gateway) -> None:
         assert console_login(http, email, user["password"]).status_code == 303
 
 
+def test_the_console_guess_that_locks_an_account_counts_against_the_address(gw: Gateway) -> None:
+    # The fifth wrong password locks the account and is answered 429; it is a guess all the
+    # same, and probing for accounts by their locks must spend the address's allowance.
+    shop = gw.provisioner.fresh()
+    email = f"{new_key('lock').lower()}@shop.example"
+    gw.admin.json(
+        "admin", "user", "create", "--merchant", str(shop.merchant_id), "--email", email, "--role",
+        "staff",
+    )  # fmt: skip
+    with client_at(gw.base_url, fresh_address()) as http:
+        http.cookies.set("kessai_lang", "en")
+        pages = [console_login(http, email, f"wrong-password-{n}").status_code for n in range(5)]
+        assert pages == [401, 401, 401, 401, 429]
+        assert ADDRESS_LIMIT == 6
+        assert_error(Pos(http, shop).login(password="Mixed0000001"), 401, "WRONG_CREDENTIALS")
+        assert_error(Pos(http, shop).login(), 429, "TOO_MANY_ATTEMPTS")
+
+
 def test_forwarded_addresses_are_believed_only_from_a_trusted_proxy(tmp_path: Path) -> None:
     # Trust a proxy at another address: our requests come straight from 127.0.0.1, so their
     # X-Forwarded-For is the client's own claim and must change nothing.

@@ -197,6 +197,9 @@ async def login_submit(request: AnyRequest) -> Response[Any]:
                 ),
             )
             if outcome.refused == "locked":
+                if not ok:
+                    # The guess that locked the account is a failed login all the same.
+                    attempt.fail()
                 return refused("login.locked", 429, minutes=-(-outcome.locked_seconds // 60))
             if outcome.refused == "disabled":
                 return refused("login.disabled", 403)
