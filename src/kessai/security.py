@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -57,6 +58,16 @@ def token_hash(token: str) -> str:
     A fast hash is right here because the token has 256 random bits; there is nothing to guess.
     """
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def csrf_token_of(session_token: str) -> str:
+    """The console's CSRF token for a session, derived from the session's own token.
+
+    So that no copy of it need be stored: the database keeps only digests, and a copy of it
+    cannot be used to forge a logged-in user's forms.
+    """
+    mac = hmac.new(session_token.encode(), b"kessai console csrf", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
 def random_digits(count: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -107,6 +108,33 @@ def test_a_login_form_posted_without_its_token_is_refused(server: Server, shop: 
         assert "set-cookie" not in answer.headers or "kessai_session" not in answer.headers.get(
             "set-cookie", ""
         )
+
+
+def test_a_sessions_csrf_token_works_and_is_not_kept_in_the_database(
+    server: Server, shop: Shop
+) -> None:
+    # Anyone with a copy of the database could otherwise forge a logged-in user's forms.
+    with httpx.Client(base_url=server.base_url) as client:
+        form_token = _login_form(client)
+        answer = client.post(
+            "/console/login",
+            data={"_csrf": form_token, "email": shop.owner, "password": OWNER_PASSWORD},
+        )
+        assert answer.status_code == 303
+        page = client.get("/console/terminals")
+        found = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+        assert found is not None
+        session_csrf = found.group(1)
+        assert session_csrf != form_token
+        assert client.post("/console/logout", data={"_csrf": session_csrf}).status_code == 303
+    with sqlite3.connect(server.database_path) as db:
+        kept = [row[0] for row in db.execute("SELECT csrf_token FROM console_sessions")]
+    assert kept and session_csrf not in kept
+    database = server.database_path.read_bytes()
+    wal = server.database_path.with_name(server.database_path.name + "-wal")
+    if wal.exists():
+        database += wal.read_bytes()
+    assert session_csrf.encode() not in database
 
 
 def test_repeated_wrong_passwords_lock_the_account(

@@ -236,7 +236,6 @@ def test_kessai_serve_builds_a_freezing_app(
     assert freeze_startup_objects in served.app.on_startup
     # httpx would log each webhook delivery's whole URL, query token and all, at INFO.
     assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
-    assert logging.getLogger("httpcore").getEffectiveLevel() >= logging.WARNING
 
 
 class _Cyclic:

@@ -339,7 +339,7 @@ console_sessions = sa.Table(
     # SHA-256 of the session cookie; the cookie value itself is never stored.
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("console_users.id"), nullable=False),
-    # The synchronizer token every form of this session must carry.
+    # A digest of the session's CSRF token, which is derived from the session's own token.
     sa.Column("csrf_token", sa.String(64), nullable=False),
     _now_col("created_at"),
     _now_col("last_seen_at"),

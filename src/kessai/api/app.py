@@ -223,7 +223,7 @@ def app_from_env() -> ASGIApp:
     # the level asked for must win.
     logging.getLogger().setLevel(level)
     # httpx logs every request's whole URL at INFO, and a merchant's webhook URL may carry a
-    # token in its query: the HTTP client logs only its warnings, whatever the level.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # token in its query: httpx logs only its warnings, whatever the level. (httpcore's DEBUG
+    # lines name hosts and ports, never a path or query.)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     return app

@@ -50,7 +50,7 @@ from kessai.domain import fields
 from kessai.domain.catalog import load_catalog
 from kessai.domain.errors import InvalidRequest, KessaiError, NotFound, RateLimited
 from kessai.domain.model import MAX_AMOUNT_YEN, MIN_AMOUNT_YEN, VOUCHER_EDITABLE_STATUSES
-from kessai.security import new_session_token, token_hash, verify_secret
+from kessai.security import csrf_token_of, new_session_token, token_hash, verify_secret
 from kessai.service import admin, ratelimit
 
 PUBLIC: Final = {"public": True}
@@ -180,7 +180,6 @@ async def login_submit(request: AnyRequest) -> Response[Any]:
                 attempt.fail()
                 return refused("login.wrong", 401)
             token = new_session_token()
-            csrf = secrets.token_urlsafe(32)
             user_id = subject.user_id
             rid = request_id_of(request.scope)
             outcome = await write(
@@ -190,7 +189,9 @@ async def login_submit(request: AnyRequest) -> Response[Any]:
                     user_id=user_id,
                     password_ok=ok,
                     token_digest=token_hash(token),
-                    csrf_token=csrf,
+                    # Only a digest: the token itself is derived from the session's whenever a
+                    # page needs it (``csrf_token_of``).
+                    csrf_digest=token_hash(csrf_token_of(token)),
                     now=now,
                     config=config,
                     request_id=rid,

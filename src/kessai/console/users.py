@@ -21,6 +21,7 @@ from kessai.adapters import schema as t
 from kessai.adapters.repository import audit
 from kessai.console.config import ConsoleConfig
 from kessai.domain.errors import InvalidRequest, NotFound
+from kessai.security import csrf_token_of, token_hash
 
 ROLES: Final = ("owner", "staff")
 MIN_PASSWORD_LENGTH: Final = 12
@@ -255,7 +256,7 @@ def finish_login(
     user_id: int,
     password_ok: bool,
     token_digest: str,
-    csrf_token: str,
+    csrf_digest: str,
     now: datetime,
     config: ConsoleConfig,
     request_id: str,
@@ -298,7 +299,7 @@ def finish_login(
         t.console_sessions.insert().values(
             token_hash=token_digest,
             user_id=user_id,
-            csrf_token=csrf_token,
+            csrf_token=csrf_digest,
             created_at=now,
             last_seen_at=now,
             idle_expires_at=now + timedelta(seconds=config.session_idle_seconds),
@@ -377,13 +378,16 @@ class ConsoleUser:
 
 
 def load_session(
-    conn: Connection, token_digest: str, now: datetime, config: ConsoleConfig
+    conn: Connection, token: str, now: datetime, config: ConsoleConfig
 ) -> ConsoleUser | None:
-    """The user of a live session, touching it at most once per ``session_touch_seconds``."""
+    """The user of the live session ``token``, touching it at most once a ``session_touch_seconds``.
+
+    Only the token's digest is looked up; the session's CSRF token is derived from the token.
+    """
+    token_digest = token_hash(token)
     row = conn.execute(
         sa.select(
             t.console_sessions.c.id,
-            t.console_sessions.c.csrf_token,
             t.console_sessions.c.last_seen_at,
             t.console_sessions.c.idle_expires_at,
             t.console_sessions.c.expires_at,
@@ -421,7 +425,7 @@ def load_session(
         merchant_id=row.merchant_id,
         merchant_name=row.merchant_name,
         session_id=row.id,
-        csrf_token=row.csrf_token,
+        csrf_token=csrf_token_of(token),
     )
 
 

@@ -32,7 +32,7 @@ from kessai.console.i18n import Translator, normalise_lang
 from kessai.console.render import html
 from kessai.console.users import ConsoleUser, load_session
 from kessai.domain.errors import KessaiError
-from kessai.security import constant_time_equal, token_hash
+from kessai.security import constant_time_equal
 from kessai.service.gateway import Gateway
 
 log = logging.getLogger("kessai.console")
@@ -154,9 +154,8 @@ async def _load_user(request: AnyRequest, config: ConsoleConfig) -> ConsoleUser 
     raw = request.cookies.get(session_cookie_name(config))
     if not raw or len(raw) > MAX_COOKIE_LENGTH:
         return None
-    digest = token_hash(raw)
     now = gateway(request).clock()
-    return await read(request, lambda conn: load_session(conn, digest, now, config))
+    return await read(request, lambda conn: load_session(conn, raw, now, config))
 
 
 async def gate(request: AnyRequest) -> Response[Any] | None:
