@@ -21,6 +21,7 @@ from .support import (
     assert_not_found,
     new_key,
     sandbox_code,
+    unchanged,
 )
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +71,42 @@ def test_truncated_json_is_malformed(pos: Pos) -> None:
 
 def test_an_empty_body_is_malformed(pos: Pos) -> None:
     assert_error(pos.raw("POST", "/v1/payments", b""), 400, "MALFORMED_JSON")
+
+
+def test_a_repeated_key_is_refused_and_changes_nothing(pos: Pos, subtests: pytest.Subtests) -> None:
+    code = sandbox_code(pos.http, "01")
+    for template, key in (
+        ('{"transKey":"%s","amount":100,"amount":5000,"code":"%s"}', "amount"),
+        ('{"transKey":"%s","\\u0061mount":100,"amount":5000,"code":"%s"}', "amount"),
+        ('{"transKey":"%s","amount":100,"code":"%s","code":"1"}', "code"),
+    ):
+        trans_key = new_key()
+        with subtests.test(body=template):
+            sent = pos.raw("POST", "/v1/payments", template % (trans_key, code))
+            error = assert_error(sent, 400, "MALFORMED_JSON", key)
+            assert key in error["message"]
+            assert_not_found(pos, trans_key)
+    paid = pos.pay(code, 100)
+    assert (paid["status"], paid["amount"]) == ("COMPLETED", 100)
+    before = pos.paycheck(paid["transId"]).json()
+    refunds = f"/v1/payments/{paid['transId']}/refunds"
+    body = f'{{"passCode":"{pos.terminal.pass_code}","amount":10,"amount":100}}'
+    assert_error(pos.raw("POST", refunds, body), 400, "MALFORMED_JSON", "amount")
+    unchanged(before, pos.paycheck(paid["transId"]).json())
+    login = pos.login_body()
+    wrong_first = '{"password":"' + "x" * 12 + '",' + json.dumps(login)[1:]
+    sent = pos.http.post(
+        "/v1/login", content=wrong_first, headers={"content-type": "application/json"}
+    )
+    assert_error(sent, 400, "MALFORMED_JSON", "password")
+
+
+def test_a_body_that_is_not_utf8_is_malformed(pos: Pos, subtests: pytest.Subtests) -> None:
+    for path in ("/v1/login", "/v1/payments", "/v1/qr-codes", "/v1/identify"):
+        with subtests.test(path=path):
+            sent = pos.raw("POST", path, b'{"transKey":"\xff","mid":"\xff","code":"\xff"}')
+            error = assert_error(sent, 400, "MALFORMED_JSON", None)
+            assert "UTF-8" in error["message"]
 
 
 def test_wrong_types_are_refused_with_the_field(pos: Pos, subtests: pytest.Subtests) -> None:
@@ -291,6 +328,19 @@ def test_status_query_errors_name_the_transkey_field(pos: Pos) -> None:
     too_long = pos.http.get("/v1/payments", params={"transKey": "A" * 70}, headers=pos.auth())
     error = assert_error(too_long, 400, "INVALID_FIELD", "transKey")
     assert "trans_key" not in error["message"]
+
+
+def test_status_refuses_an_unknown_or_repeated_query_parameter(pos: Pos) -> None:
+    paid = pos.pay(sandbox_code(pos.http, "01"))
+    key = paid["transKey"]
+    for params, code, field in (
+        ([("transKey", key), ("foo", "1")], "UNKNOWN_FIELD", "foo"),
+        ([("transKey", "NOPE"), ("transKey", key)], "INVALID_FIELD", "transKey"),
+        ([("transKey", key), ("transKey", key)], "INVALID_FIELD", "transKey"),
+    ):
+        answer = pos.http.get("/v1/payments", params=params, headers=pos.auth())
+        assert_error(answer, 400, code, field)
+    assert pos.status(key).json()["transId"] == paid["transId"]
 
 
 def test_a_body_not_sent_as_json_is_refused(pos: Pos) -> None:

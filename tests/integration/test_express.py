@@ -109,7 +109,23 @@ def test_reads_and_replays_are_identical(
         ("GET", "/v1/payments/12345", None, {}),  # not ten digits: the handler's validation
         ("GET", "/v1/payments?transKey=NOPE", None, {}),
         ("GET", "/v1/payments?transKey=A&transKey=B", None, {}),
+        ("GET", "/v1/payments?transKey=A&transKey=A", None, {}),
+        ("GET", "/v1/payments?transKey=A&foo=1", None, {}),
+        ("GET", "/v1/payments?foo", None, {}),
         ("GET", "/v1/payments", None, {}),
+        (
+            "POST",
+            "/v1/payments",
+            b'{"transKey": "E2", "amount": 100, "amount": 9, "code": "1"}',
+            {},
+        ),
+        (
+            "POST",
+            "/v1/payments",
+            b'{"transKey": "E2", "\\u0061mount": 1, "amount": 9, "code": "1"}',
+            {},
+        ),
+        ("POST", "/v1/payments", b'{"transKey": "\xff", "amount": 100, "code": "1"}', {}),
         ("POST", "/v1/payments", b'{"transKey": "E2", "amount": "100", "code": "x"}', {}),
         ("POST", "/v1/payments", b'{"transKey": "E2", "amount": 100', {}),
         ("POST", "/v1/payments", b'{"transKey": "E2", "amount": 100, "code": "1"}', {}),

@@ -13,6 +13,7 @@ from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
     NotFoundException,
+    SerializationException,
     ValidationException,
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -176,6 +177,11 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     detail = str(exc.detail).lower()
     if exc.status_code == 400 and ("malformed" in detail or "truncated" in detail):
         return envelope(rid, 400, "MALFORMED_JSON", "the body is not valid JSON")
+    if exc.status_code == 400 and isinstance(exc.__cause__, SerializationException):
+        # The framework could not decode the body at all, for instance bytes that are not UTF-8
+        # inside a JSON string: it says so in a 400 made from its decoding error.
+        why = " (not UTF-8)" if "utf-8" in detail else ""
+        return envelope(rid, 400, "MALFORMED_JSON", f"the body is not valid JSON{why}")
     if exc.status_code == 413:
         return envelope(rid, 413, "BODY_TOO_LARGE", "the request body is too large")
     if 400 <= exc.status_code < 500:

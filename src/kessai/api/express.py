@@ -4,16 +4,16 @@ These three operations are most of a terminal's traffic. For each request the fr
 Request, routes it through its middleware stack, resolves the handler's parameters, decodes the
 body with type coercion and builds a Response: together several times the cost of the operation.
 ``Front`` is the outermost ASGI layer. It recognises a well-formed call to one of the three by its
-method and path, and serves it itself with one strict msgspec decode, the gateway call and one
-msgspec encode, giving it a request id and counting it in the metrics as the framework's
-middlewares would.
+method and path, and serves it itself with one strict msgspec decode (and the check for repeated
+keys, ``terminal.repeated_key``), the gateway call and one msgspec encode, giving it a request id
+and counting it in the metrics as the framework's middlewares would.
 
 It serves only what it fully understands. Anything else — another route, a missing token, a body
-that is missing, oversized, not JSON or not strictly valid, a transId that is not ten digits —
-goes on to the framework unchanged (the body bytes already read are replayed), so every error
-answer for bad input stays exactly the handler's. Errors the gateway raises are answered in the
-same envelope the framework's exception handlers give; ``tests/integration/test_express.py``
-checks both paths answer byte for byte alike.
+that is missing, oversized, not JSON, not strictly valid or repeating a key, a transId that is not
+ten digits, a STATUS query that is not exactly one transKey — goes on to the framework unchanged
+(the body bytes already read are replayed), so every error answer for bad input stays exactly the
+handler's. Errors the gateway raises are answered in the same envelope the framework's exception
+handlers give; ``tests/integration/test_express.py`` checks both paths answer byte for byte alike.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
-from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Litestar
@@ -39,7 +38,13 @@ from litestar.types import (
 
 from kessai.api import metrics
 from kessai.api.errors import domain_error, internal_error
-from kessai.api.terminal import bearer_token, gateway_of, payment_out
+from kessai.api.terminal import (
+    bearer_token,
+    gateway_of,
+    payment_out,
+    repeated_key,
+    status_trans_key,
+)
 from kessai.api.wire import ErrorBody, RequestBody
 from kessai.domain.errors import KessaiError
 from kessai.security import new_request_id
@@ -61,6 +66,9 @@ async def _request(
 ) -> PaymentView | None:
     try:
         data = _request_decoder.decode(body)
+        # msgspec keeps the last of repeated keys; the handler refuses such a body.
+        if repeated_key(body, data) is not None:
+            return None
     except Exception:  # any failure is the handler's to explain, in its own words
         return None
     return await gateway.request(
@@ -82,10 +90,11 @@ async def _paycheck(
 async def _status(
     gateway: Gateway, scope: Scope, token: str, body: bytes, request_id: str
 ) -> PaymentView | None:
-    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    if len(query) != 1 or query[0][0] != "transKey":
+    try:
+        trans_key = status_trans_key(scope.get("query_string", b""))
+    except KessaiError:  # another parameter, or none, or two transKeys: the handler's to answer
         return None
-    return await gateway.status(token, query[0][1], request_id)
+    return await gateway.status(token, trans_key, request_id)
 
 
 # The operations served here, by name; emptied, everything goes to the framework (tests).

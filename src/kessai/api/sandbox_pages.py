@@ -293,8 +293,12 @@ async def phone_code(state: State, request: AnyRequest) -> Response[str]:
 
 
 @post("/sandbox/phone/status", include_in_schema=False, status_code=200)
-async def phone_code_status(state: State, data: JSONBody[CodeStatusBody]) -> CodeStatusAnswer:
+async def phone_code_status(
+    state: State, request: AnyRequest, data: JSONBody[CodeStatusBody]
+) -> CodeStatusAnswer:
     """What became of the phone's code (the page polls this until the code is used)."""
+    # Decoded again as the terminal API's bodies are: a repeated "code" is refused, not guessed.
+    data = await strict(request, CodeStatusBody)
     gateway = gateway_of(state)
     found = await gateway.db.run(lambda conn: simulator.code_state(conn, data.code), write=False)
     return CodeStatusAnswer(found.state)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
-from typing import Annotated, Any, TypeVar
+import json
+from typing import Annotated, Any, Final, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 import segno
@@ -89,11 +91,82 @@ def bearer(request: Request[Any, Any, Any]) -> str:
 B = TypeVar("B", bound=msgspec.Struct)
 
 
+class _RepeatedKey(Exception):
+    """Raised while a body is parsed again: one of its objects has ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> None:
+    """``object_pairs_hook``: every object's pairs, in order, with their keys unescaped."""
+    if len({key for key, _ in pairs}) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+
+
+_PAIRS: Final = json.JSONDecoder(object_pairs_hook=_refuse_repeats)
+# Per body type: how many fields are required, and the (name, default) of the optional ones.
+_SHAPES: dict[type[msgspec.Struct], tuple[int, tuple[tuple[str, Any], ...]]] = {}
+
+
+def _keys_sent(data: msgspec.Struct) -> int:
+    """How many distinct keys the object ``data`` was decoded from had, at least.
+
+    A required field was sent; an optional one whose value is not its default was sent. (One
+    sent with its default value is not counted: a lower bound is all ``repeated_key`` needs.)
+    """
+    shape = _SHAPES.get(type(data))
+    if shape is None:
+        fields = msgspec.structs.fields(type(data))
+        optional = tuple(
+            (f.name, f.default)
+            for f in fields
+            if not f.required and f.default is not msgspec.NODEFAULT
+        )
+        shape = _SHAPES[type(data)] = (sum(1 for f in fields if f.required), optional)
+    sent, optional = shape
+    for name, default in optional:  # a plain loop: this runs on every REQUEST
+        if getattr(data, name) != default:
+            sent += 1
+    return sent
+
+
+def repeated_key(body: bytes, decoded: msgspec.Struct) -> str | None:
+    r"""The first key that an object of the JSON ``body`` repeats, or None.
+
+    ``decoded`` is what msgspec made of ``body``. msgspec keeps the last value of a repeated key
+    (it has no option to refuse them), so ``{"amount": 100, "amount": 5000}`` would be an
+    amount of 5000 whatever the client meant.
+
+    Exact, and cheap for the usual body: in a JSON text each name/value pair has one ':' outside
+    strings, so the body's ':' bytes are at least its pairs, which are at least the distinct
+    keys of its top object, which are at least ``_keys_sent(decoded)``. When the first and the
+    last counts are equal, all are, and no object repeats a key. Otherwise (a ':' inside a
+    string, an optional field sent with its default value, or a repeat) the body is parsed again
+    by the standard library's decoder, which hands over each object's pairs with their keys
+    unescaped: ``"\u0061mount"`` is caught as a second ``amount``. Raises ``ValueError`` if
+    that decoder refuses a body msgspec accepted (none is known).
+    """
+    if body.count(b":") == _keys_sent(decoded):
+        return None
+    try:
+        _PAIRS.decode(body.decode())
+    except _RepeatedKey as repeat:
+        return repeat.key
+    return None
+
+
 async def strict(request: Request[Any, Any, Any], body_type: type[B]) -> B:
     """Decode the body again, strictly: "5" is not 5 and 1.0 is not 1 for money and ids.
 
     The framework's own decoding (kept for the OpenAPI description and its early errors)
-    coerces strings to numbers; a payment API must not.
+    coerces strings to numbers; a payment API must not. A body that repeats a key is refused
+    (MALFORMED_JSON): which of its values was meant is anyone's guess.
     """
     content_type = request.headers.get("content-type", "application/json")
     media = content_type.split(";")[0].strip().lower()
@@ -103,10 +176,47 @@ async def strict(request: Request[Any, Any, Any], body_type: type[B]) -> B:
             f"send the body as application/json, not {media or 'an empty type'}",
             code="UNSUPPORTED_MEDIA_TYPE",
         )
+    body = await request.body()
     try:
-        return msgspec.json.decode(await request.body(), type=body_type)
+        data = msgspec.json.decode(body, type=body_type)
+        key = repeated_key(body, data)
     except msgspec.MsgspecError as exc:
         raise strict_decode_error(exc) from exc
+    except ValueError as exc:
+        raise InvalidRequest("the body is not valid JSON", code="MALFORMED_JSON") from exc
+    if key is not None:
+        raise InvalidRequest(
+            f"the key {key[:60]} appears more than once in the body",
+            code="MALFORMED_JSON",
+            field=key[:60],
+        )
+    return data
+
+
+def status_trans_key(query_string: bytes) -> str:
+    """The transKey of a STATUS query string, which may hold that one parameter and no other.
+
+    An unknown parameter is refused as an unknown body field is (UNKNOWN_FIELD), and a repeated
+    transKey as ambiguous (INVALID_FIELD): neither is let pass silently. The express lane reads
+    the query with this same function.
+    """
+    found: list[str] = []
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name != "transKey":
+            shown = name[:60]
+            raise InvalidRequest(
+                f"unknown query parameter {shown!r}; STATUS takes transKey only",
+                code="UNKNOWN_FIELD",
+                field=shown,
+            )
+        found.append(value)
+    if not found:
+        raise InvalidRequest("the transKey query parameter is required", field="transKey")
+    if len(found) > 1:
+        raise InvalidRequest(
+            "the transKey query parameter is given more than once", field="transKey"
+        )
+    return found[0]
 
 
 def payment_out(view: PaymentView) -> PaymentOut:
@@ -230,7 +340,11 @@ async def paycheck(state: State, request: Request[Any, Any, Any], transId: Trans
     "/payments",
     operation_id="STATUS",
     summary="STATUS — a payment by transKey",
-    description="Find a payment by the transKey the terminal generated, without its transId.",
+    description=(
+        "Find a payment by the transKey the terminal generated, without its transId. transKey "
+        "is the only query parameter: another one is refused (400 UNKNOWN_FIELD), and so is "
+        "transKey given twice (400 INVALID_FIELD)."
+    ),
     responses=_errors(*AUTHED),
     tags=[TAG],
     security=SECURITY,
@@ -240,8 +354,9 @@ async def status(
     request: Request[Any, Any, Any],
     trans_key: Annotated[
         str | None,
-        # Required, though optional here so that its absence gets our own message below: the
-        # OpenAPI description says so, and describes a plain string of the transKey format.
+        # Required, though optional here so that its absence gets our own message (from
+        # status_trans_key): the OpenAPI description says so, and describes a plain string of
+        # the transKey format.
         QueryParameter(
             name="transKey",
             description="The terminal's transKey",
@@ -255,9 +370,10 @@ async def status(
     ] = None,
 ) -> PaymentOut:
     """STATUS."""
-    if trans_key is None:
-        raise InvalidRequest("the transKey query parameter is required", field="transKey")
-    view = await gateway_of(state).status(bearer(request), trans_key, request_id_of(request.scope))
+    # The framework keeps the last of repeated parameters and ignores unknown ones, so the raw
+    # query string is read instead; ``trans_key`` is there for the OpenAPI description.
+    key = status_trans_key(request.scope.get("query_string", b""))
+    view = await gateway_of(state).status(bearer(request), key, request_id_of(request.scope))
     return payment_out(view)
 
 
@@ -439,6 +555,12 @@ async def provider_notification(
     provider: Annotated[str, PathParameter(description="paypay or alipayplus")],
 ) -> RawResponse[bytes]:
     """Verify a provider's notification, settle the payment, and answer the provider's ack."""
+    # Unlike the terminal API's bodies, a notification's body is not refused for a repeated key
+    # (the connectors decode it with msgspec, which keeps the last value). Its fields only name
+    # the payment to check: the payment moves by what the provider answers when asked now, never
+    # by the body's claims. The body is the provider's, and Alipay+ signs its exact bytes, so a
+    # refusal could not be corrected by the sender and would only leave the payment to the
+    # worker's polling; a forged body with a repeated key can name no more than any forged body.
     note = await gateway_of(state).notify(
         provider, request.url.path, dict(request.headers), await request.body()
     )

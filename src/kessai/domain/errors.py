@@ -109,9 +109,19 @@ class InternalError(KessaiError):
 
 # code -> (HTTP status, when it happens). The single source for docs/errors.md.
 ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
-    "MALFORMED_JSON": (400, "The body is not valid JSON, or not a JSON object."),
-    "INVALID_FIELD": (400, "A field is missing, has the wrong type, or a value out of bounds."),
-    "UNKNOWN_FIELD": (400, "The body has a field the operation does not define."),
+    "MALFORMED_JSON": (
+        400,
+        "The body is not valid JSON (or not UTF-8), not a JSON object, or repeats a key.",
+    ),
+    "INVALID_FIELD": (
+        400,
+        "A field is missing, has the wrong type, or a value out of bounds; "
+        "STATUS's transKey is given twice.",
+    ),
+    "UNKNOWN_FIELD": (
+        400,
+        "The body has a field the operation does not define; STATUS has another query parameter.",
+    ),
     "SERVICE_MISMATCH": (400, "serviceId was given and disagrees with the service of the code."),
     "UNKNOWN_SERVICE": (400, "serviceId names no service in the catalog."),
     "SESSION_REQUIRED": (401, "No `Authorization: Bearer <sessionToken>` header."),
