@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,20 @@ def test_demo_prints_credentials_and_urls_that_work(demo: tuple[str, str]) -> No
             statuses.append(done.json()["status"])
         assert statuses[-1] == "REFUNDED"
         assert http.post("/v1/logout", headers=auth).status_code == 200
+    # The printed `kessai sandbox code` works in another shell with the printed export: the
+    # database's key for customer codes is sealed with the demo's master key.
+    export = re.search(r"export KESSAI_SECRET_KEY_FILE=(\S+)", printed)
+    more = re.search(r"More sandbox codes:\s+(.+)", printed)
+    assert export and more, printed
+    command = shlex.split(more.group(1))
+    env = base_env() | {"KESSAI_SECRET_KEY_FILE": export.group(1)}
+    issued = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert issued.returncode == 0, issued.stderr
+    assert issued.stdout.strip()
+    refused = subprocess.run(
+        command, env=base_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode != 0
+    assert "sealed with the master key" in refused.stdout + refused.stderr

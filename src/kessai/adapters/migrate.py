@@ -10,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
 
+from kessai.adapters import repository
 from kessai.adapters.db import Database
 
 # The PostgreSQL advisory lock that migrations take ("kessai" in ASCII, then 1): any bigint
@@ -32,6 +33,8 @@ def upgrade(db: Database, revision: str = "heads") -> None:
     the same tables, and all but one would fail on the catalog's unique keys; so the unit first
     takes a transaction-scoped advisory lock, and whoever gets it second finds the schema current
     and does nothing. On SQLite the process-wide writer lock already serialises the units.
+    With a master key configured, the key for customer codes is then sealed with it
+    (``repository.seal_code_key``).
     """
     config = alembic_config()
 
@@ -40,6 +43,8 @@ def upgrade(db: Database, revision: str = "heads") -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        # In the same turn, so that instances starting together seal the key once.
+        repository.seal_code_key(conn)
 
     # Migrations run in the database's own thread and transaction, like any unit of work.
     db.run_sync(unit)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from kessai.adapters import schema as t
 from kessai.adapters.hot import Hot
+from kessai.connectors.secrets import HOW_TO_SET_A_KEY, SecretBox, SecretKeyInvalid
 from kessai.domain.errors import Conflict, InternalError
 from kessai.domain.model import (
     Payment,
@@ -36,10 +37,15 @@ CODE_KEY_NAME: Final = "code_hmac_key"
 _CODE_KEY = Hot(sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME))
 
 
+# A sealed code key is stored as "sealed:<master key id>:<Fernet token>".
+SEALED: Final = "sealed:"
+
+
 def code_key(conn: Connection) -> str:
     """The database's secret for keyed hashes of customer codes (created by the first migration).
 
-    Cached per database: it never changes once created, so every instance may keep it.
+    Cached per database: it never changes once created, so every instance may keep it. Where a
+    master key is configured the database holds it sealed with that key (``seal_code_key``).
     """
     # Keyed by the engine object: turning its URL into text on every call cost more than this.
     engine = conn.engine
@@ -49,8 +55,50 @@ def code_key(conn: Connection) -> str:
         value = None if row is None else row.value
         if value is None:
             raise InternalError("the database is not migrated: run `kessai migrate`")
-        key = _code_keys[engine] = str(value)
+        key = _code_keys[engine] = _unsealed(str(value))
     return key
+
+
+def _unsealed(value: str) -> str:
+    if not value.startswith(SEALED):
+        return value
+    _, stored_id, token = value.split(":", 2)
+    box = SecretBox.from_env()
+    if box is None:
+        raise InternalError(
+            "this database's key for customer codes is sealed with the master key: "
+            f"{HOW_TO_SET_A_KEY}"
+        )
+    try:
+        return box.decrypt(token, stored_id)
+    except SecretKeyInvalid as exc:
+        raise InternalError(
+            f"this database's key for customer codes was sealed with master key {stored_id}, "
+            f"which is not among the configured keys ({box.key_id} first)"
+        ) from exc
+
+
+def seal_code_key(conn: Connection) -> bool:
+    """Keep the customer-code key sealed with the current master key, if one is configured.
+
+    Run with every migration. In the clear, a copy of the database alone would be enough to
+    test candidate codes against the keyed hashes stored with payments and sandbox codes (a few
+    wallets leave only millions of candidates once the masked digits are known). A key sealed
+    with an older master key (still configured, after the current one) is sealed again with the
+    current one, so that the older one can then be dropped. Answers whether anything changed.
+    """
+    box = SecretBox.from_env()
+    if box is None:
+        return False
+    stored = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME)).scalar()
+    if stored is None:
+        return False
+    value = str(stored)
+    if value.startswith(f"{SEALED}{box.key_id}:"):
+        return False
+    sealed = f"{SEALED}{box.key_id}:{box.encrypt(_unsealed(value))}"
+    conn.execute(t.meta.update().where(t.meta.c.key == CODE_KEY_NAME).values(value=sealed))
+    return True
 
 
 class ProviderSettingsRow(Protocol):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
+from kessai import keys
 from kessai.adapters.db import Database
 from kessai.clock import system_clock
 from kessai.connectors.sandbox import wallets
@@ -19,8 +20,12 @@ DEMO_KEY = "DEMO-REGISTER-01"
 DEMO_CONSOLE_EMAIL = "owner@demo.example"
 
 
-def seed_and_describe(db: Database, url: str, base: str) -> str:
-    """Create the demo merchant, integration and terminal; return the text to print."""
+def seed_and_describe(db: Database, url: str, base: str, key_file: Path | None = None) -> str:
+    """Create the demo merchant, integration and terminal; return the text to print.
+
+    ``key_file``: the master key the demo made for itself, which the `kessai` commands of the
+    text need too (the database's key for customer codes is sealed with it).
+    """
     now = system_clock()
 
     def seed(conn: Connection) -> tuple[int, str, admin.IssuedTerminal, list[str], list[str]]:
@@ -48,6 +53,11 @@ def seed_and_describe(db: Database, url: str, base: str) -> str:
     # The examples call this very installation of kessai, wherever its virtualenv is.
     kessai = shutil.which("kessai") or str(Path(sys.executable).with_name("kessai"))
     j = "j"
+    key_line = (
+        ""
+        if key_file is None
+        else f"\n  export {keys.KEY_FILE_ENV}={key_file}   # the demo's master key, for `kessai`\n"
+    )
     return (
         f"""
 Kessai demo — gateway with sandbox wallets (test mode: no real money moves)
@@ -64,7 +74,7 @@ Demo merchant {merchant_id} "Kessai デモ商店", integration os {os_value}
 Terminal:   mid {t.mid}   password {t.password}   passCode {t.passcode}
 
 Try it (in another shell):
-
+{key_line}
   B={base}
   CT='content-type: application/json'
   j() {{ python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }}

@@ -459,6 +459,7 @@ def demo(
     """Run the gateway with the sandbox wallets on a fresh embedded database, seeded to try."""
     folder = Path(tempfile.mkdtemp(prefix="kessai-demo-"))
     url = database or f"sqlite:///{folder / 'kessai.db'}"
+    key_file: Path | None = None
     if not os.environ.get(keys.KEY_ENV) and not os.environ.get(keys.KEY_FILE_ENV):
         # The demo gets a master key of its own so that webhooks can be tried at once.
         key_file = folder / "master.key"
@@ -469,7 +470,7 @@ def demo(
     os.environ["KESSAI_SANDBOX_ENABLED"] = "true"
     base = f"http://{host}:{port}"
     with opened(url) as db:
-        text = seed_and_describe(db, url, base)
+        text = seed_and_describe(db, url, base, key_file)
     print(text, flush=True)
     _serve(host, port, url, 1, None)
 
