@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Final
 
 ENV_PREFIX: Final = "KESSAI_"
+LOG_LEVEL_VARIABLE: Final = "KESSAI_LOG_LEVEL"
 # Settings that may be 0; every other number must be positive. 0 writes last_seen on every
 # call, and turns the per-address login limit off.
 _ZERO_ALLOWED: Final = frozenset({"session_touch_interval_seconds", "login_address_max_failures"})
@@ -106,7 +108,8 @@ class Settings:
             raw = os.environ.get(_variable(f.name))
             if raw is None or not raw.strip():
                 continue  # unset, or set to nothing: the default
-            values[f.name] = _parse(f.name, type(getattr(defaults, f.name)), raw.strip())
+            kind = type(getattr(defaults, f.name))
+            values[f.name] = parse_value(_variable(f.name), kind, raw.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(defaults, **values)  # type: ignore[arg-type]
 
@@ -116,18 +119,30 @@ def _variable(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _parse(name: str, kind: type, raw: str) -> object:
-    """A variable's text as its setting's kind; anything else is a SettingsError."""
+def parse_value(variable: str, kind: type, raw: str) -> object:
+    """A variable's text as a value of ``kind`` (bool, int, float or str), or a SettingsError."""
     if kind is bool:
         if raw.lower() in _TRUE:
             return True
         if raw.lower() in _FALSE:
             return False
-        raise SettingsError(f"{_variable(name)} must be true or false, not {raw!r}")
+        raise SettingsError(f"{variable} must be true or false, not {raw!r}")
     if kind is str:
         return raw
     try:
         return kind(raw)
     except ValueError:
         what = "a whole number" if kind is int else "a number"
-        raise SettingsError(f"{_variable(name)} must be {what}, not {raw!r}") from None
+        raise SettingsError(f"{variable} must be {what}, not {raw!r}") from None
+
+
+def log_level_from_env() -> str:
+    """``KESSAI_LOG_LEVEL`` as a level name (``INFO`` when unset or empty), or a SettingsError."""
+    raw = os.environ.get(LOG_LEVEL_VARIABLE, "").strip()
+    if not raw:
+        return "INFO"  # unset, or set to nothing
+    if raw.upper() not in logging.getLevelNamesMapping():
+        raise SettingsError(
+            f"{LOG_LEVEL_VARIABLE} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {raw!r}"
+        )
+    return raw.upper()

@@ -152,7 +152,7 @@ def test_the_cookie_flag_and_limits_can_be_set() -> None:
     assert ConsoleConfig.from_env(
         "http://127.0.0.1:8000", {"KESSAI_CONSOLE_COOKIE_SECURE": "true"}
     ).cookie_secure
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="KESSAI_CONSOLE_PAGE_SIZE must be more than 0"):
         ConsoleConfig.from_env("http://x.example", {"KESSAI_CONSOLE_PAGE_SIZE": "0"})
 
 

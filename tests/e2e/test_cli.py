@@ -56,6 +56,27 @@ def test_kessai_admin_provisions_a_terminal_that_works(cli: Cli, http: httpx.Cli
     assert (charge["amount"], charge["refundedAmount"], charge["status"]) == (777, 7, "SUCCEEDED")
 
 
+def test_terminal_list_shows_a_login_lock_in_its_text(pos: Pos, cli: Cli) -> None:
+    # Without --json the list used to show only a refund lock; a locked LOGIN looked normal.
+    def listed() -> str:
+        argv = [KESSAI, "admin", "terminal", "list", "--merchant", str(pos.terminal.merchant_id)]
+        argv += ["--database", cli.database_url]
+        done = subprocess.run(
+            argv, env=base_env(), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith(pos.terminal.mid)]
+        return line
+
+    assert pos.logout().status_code == 200
+    assert "LOCKED" not in listed()
+    for _ in range(5):
+        assert pos.login(password="WrongPass123").status_code == 401
+    assert listed().endswith("logged out  LOGIN LOCKED")
+    assert cli.json("admin", "terminal", "unlock", pos.terminal.mid)["unlocked"] is True
+    assert "LOCKED" not in listed()
+
+
 def test_kessai_admin_errors_exit_2_with_a_json_error(cli: Cli) -> None:
     command = [KESSAI, "admin", "terminal", "create", "--merchant", "999999999"]
     command += ["--database", cli.database_url, "--json"]
@@ -144,13 +165,28 @@ def test_a_port_outside_1_to_65535_is_refused_before_anything_starts(
     assert not (tmp_path / "k.db").exists()  # nothing was created either
 
 
-def test_a_bad_setting_stops_serve_before_any_worker_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("KESSAI_WORKER_BATCH_SIZE", "-5", "must be more than 0, not -5"),
+        ("KESSAI_CONSOLE_PAGE_SIZE", "abc", "must be a whole number, not 'abc'"),
+        ("KESSAI_CONSOLE_COOKIE_SECURE", "ture", "must be auto, true or false, not 'ture'"),
+        (
+            "KESSAI_LOG_LEVEL",
+            "VERBOSE",
+            "must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'VERBOSE'",
+        ),
+    ],
+)
+def test_a_bad_setting_stops_serve_before_any_worker_starts(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
     port = str(free_port())  # never bound: the settings are refused first
     argv = [KESSAI, "serve", "--workers", "2", "--port", port, "--database", str(tmp_path / "k.db")]
-    env = base_env() | {"KESSAI_WORKER_BATCH_SIZE": "-5"}
+    env = base_env() | {variable: value}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert done.stderr == "error KESSAI_WORKER_BATCH_SIZE must be more than 0, not -5\n"
+    assert done.stderr == f"error {variable} {message}\n"
 
 
 def test_a_bad_setting_stops_the_worker_with_one_line(tmp_path: Path) -> None:

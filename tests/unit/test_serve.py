@@ -15,6 +15,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from kessai.cli import main, supervise
+from kessai.config import SettingsError
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +101,26 @@ def test_an_operators_public_url_is_kept(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("KESSAI_PUBLIC_URL")
     main._serve("127.0.0.1", 8001, "sqlite:///unused.db", 1, None)
     assert os.environ["KESSAI_PUBLIC_URL"] == "http://127.0.0.1:8001"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("KESSAI_CONSOLE_PAGE_SIZE", "abc", "KESSAI_CONSOLE_PAGE_SIZE must be a whole number"),
+        ("KESSAI_CONSOLE_LOGIN_LOCK_SECONDS", "0", "KESSAI_CONSOLE_LOGIN_LOCK_SECONDS must be"),
+        ("KESSAI_CONSOLE_COOKIE_SECURE", "ture", "KESSAI_CONSOLE_COOKIE_SECURE must be auto"),
+        ("KESSAI_LOG_LEVEL", "VERBOSE", "KESSAI_LOG_LEVEL must be DEBUG, INFO"),
+    ],
+)
+def test_console_settings_and_the_log_level_are_checked_before_any_worker_starts(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    # Each worker reads them when it builds its app; a bad one used to end every worker (and the
+    # command) with a traceback instead of one line naming the variable.
+    monkeypatch.setattr(supervise, "SUPPORTED", True)
+    monkeypatch.setattr(supervise, "serve", _refuse)
+    monkeypatch.setattr(uvicorn, "run", _refuse)
+    monkeypatch.setenv(variable, value)
+    for workers in (1, 2):
+        with pytest.raises(SettingsError, match=message):
+            main._serve("127.0.0.1", 8000, "sqlite:///unused.db", workers, None)

@@ -33,7 +33,7 @@ from kessai.api import errors, metrics, sandbox_pages, terminal
 from kessai.api.express import front
 from kessai.api.wire import Health
 from kessai.clock import Clock, system_clock
-from kessai.config import Settings
+from kessai.config import Settings, log_level_from_env
 from kessai.connectors import routing
 from kessai.connectors.sandbox import SandboxWallets
 from kessai.connectors.secrets import SecretBox
@@ -216,7 +216,7 @@ def serving_app(
 def app_from_env() -> ASGIApp:
     """The uvicorn factory used by ``kessai serve``: configuration comes from the environment."""
     url = os.environ.get("KESSAI_DATABASE_URL", "sqlite:///kessai.db")
-    level = os.environ.get("KESSAI_LOG_LEVEL", "INFO").upper()
+    level = log_level_from_env()
     logging.basicConfig(level=level)
     app = serving_app(url, Settings.from_env(), freeze_at_startup=True)
     # Litestar's own logging setup (run while the app is built) resets the root logger to INFO;

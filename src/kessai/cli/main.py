@@ -18,8 +18,9 @@ from kessai.cli import console_admin, output, provider_admin
 from kessai.cli.database import opened, run_unit
 from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
-from kessai.config import Settings, SettingsError
+from kessai.config import Settings, SettingsError, log_level_from_env
 from kessai.connectors.sandbox import OUTCOMES, wallets
+from kessai.console.config import ConsoleConfig
 from kessai.domain.catalog import load_catalog
 from kessai.service import admin as admin_service
 from kessai.service import events
@@ -159,7 +160,10 @@ def _serve(host: str, port: int, database: str, workers: int, public_url: str | 
     )
     # Checked here, once: a bad KESSAI_* value then stops the command with its one-line message
     # (see main) instead of failing every worker process at its start.
-    pin = Settings.from_env().pin_workers
+    checked = Settings.from_env()
+    ConsoleConfig.from_env(checked.public_url)
+    log_level_from_env()
+    pin = checked.pin_workers
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Several processes: metrics are summed over all of them at every scrape.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kessai-metrics-")
@@ -259,6 +263,7 @@ def terminal_list(
         f"{r['mid']}  merchant {r['merchantId']}  "
         f"{'enabled' if r['enabled'] else 'DISABLED'}  "
         f"{'logged in from ' + r['key'] if r['loggedIn'] else 'logged out'}"
+        f"{'  LOGIN LOCKED' if r['loginLocked'] else ''}"
         f"{'  REFUNDS LOCKED' if r['refundsLocked'] else ''}"
         for r in rows
     ]

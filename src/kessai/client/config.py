@@ -180,7 +180,9 @@ class TerminalConfig:
     key: str | None = None  # None: this machine's MAC address (see machine_key())
     pass_code: str | None = field(default=None, repr=False)
     journal_path: Path | None = None  # None: default_journal_path()
-    timeout_s: float = 30.0  # the gateway answers within its provider timeout (10 s)
+    # Per request; the gateway bounds each provider call by its KESSAI_PROVIDER_TIMEOUT_SECONDS
+    # (30 s by default), so a call that reaches a provider may take about as long.
+    timeout_s: float = 30.0
     connect_timeout_s: float = 5.0
     # A STATUS "not found" for a request that may have left is taken as "never arrived" only
     # this long after it was sent: until then it could still be on its way.

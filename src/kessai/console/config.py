@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 from urllib.parse import urlsplit
+
+from kessai.config import SettingsError, parse_value
 
 ENV_PREFIX: Final = "KESSAI_CONSOLE_"
 # Hosts where a plain-http console is a developer's own machine, not a deployment.
@@ -45,34 +47,46 @@ class ConsoleConfig:
     csv_max_rows: int = 100_000
     totals_max_days: int = 92
 
+    def __post_init__(self) -> None:
+        # Checked wherever the config comes from, as the gateway's Settings are.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise SettingsError(f"{_variable(f.name)} must be more than 0, not {value}")
+
     @classmethod
     def from_env(cls, public_url: str, env: Mapping[str, str] | None = None) -> ConsoleConfig:
         """Defaults, then ``KESSAI_CONSOLE_*`` variables; the cookie flag follows the public URL.
 
-        ``KESSAI_CONSOLE_COOKIE_SECURE`` is ``auto`` (the default), ``true`` or ``false``.
+        ``KESSAI_CONSOLE_COOKIE_SECURE`` is ``auto`` (the default) or a yes/no such as
+        ``true``/``false``. A variable set to nothing counts as unset; a value its setting cannot
+        take raises ``SettingsError`` naming the variable, as the gateway's settings do.
         """
         source = os.environ if env is None else env
-        secure_raw = source.get(ENV_PREFIX + "COOKIE_SECURE", "auto").strip().lower()
-        if secure_raw == "auto":
-            secure = cookie_secure_default(public_url)
-        else:
-            secure = secure_raw in ("1", "true", "yes", "on")
-        numbers: dict[str, int] = {}
-        for name in (
-            "session_idle_seconds",
-            "session_max_seconds",
-            "session_touch_seconds",
-            "max_sessions_per_user",
-            "login_max_failures",
-            "login_lock_seconds",
-            "page_size",
-            "csv_max_rows",
-            "totals_max_days",
-        ):
-            raw = source.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                value = int(raw)
-                if value < 1:
-                    raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a positive integer")
-                numbers[name] = value
-        return cls(cookie_secure=secure, **numbers)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = source.get(_variable(f.name), "").strip()
+            if not raw:
+                continue  # unset, or set to nothing: the default
+            if f.name == "cookie_secure":
+                values[f.name] = _cookie_secure(raw, public_url)
+            else:
+                values[f.name] = parse_value(_variable(f.name), int, raw)
+        values.setdefault("cookie_secure", cookie_secure_default(public_url))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _variable(name: str) -> str:
+    """The environment variable of a console setting."""
+    return ENV_PREFIX + name.upper()
+
+
+def _cookie_secure(raw: str, public_url: str) -> bool:
+    """``KESSAI_CONSOLE_COOKIE_SECURE``: ``auto`` follows the public URL, else a yes/no."""
+    if raw.lower() == "auto":
+        return cookie_secure_default(public_url)
+    variable = _variable("cookie_secure")
+    try:
+        return bool(parse_value(variable, bool, raw))
+    except SettingsError:
+        raise SettingsError(f"{variable} must be auto, true or false, not {raw!r}") from None

@@ -148,17 +148,25 @@ ERROR_CODES: Final[dict[str, tuple[int, str]]] = {
         400,
         "A provider notification whose signature or body did not verify.",
     ),
-    "UNSUPPORTED_MEDIA_TYPE": (415, "A body sent with a Content-Type other than application/json."),
+    "UNSUPPORTED_MEDIA_TYPE": (
+        415,
+        "A body that is a JSON object of the operation's fields, sent as a media type other than "
+        "`application/json` or `…+json`.",
+    ),
     "NOT_A_PAYMENT_CODE": (422, "The scanned code matches no wallet (e.g. a product barcode)."),
     "SERVICE_NOT_SUPPORTED": (
         422,
         "The service or flow is not offered for this merchant/provider.",
     ),
-    "LOGIN_LOCKED": (429, "Too many wrong passwords for this mid; wait for retryAfterSeconds."),
+    "LOGIN_LOCKED": (
+        429,
+        "Too many wrong passwords for this mid; wait the seconds in the Retry-After header.",
+    ),
     "PASSCODE_LOCKED": (429, "Refunds are locked after repeated wrong passCodes."),
     "TOO_MANY_ATTEMPTS": (
         429,
-        "Too many failed logins from this client address; wait for retryAfterSeconds.",
+        "Too many failed logins from this client address; wait the seconds in the Retry-After "
+        "header.",
     ),
     "WRONG_PASSCODE": (403, "CANCEL with a wrong passCode."),
     "INTERNAL_ERROR": (500, "A bug in the gateway. Please report it with the requestId."),
