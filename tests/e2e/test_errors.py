@@ -282,7 +282,14 @@ def test_service_errors(pos: Pos, subtests: pytest.Subtests) -> None:
         (_request_body(paypay, serviceId="21"), 400, "SERVICE_MISMATCH", "serviceId"),
         (_request_body(paypay, serviceId="99"), 400, "UNKNOWN_SERVICE", "serviceId"),
         (_request_body(paypay, serviceId="1"), 400, "INVALID_FIELD", "serviceId"),
-        (_request_body(line_pay), 422, "SERVICE_NOT_SUPPORTED", "serviceId"),
+        # The code named the ended service: the error points at the code.
+        (_request_body(line_pay), 422, "SERVICE_NOT_SUPPORTED", "code"),
+        (
+            _request_body(line_pay, serviceId=ENDED_SERVICE),
+            422,
+            "SERVICE_NOT_SUPPORTED",
+            "serviceId",
+        ),
         (_request_body(PRODUCT_BARCODE), 422, "NOT_A_PAYMENT_CODE", "code"),
         (_request_body("12345"), 422, "NOT_A_PAYMENT_CODE", "code"),
         (_request_body(""), 400, "INVALID_FIELD", "code"),

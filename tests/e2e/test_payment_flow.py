@@ -221,7 +221,9 @@ def test_status_finds_a_payment_by_transkey(pos: Pos) -> None:
     assert found.json()["transId"] == payment["transId"]
     assert found.json()["transKey"] == trans_key
     assert found.json()["amount"] == 480
-    assert_error(pos.status(new_key()), 404, "PAYMENT_NOT_FOUND", "transKey")
+    missing = assert_error(pos.status(new_key()), 404, "PAYMENT_NOT_FOUND", "transKey")
+    # "Not found" may mean "not arrived yet": the answer says what is safe to do next.
+    assert "send that REQUEST again with the same transKey" in missing["message"]
     assert_error(pos.paycheck("1000000000"), 404, "PAYMENT_NOT_FOUND", "transId")
 
 

@@ -88,7 +88,7 @@ def till(tmp_path: Path, lane: str) -> Iterator[Till]:
         return {"mid": terminal.mid, "password": terminal.password, "os": os_value}
 
     login = db.run_sync(seed)
-    with TestClient(serving_app(url, Settings())) as client:
+    with TestClient(serving_app(url, Settings(sandbox_enabled=True))) as client:
         answer = client.post("/v1/login", json={**login, "key": "AA:BB:CC:00:11:22"})
         assert answer.status_code == 200, answer.text
         auth = {"Authorization": f"Bearer {answer.json()['sessionToken']}"}

@@ -266,6 +266,11 @@ def test_a_refund_with_an_unknown_outcome_keeps_its_amount_reserved(h: Harness) 
         till.refund(paid.trans_id, 401)
     assert caught.value.code == "REFUND_EXCEEDS_REMAINING"
     assert till.refund(paid.trans_id, 400).payment.refundable_amount == 0
+    # With everything reserved, the refusal says so (not "a refund of 0 yen exceeds 0 yen").
+    with pytest.raises(Conflict) as caught:
+        till.refund(paid.trans_id, None)
+    assert caught.value.code == "REFUND_EXCEEDS_REMAINING"
+    assert "nothing remains to refund" in str(caught.value)
 
 
 def test_a_customer_code_payment_still_waiting_at_the_give_up_time_is_withdrawn(

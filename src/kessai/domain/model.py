@@ -228,6 +228,14 @@ def require_refundable(payment: Payment, amount: int | None) -> int:
             field="amount",
         )
     remaining = payment.refundable_amount
+    if remaining == 0 and payment.refunds:
+        # Everything is refunded or reserved by refunds still waiting for the wallet's word.
+        raise Conflict(
+            f"nothing remains to refund on payment {payment.trans_id}: its refunds take the "
+            "whole amount (some may still await the wallet's answer)",
+            code="REFUND_EXCEEDS_REMAINING",
+            field="amount",
+        )
     take = remaining if amount is None else amount
     if take < MIN_AMOUNT_YEN or take > remaining:
         raise Conflict(

@@ -331,7 +331,8 @@ class Gateway:
                     code="SERVICE_MISMATCH",
                     field="serviceId",
                 )
-        self._require_active(service)
+        # The code named the service unless the terminal did: the error points at what was sent.
+        self._require_active(service, field="serviceId" if service_id is not None else "code")
         if not service.supports_customer_code:
             raise UnprocessableCode(
                 f"{service.name} does not accept customer-presented codes here",
@@ -341,12 +342,12 @@ class Gateway:
         return service, identification
 
     @staticmethod
-    def _require_active(service: Service) -> None:
+    def _require_active(service: Service, field: str = "serviceId") -> None:
         if not service.active:
             raise UnprocessableCode(
                 f"{service.name} is no longer offered",
                 code="SERVICE_NOT_SUPPORTED",
-                field="serviceId",
+                field=field,
             )
 
     def _in_database(self, name: str) -> InDatabase | None:
@@ -1128,8 +1129,13 @@ def _not_found(trans_id: str | None, trans_key: str | None) -> NotFound:
         return NotFound(
             f"no payment with transId {trans_id}", code="PAYMENT_NOT_FOUND", field="transId"
         )
+    # A terminal asks by transKey when a REQUEST's answer was lost: "not found" may only mean
+    # "not arrived yet", and the safe next step is that same REQUEST again.
     return NotFound(
-        f"no payment with transKey {trans_key}", code="PAYMENT_NOT_FOUND", field="transKey"
+        f"no payment with transKey {trans_key} (yet): if its REQUEST went unanswered, send that "
+        "REQUEST again with the same transKey, which never charges twice",
+        code="PAYMENT_NOT_FOUND",
+        field="transKey",
     )
 
 
