@@ -3,11 +3,23 @@ idempotency, bounds, payments that cannot be refunded, and the passCode lockout.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from typing import Any
 
 import pytest
 
-from .support import Cli, CliBatch, Pos, assert_error, new_key, sandbox_code, unchanged
+from .support import (
+    KESSAI,
+    Cli,
+    CliBatch,
+    Pos,
+    assert_error,
+    base_env,
+    new_key,
+    sandbox_code,
+    unchanged,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -159,3 +171,34 @@ def test_a_correct_passcode_resets_the_count_of_wrong_ones(pos: Pos) -> None:
     for _ in range(4):
         assert_error(pos.refund(trans_id, passCode=wrong), 403, "WRONG_PASSCODE")
     assert _refund_ok(pos, trans_id, amount=10)["refundedAmount"] == 20
+
+
+def test_a_new_passcode_replaces_the_old_one_and_lifts_its_lock(pos: Pos, cli: Cli) -> None:
+    # The guide lets the merchant set the passCode: from standard input, so that it shows in
+    # neither the process list nor the shell's history; or issued by the gateway.
+    trans_id = _paid(pos, 1000)["transId"]
+    old = pos.terminal.pass_code
+    wrong = "0000" if old != "0000" else "1111"
+    for _ in range(5):
+        pos.refund(trans_id, passCode=wrong)
+    assert_error(pos.refund(trans_id), 429, "PASSCODE_LOCKED", "passCode")
+    mine = "4321" if old != "4321" else "8765"
+    command = [KESSAI, "admin", "terminal", "set-passcode", pos.terminal.mid, "--passcode", "-"]
+    done = subprocess.run(
+        [*command, "--database", cli.database_url, "--json"],
+        input=f"{mine}\n",
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"mid": pos.terminal.mid, "passCode": mine}
+    assert_error(pos.refund(trans_id, passCode=old), 403, "WRONG_PASSCODE", "passCode")
+    assert _refund_ok(pos, trans_id, amount=100, passCode=mine)["refundedAmount"] == 100
+    issued = cli.json("admin", "terminal", "set-passcode", pos.terminal.mid)["passCode"]
+    assert len(issued) == 4 and issued.isdigit()
+    if issued != mine:
+        assert_error(pos.refund(trans_id, passCode=mine), 403, "WRONG_PASSCODE", "passCode")
+    assert _refund_ok(pos, trans_id, amount=100, passCode=issued)["refundedAmount"] == 200

@@ -224,7 +224,11 @@ def integration_create(
 def terminal_create(
     merchant: Annotated[int, typer.Option(help="The merchant id.")],
     passcode: Annotated[
-        str | None, typer.Option("--passcode", help="A 4-digit passCode set by the merchant.")
+        str | None,
+        typer.Option(
+            "--passcode",
+            help="A 4-digit passCode set by the merchant; '-' reads it from standard input.",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the terminal.")] = None,
     database: DatabaseOpt = DEFAULT_DATABASE_URL,
@@ -232,6 +236,8 @@ def terminal_create(
 ) -> None:
     """Create a terminal; prints its mid, password and passCode (shown only now)."""
     now = system_clock()
+    if passcode == "-":
+        passcode = sys.stdin.readline().strip()
     issued = run_unit(
         database,
         lambda c: admin_service.create_terminal(c, merchant, now, passcode=passcode, name=name),
@@ -301,6 +307,32 @@ def terminal_reset_password(
     now = system_clock()
     password = run_unit(database, lambda c: admin_service.reset_password(c, mid, now), as_json)
     output.emit({"mid": mid, "password": password}, as_json, f"mid {mid}\npassword {password}")
+
+
+@terminal_app.command("set-passcode")
+def terminal_set_passcode(
+    mid: MidArg,
+    passcode: Annotated[
+        str | None,
+        typer.Option(
+            "--passcode",
+            help="The merchant's own 4-digit passCode; '-' reads it from standard input "
+            "(kept out of the process list and the shell's history). Without it, the gateway "
+            "issues one.",
+        ),
+    ] = None,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a terminal a new passCode (shown once); wrong-passCode counts and locks start over."""
+    now = system_clock()
+    given = sys.stdin.readline().strip() if passcode == "-" else passcode
+    code = run_unit(database, lambda c: admin_service.set_passcode(c, mid, now, given), as_json)
+    output.emit(
+        {"mid": mid, "passCode": code},
+        as_json,
+        f"mid {mid}\npassCode {code}\n(not shown again)",
+    )
 
 
 @terminal_app.command("unlock")

@@ -177,73 +177,90 @@ def list_terminals(
     return out
 
 
-def set_enabled(conn: Connection, mid: str, enabled: bool, now: datetime) -> None:
-    """Enable or disable a terminal; disabling also ends its session."""
-    row = _terminal(conn, mid)
+def _change(
+    conn: Connection,
+    row: sa.Row[Any],
+    now: datetime,
+    action: str,
+    *,
+    detail: dict[str, Any] | None = None,
+    **values: Any,
+) -> None:
+    """Set ``values`` on the terminal ``row`` and record ``action`` in the audit trail."""
     conn.execute(
-        t.terminals.update()
-        .where(t.terminals.c.id == row.id)
-        .values(enabled=enabled, updated_at=now)
+        t.terminals.update().where(t.terminals.c.id == row.id).values(**values, updated_at=now)
     )
-    if not enabled:
-        end_live_session(conn, row.id, now, "disabled")
     audit(
         conn,
         at=now,
         actor=ADMIN,
-        action="terminal.enabled" if enabled else "terminal.disabled",
+        action=action,
         merchant_id=row.merchant_id,
         terminal_id=row.id,
+        detail=detail,
     )
+
+
+def set_enabled(conn: Connection, mid: str, enabled: bool, now: datetime) -> None:
+    """Enable or disable a terminal; disabling also ends its session."""
+    row = _terminal(conn, mid)
+    if not enabled:
+        end_live_session(conn, row.id, now, "disabled")
+    action = "terminal.enabled" if enabled else "terminal.disabled"
+    _change(conn, row, now, action, enabled=enabled)
 
 
 def reset_password(conn: Connection, mid: str, now: datetime) -> str:
     """Issue a new login password (shown once) and end the terminal's session."""
     row = _terminal(conn, mid)
     password = new_password()
-    conn.execute(
-        t.terminals.update()
-        .where(t.terminals.c.id == row.id)
-        .values(
-            password_hash=hash_secret(password),
-            login_failures=0,
-            login_locked_until=None,
-            updated_at=now,
-        )
-    )
     end_live_session(conn, row.id, now, "password_reset")
-    audit(
+    _change(
         conn,
-        at=now,
-        actor=ADMIN,
-        action="terminal.password_reset",
-        merchant_id=row.merchant_id,
-        terminal_id=row.id,
+        row,
+        now,
+        "terminal.password_reset",
+        password_hash=hash_secret(password),
+        login_failures=0,
+        login_locked_until=None,
     )
     return password
 
 
+def set_passcode(conn: Connection, mid: str, now: datetime, passcode: str | None = None) -> str:
+    """Give a terminal a new passCode: the merchant's own, or (``None``) one the gateway issues.
+
+    Answers the passCode, to be shown once. The old one stops working at once, and the count
+    of wrong passCodes, with any refund lock it led to, starts again.
+    """
+    if passcode is not None:
+        fields.check("passCode", passcode)
+    row = _terminal(conn, mid)
+    code = passcode or new_passcode()
+    _change(
+        conn,
+        row,
+        now,
+        "terminal.passcode_set",
+        detail={"passCodeSetBy": "merchant" if passcode else "gateway"},
+        passcode_hash=hash_secret(code),
+        passcode_failures=0,
+        passcode_locked_until=None,
+    )
+    return code
+
+
 def unlock(conn: Connection, mid: str, now: datetime) -> None:
     """Lift the refund (passCode) lock and the login lock of a terminal."""
-    row = _terminal(conn, mid)
-    conn.execute(
-        t.terminals.update()
-        .where(t.terminals.c.id == row.id)
-        .values(
-            passcode_failures=0,
-            passcode_locked_until=None,
-            login_failures=0,
-            login_locked_until=None,
-            updated_at=now,
-        )
-    )
-    audit(
+    _change(
         conn,
-        at=now,
-        actor=ADMIN,
-        action="terminal.unlocked",
-        merchant_id=row.merchant_id,
-        terminal_id=row.id,
+        _terminal(conn, mid),
+        now,
+        "terminal.unlocked",
+        passcode_failures=0,
+        passcode_locked_until=None,
+        login_failures=0,
+        login_locked_until=None,
     )
 
 
