@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -291,3 +292,14 @@ def test_routing_picks_the_active_account_and_refuses_missing_flows(
         assert routing.account_of("sandbox") == ("sandbox", None)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("account", [None, "sandbox"])
+def test_with_the_sandbox_off_nothing_is_routed_there(account: str | None) -> None:
+    # Neither by default (no account) nor by an account that names the sandbox: its codes
+    # would complete payments without moving money.
+    row = None if account is None else SimpleNamespace(provider=account, id=7)
+    connectors: dict[str, Any] = {"sandbox": _Stub(frozenset(Flow))}
+    assert routing.choose(row, "01", Flow.PAY, connectors) == "sandbox"  # type: ignore[arg-type]
+    with pytest.raises(AccountUnusable, match="sandbox wallets are turned off"):
+        routing.choose(row, "01", Flow.PAY, connectors, sandbox=False)  # type: ignore[arg-type]

@@ -207,13 +207,16 @@ def choose(
     ``flow``, and ``AccountUnusable`` when its account cannot be used or there is none and the
     sandbox is off; either way no payment is written.
     """
-    if row is None and not sandbox:
+    kind = SANDBOX if row is None else str(row.provider)
+    if kind == SANDBOX and not sandbox:
+        # Routed there by default or by an account set to the sandbox: either way its codes
+        # would complete payments without moving money.
+        whose = "no provider account" if row is None else "its account on the sandbox"
         raise AccountUnusable(
-            f"the merchant has no provider account for serviceId {service_id}, and the "
-            "sandbox wallets are turned off",
+            f"the merchant has {whose} for serviceId {service_id}, and the sandbox wallets "
+            "are turned off",
             field="serviceId",
         )
-    kind = SANDBOX if row is None else str(row.provider)
     connector = connectors.get(kind)
     if connector is None:
         raise AccountUnusable(
