@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import typer
 
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
+from kessai.cli.database import opened
 from kessai.domain.errors import InternalError
 
 KEY_A = "a1" * 32
@@ -100,3 +102,18 @@ def test_a_new_master_key_put_first_seals_the_key_again(
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
     with pytest.raises(InternalError, match="not among the configured keys"):
         _key(url)
+
+
+def test_a_command_with_a_master_key_that_cannot_unseal_stops_with_one_line(
+    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hashing codes under another key would answer wrong things quietly: refuse to start.
+    monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
+    _migrate(url)
+    monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_B)
+    with pytest.raises(typer.Exit) as stopped, opened(url):
+        pass
+    assert stopped.value.exit_code == 1
+    error = capsys.readouterr().err
+    assert "sealed with master key" in error
+    assert "Traceback" not in error

@@ -55,24 +55,27 @@ def code_key(conn: Connection) -> str:
         value = None if row is None else row.value
         if value is None:
             raise InternalError("the database is not migrated: run `kessai migrate`")
-        key = _code_keys[engine] = _unsealed(str(value))
+        try:
+            key = _code_keys[engine] = _unsealed(str(value), SecretBox.from_env())
+        except SecretKeyInvalid as exc:
+            raise InternalError(str(exc)) from exc
     return key
 
 
-def _unsealed(value: str) -> str:
+def _unsealed(value: str, box: SecretBox | None) -> str:
+    """The code key of a ``kessai_meta`` value; SecretKeyInvalid when it cannot be unsealed."""
     if not value.startswith(SEALED):
         return value
     _, stored_id, token = value.split(":", 2)
-    box = SecretBox.from_env()
     if box is None:
-        raise InternalError(
+        raise SecretKeyInvalid(
             "this database's key for customer codes is sealed with the master key: "
             f"{HOW_TO_SET_A_KEY}"
         )
     try:
         return box.decrypt(token, stored_id)
     except SecretKeyInvalid as exc:
-        raise InternalError(
+        raise SecretKeyInvalid(
             f"this database's key for customer codes was sealed with master key {stored_id}, "
             f"which is not among the configured keys ({box.key_id} first)"
         ) from exc
@@ -85,7 +88,8 @@ def seal_code_key(conn: Connection) -> bool:
     test candidate codes against the keyed hashes stored with payments and sandbox codes (a few
     wallets leave only millions of candidates once the masked digits are known). A key sealed
     with an older master key (still configured, after the current one) is sealed again with the
-    current one, so that the older one can then be dropped. Answers whether anything changed.
+    current one, so that the older one can then be dropped. Answers whether anything changed;
+    raises SecretKeyInvalid when the key is sealed with none of the configured master keys.
     """
     box = SecretBox.from_env()
     if box is None:
@@ -96,7 +100,7 @@ def seal_code_key(conn: Connection) -> bool:
     value = str(stored)
     if value.startswith(f"{SEALED}{box.key_id}:"):
         return False
-    sealed = f"{SEALED}{box.key_id}:{box.encrypt(_unsealed(value))}"
+    sealed = f"{SEALED}{box.key_id}:{box.encrypt(_unsealed(value, box))}"
     conn.execute(t.meta.update().where(t.meta.c.key == CODE_KEY_NAME).values(value=sealed))
     return True
 

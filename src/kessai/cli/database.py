@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from kessai.adapters.db import Database, normalise_url
 from kessai.adapters.migrate import upgrade
 from kessai.cli import output
+from kessai.connectors.secrets import SecretKeyInvalid
 from kessai.domain.errors import KessaiError
 
 T = TypeVar("T")
@@ -44,7 +45,8 @@ def opened(url: str) -> Iterator[Database]:
 
     One that cannot be opened or migrated (an unsupported URL, a folder that does not exist, a
     server that refuses the connection, an unknown database or role) ends the command with one
-    line on stderr, naming the database without its password, and exit status 1.
+    line on stderr, naming the database without its password, and exit status 1; so does a
+    master key that is malformed or cannot unseal the database's key for customer codes.
     """
     try:
         db = Database(url)
@@ -55,6 +57,10 @@ def opened(url: str) -> Iterator[Database]:
             upgrade(db)
         except (OSError, sa.exc.DBAPIError) as exc:
             _cannot_open(url, exc)
+        except SecretKeyInvalid as exc:
+            # Migrating seals the database's key for customer codes with the master key.
+            output.error(str(exc))
+            raise typer.Exit(CANNOT_OPEN_EXIT) from exc
         yield db
 
 
