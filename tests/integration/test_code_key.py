@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import typer
+from typer.testing import CliRunner
 
 from kessai.adapters import repository as repo
 from kessai.adapters import schema as t
 from kessai.adapters.db import Database
 from kessai.adapters.migrate import upgrade
 from kessai.cli.database import opened
+from kessai.cli.main import app
 from kessai.domain.errors import InternalError
 
 KEY_A = "a1" * 32
@@ -117,3 +119,29 @@ def test_a_command_with_a_master_key_that_cannot_unseal_stops_with_one_line(
     error = capsys.readouterr().err
     assert "sealed with master key" in error
     assert "Traceback" not in error
+
+
+def test_a_lost_master_key_is_survived_by_a_new_code_key(
+    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a way out, a lost master key would stop every payment for good.
+    monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
+    _migrate(url)
+    monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_B)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["admin", "key", "reset-code-key", "--database", url])
+    assert refused.exit_code == 2
+    done = runner.invoke(app, ["admin", "key", "reset-code-key", "--yes", "--database", url])
+    assert done.exit_code == 0, done.output
+    fresh = _key(url)
+    assert fresh != clear_key and len(fresh) == 64
+    db = Database(url)
+    stored = _stored(db)
+    actions = db.run_sync(
+        lambda conn: list(conn.execute(sa.select(t.audit_events.c.action)).scalars()), write=False
+    )
+    db.close()
+    assert stored.startswith(repo.SEALED) and fresh not in stored
+    assert "codes.key_reset" in actions
+    with opened(url):  # and every command starts again
+        pass

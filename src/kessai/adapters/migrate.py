@@ -25,7 +25,7 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(db: Database, revision: str = "heads") -> None:
+def upgrade(db: Database, revision: str = "heads", *, seal: bool = True) -> None:
     """Run every migration up to ``revision`` on ``db``; concurrent callers take turns.
 
     Every Kessai command migrates first, so instances starting together (a deploy, or a command
@@ -34,7 +34,7 @@ def upgrade(db: Database, revision: str = "heads") -> None:
     takes a transaction-scoped advisory lock, and whoever gets it second finds the schema current
     and does nothing. On SQLite the process-wide writer lock already serialises the units.
     With a master key configured, the key for customer codes is then sealed with it
-    (``repository.seal_code_key``).
+    (``repository.seal_code_key``), unless ``seal`` is false (for replacing that key).
     """
     config = alembic_config()
 
@@ -43,8 +43,9 @@ def upgrade(db: Database, revision: str = "heads") -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
-        # In the same turn, so that instances starting together seal the key once.
-        repository.seal_code_key(conn)
+        if seal:
+            # In the same turn, so that instances starting together seal the key once.
+            repository.seal_code_key(conn)
 
     # Migrations run in the database's own thread and transaction, like any unit of work.
     db.run_sync(unit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import secrets
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,9 +101,25 @@ def seal_code_key(conn: Connection) -> bool:
     value = str(stored)
     if value.startswith(f"{SEALED}{box.key_id}:"):
         return False
-    sealed = f"{SEALED}{box.key_id}:{box.encrypt(_unsealed(value, box))}"
-    conn.execute(t.meta.update().where(t.meta.c.key == CODE_KEY_NAME).values(value=sealed))
+    _store_code_key(conn, _unsealed(value, box), box)
     return True
+
+
+def _store_code_key(conn: Connection, key: str, box: SecretBox | None) -> None:
+    value = key if box is None else f"{SEALED}{box.key_id}:{box.encrypt(key)}"
+    conn.execute(t.meta.update().where(t.meta.c.key == CODE_KEY_NAME).values(value=value))
+
+
+def reset_code_key(conn: Connection, now: datetime) -> None:
+    """Replace the key for customer codes with a new one (sealed if a master key is configured).
+
+    The way out when the master key that sealed it is lost. What was hashed under the old key no
+    longer matches: a retry of an earlier REQUEST or GET-QR-CODE answers IDEMPOTENCY_CONFLICT
+    instead of replaying (never a second charge), and sandbox codes issued before are unknown.
+    """
+    _store_code_key(conn, secrets.token_hex(32), SecretBox.from_env())
+    _code_keys.pop(conn.engine, None)
+    audit(conn, at=now, actor="admin:cli", action="codes.key_reset")
 
 
 class ProviderSettingsRow(Protocol):

@@ -40,7 +40,7 @@ def _cannot_open(url: str, exc: BaseException) -> NoReturn:
 
 
 @contextmanager
-def opened(url: str) -> Iterator[Database]:
+def opened(url: str, *, seal: bool = True) -> Iterator[Database]:
     """The database for one command, migrated to the newest schema.
 
     One that cannot be opened or migrated (an unsupported URL, a folder that does not exist, a
@@ -54,7 +54,7 @@ def opened(url: str) -> Iterator[Database]:
         _cannot_open(url, exc)
     with closing(db):
         try:
-            upgrade(db)
+            upgrade(db, seal=seal)
         except (OSError, sa.exc.DBAPIError) as exc:
             _cannot_open(url, exc)
         except SecretKeyInvalid as exc:

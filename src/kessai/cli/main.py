@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from kessai import keys
+from kessai.adapters import repository
 from kessai.adapters.db import DEFAULT_DATABASE_URL
 from kessai.cli import console_admin, output, provider_admin
 from kessai.cli.database import opened, run_unit
@@ -415,6 +416,34 @@ def key_generate(as_json: JsonOpt = False) -> None:
     """Print a new master key for KESSAI_SECRET_KEY (give every instance the same one)."""
     key = keys.generate_key()
     output.emit({"key": key}, as_json, key)
+
+
+@key_app.command("reset-code-key")
+def key_reset_code_key(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: earlier transKeys no longer replay.")
+    ] = False,
+    database: DatabaseOpt = DEFAULT_DATABASE_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace the database's key for customer codes, when the master key sealing it is lost.
+
+    A retry of a REQUEST or GET-QR-CODE made before then answers IDEMPOTENCY_CONFLICT instead of
+    replaying (it never charges twice), and sandbox codes issued before are unknown.
+    """
+    if not yes:
+        output.error("this cannot be undone: run again with --yes (see --help)")
+        raise typer.Exit(2)
+    now = system_clock()
+    with opened(database, seal=False) as db:
+        db.run_sync(lambda conn: repository.reset_code_key(conn, now))
+    sealed = bool(keys.configured())
+    output.emit(
+        {"codeKeyReset": True, "sealed": sealed},
+        as_json,
+        "the key for customer codes was replaced"
+        + (", sealed with the master key" if sealed else ""),
+    )
 
 
 # -- sandbox ------------------------------------------------------------------------------------
