@@ -17,7 +17,13 @@ from kessai.connectors.base import (
 from kessai.connectors.paypay import PayPayClient, PayPayConnector
 
 from .conftest import run
-from .fakes.paypay import ERROR_AMOUNT, SLOW_AMOUNT, THROTTLED_AMOUNT, PayPayFake
+from .fakes.paypay import (
+    ERROR_AMOUNT,
+    SLOW_AMOUNT,
+    THROTTLED_AMOUNT,
+    TRUNCATED_AMOUNT,
+    PayPayFake,
+)
 from .fakes.server import FakeServer, Served
 
 Out = ProviderOutcome
@@ -113,8 +119,14 @@ def test_a_repeated_create_returns_the_first_code(
 
 @pytest.mark.parametrize(
     ("amount", "expected"),
-    [(SLOW_AMOUNT, Out.UNKNOWN), (ERROR_AMOUNT, Out.UNKNOWN), (THROTTLED_AMOUNT, Out.UNKNOWN)],
-    ids=["timeout", "server-error", "rate-limit"],
+    [
+        (SLOW_AMOUNT, Out.UNKNOWN),
+        (ERROR_AMOUNT, Out.UNKNOWN),
+        (THROTTLED_AMOUNT, Out.UNKNOWN),
+        # The code exists at PayPay: an answer we cannot read is no refusal.
+        (TRUNCATED_AMOUNT, Out.UNKNOWN),
+    ],
+    ids=["timeout", "server-error", "rate-limit", "truncated"],
 )
 def test_no_clear_answer_to_create_is_unknown(
     paypay_fake: tuple[PayPayFake, FakeServer], amount: int, expected: ProviderOutcome

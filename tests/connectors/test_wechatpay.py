@@ -9,7 +9,7 @@ import pytest
 
 from kessai.connectors.answers import AnswerTooLarge
 from kessai.connectors.base import FlowNotSupported, PayRequest, ProviderOutcome, QrRequest
-from kessai.connectors.wechatpay import WeChatPayClient, WeChatPayConnector
+from kessai.connectors.wechatpay import WeChatPayClient, WeChatPayConnector, wire
 from kessai.connectors.wechatpay.client import MAX_XML_BYTES, Reply
 
 from .conftest import run
@@ -231,3 +231,21 @@ def test_an_answer_is_read_up_to_the_largest_wechat_pay_answer_and_no_further(
     else:
         with pytest.raises(AnswerTooLarge, match=str(MAX_XML_BYTES)):
             run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        ("SUCCESS", ProviderOutcome.SUCCEEDED),
+        ("REFUNDCLOSE", ProviderOutcome.FAILED),
+        ("PROCESSING", ProviderOutcome.UNKNOWN),
+        # The bank would not take the money back (a closed card): the merchant settles it by
+        # hand in WeChat Pay's platform. Not failed, or its amount would be free to refund again.
+        ("CHANGE", ProviderOutcome.UNKNOWN),
+    ],
+)
+def test_a_refund_that_needs_settling_by_hand_is_not_failed(
+    status: str, outcome: ProviderOutcome
+) -> None:
+    fields = {"return_code": "SUCCESS", "result_code": "SUCCESS", "refund_status_0": status}
+    assert wire.refundquery_outcome(fields).outcome is outcome

@@ -7,7 +7,8 @@ envelope ``{"resultInfo": {code, message, codeId}, "data": …}`` and status cod
 
 Magic amounts force the hard cases: 9001 creates the code but answers after ``slow_seconds``
 (a client timeout), 9002 creates it and answers 500 INTERNAL_SERVER_ERROR, 9003 answers 429
-RATE_LIMIT without creating anything. The test plays the customer with ``customer_pays``.
+RATE_LIMIT without creating anything, 9004 creates it and answers a 201 cut short. The test
+plays the customer with ``customer_pays``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .server import Answer
 SLOW_AMOUNT = 9001
 ERROR_AMOUNT = 9002
 THROTTLED_AMOUNT = 9003
+TRUNCATED_AMOUNT = 9004
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _CODES = {
@@ -222,6 +224,8 @@ class PayPayFake:
         if amount == ERROR_AMOUNT:
             return _reply(500, "INTERNAL_SERVER_ERROR")
         answer = _reply(201, "SUCCESS", _code_data(code))
+        if amount == TRUNCATED_AMOUNT:
+            return (answer[0], answer[1], answer[2][:40], 0.0)
         if amount == SLOW_AMOUNT:
             return (*answer[:3], self.slow_seconds)
         return answer

@@ -138,9 +138,14 @@ class PayPayConnector:
             return ProviderResult(
                 ProviderOutcome.WAITING_FOR_CUSTOMER, provider_ref=data.code_id, qr_data=data.url
             )
-        if reply.code == wire.DUPLICATE_DYNAMIC_QR_REQUEST or reply.status == 429:
-            # The transId exists at PayPay already (or we are throttled): what it holds is
-            # learnt by a query, never assumed.
+        if (
+            reply.code == wire.DUPLICATE_DYNAMIC_QR_REQUEST
+            or reply.status == 429
+            or not 400 <= reply.status < 500
+        ):
+            # The transId exists at PayPay already (or we are throttled), or the answer is not
+            # a refusal at all (a 2xx we cannot read, a redirect): what PayPay holds is learnt
+            # by a query, never assumed. Only a 4xx refuses the request.
             return ProviderResult(ProviderOutcome.UNKNOWN)
         return _rejected(reply)
 

@@ -5,7 +5,9 @@ Sources (pay.weixin.qq.com v2 reference, Chinese and Global English editions): m
 (查询退款) with their ``return_code`` / ``result_code`` / ``err_code`` / ``trade_state`` tables.
 
 ``return_code`` FAIL means the request itself was refused (signature, parameters): nothing was
-processed. ``result_code`` carries the business answer. USERPAYING (the customer is entering a
+processed (WeChat Pay's own micropay sample stops there with an error, before any query or
+reverse, since such an answer has no ``result_code``). ``result_code`` carries the business
+answer. USERPAYING (the customer is entering a
 password) is WAITING_FOR_CUSTOMER; SYSTEMERROR, BANKERROR and every code we do not recognise are
 UNKNOWN, resolved by orderquery and, if need be, reverse.
 """
@@ -161,6 +163,9 @@ def refundquery_outcome(fields: Mapping[str, str]) -> RefundResult:
     status = fields.get("refund_status_0", "")
     if status == SUCCESS:
         return RefundResult(ProviderOutcome.SUCCEEDED)
-    if status in ("REFUNDCLOSE", "CHANGE"):
+    if status == "REFUNDCLOSE":
         return RefundResult(ProviderOutcome.FAILED, f"WeChat Pay refund status {status}")
+    # PROCESSING, and CHANGE: the bank refused to return the money (a closed card) and the
+    # merchant must settle the refund by hand in WeChat Pay's merchant platform. Not failed:
+    # its amount stays reserved until WeChat Pay reports the end.
     return RefundResult(ProviderOutcome.UNKNOWN)
