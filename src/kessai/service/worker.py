@@ -30,8 +30,11 @@ from kessai.service.gateway import Gateway
 
 log = logging.getLogger("kessai.worker")
 
-# How many claimed payments one worker asks providers about at the same time.
+# How many claimed payments (or refunds) one worker asks providers about at the same time.
 MAX_PARALLEL_PROVIDER_CALLS = 10
+# Beyond a job's time bound, what a provider call started within it may still take to have its
+# answer recorded (the call itself is bounded by the provider timeout).
+RECORD_MARGIN_SECONDS = 5.0
 
 # Written as literals, not bound values, so that the planners use the partial indexes on exactly
 # these conditions (ix_payments_pending_check, ix_refunds_pending).
@@ -75,6 +78,13 @@ _RENEW_CLAIM = (
     .where(t.payments.c.provider_checked_at == _HELD)
     .values(provider_checked_at=sa.bindparam("b_until", type_=UTCDateTime()))
 )
+# Gives back a claimed payment the pass did not get to: due again at once, for the next pass.
+_RELEASE_CLAIM = (
+    t.payments.update()
+    .where(t.payments.c.id == sa.bindparam("b_pk"), _PAYMENT_PENDING)
+    .where(t.payments.c.provider_checked_at == _HELD)
+    .values(provider_checked_at=sa.bindparam("b_due", type_=UTCDateTime()))
+)
 # The prune job's statements run on every pass: built once.
 _NOW = sa.bindparam("b_now", type_=UTCDateTime())
 _OLD = sa.bindparam("b_old", type_=UTCDateTime())
@@ -107,6 +117,9 @@ class WorkerReport:
     # Claimed payments not asked because their lease no longer held when their turn came (it ran
     # out, or an answer recorded meanwhile ended it); they are due again on a later pass.
     lease_lost: int = 0
+    # Claimed payments and refunds not asked because the job's time was up before their turn;
+    # payments are given back at once, refunds are due again after the recheck interval.
+    deferred: int = 0
     webhooks_attempted: int = 0
     webhooks_delivered: int = 0
     pruned_sessions: int = 0
@@ -116,7 +129,7 @@ class WorkerReport:
     @property
     def busy(self) -> bool:
         """Whether the pass found work (the loop then runs again without sleeping)."""
-        return self.checked > 0 or self.webhooks_attempted > 0
+        return self.checked > 0 or self.deferred > 0 or self.webhooks_attempted > 0
 
 
 class Worker:
@@ -138,9 +151,22 @@ class Worker:
         return report
 
     async def _payment_jobs(self, report: WorkerReport) -> None:
-        await self._bounded(self.reconcile(report), "reconcile", report)
-        await self._bounded(self.refunds(report), "refunds", report)
+        # The jobs that ask providers start no call once their time is spent, and a call they
+        # started is let finish and be recorded: a bound shorter than the provider timeout used
+        # to cut every slow call off before its answer was kept, pass after pass, so a payment
+        # or refund whose provider answered slowly was never settled.
+        asking = (
+            self.settings.worker_job_seconds
+            + self.settings.provider_timeout_seconds
+            + RECORD_MARGIN_SECONDS
+        )
+        await self._bounded(self.reconcile(report), "reconcile", report, asking)
+        await self._bounded(self.refunds(report), "refunds", report, asking)
         await self._bounded(self.prune(report), "prune", report)
+
+    def _until(self) -> float:
+        """The event-loop time after which a job starts no more provider calls."""
+        return asyncio.get_running_loop().time() + self.settings.worker_job_seconds
 
     async def _webhook_jobs(self, report: WorkerReport) -> None:
         await self._bounded(self.deliver(report), "webhooks", report)
@@ -164,13 +190,26 @@ class Worker:
             rows = conn.execute(sa.select(r.c.payment_id, r.c.refund_id).where(r.c.id.in_(ids)))
             return [(row.payment_id, row.refund_id) for row in rows]
 
-        for payment_pk, refund_id in await gateway.db.run(claim):
-            report.checked += 1
-            try:
-                await gateway.resolve_refund(payment_pk, refund_id, "worker")
-            except Exception as exc:  # one refund's trouble must not stop the batch
-                log.exception("reconciling refund %s failed", refund_id)
-                report.errors.append(f"{refund_id}: {type(exc).__name__}")
+        until = self._until()
+        loop = asyncio.get_running_loop()
+        limit = asyncio.Semaphore(MAX_PARALLEL_PROVIDER_CALLS)
+
+        async def one(payment_pk: int, refund_id: str) -> None:
+            # Side by side, as payments are: one refund whose provider answers slowly must not
+            # hold back the others of the batch.
+            async with limit:
+                if loop.time() >= until:
+                    report.deferred += 1  # due again after the recheck interval
+                    return
+                try:
+                    await gateway.resolve_refund(payment_pk, refund_id, "worker")
+                except Exception as exc:  # one refund's trouble must not stop the batch
+                    log.exception("reconciling refund %s failed", refund_id)
+                    report.errors.append(f"{refund_id}: {type(exc).__name__}")
+
+        claimed = await gateway.db.run(claim)
+        report.checked += len(claimed)
+        await asyncio.gather(*(one(pk, refund_id) for pk, refund_id in claimed))
 
     async def deliver(self, report: WorkerReport) -> None:
         """Deliver due webhook events (at least once, with backoff)."""
@@ -224,10 +263,14 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), self.settings.worker_idle_sleep_ms / 1000)
 
     async def _bounded(
-        self, job: Coroutine[Any, Any, None], name: str, report: WorkerReport
+        self,
+        job: Coroutine[Any, Any, None],
+        name: str,
+        report: WorkerReport,
+        seconds: float | None = None,
     ) -> None:
         try:
-            await asyncio.wait_for(job, self.settings.worker_job_seconds)
+            await asyncio.wait_for(job, seconds or self.settings.worker_job_seconds)
         except TimeoutError:
             report.errors.append(f"{name}: time budget spent")
             log.warning("worker job %s ran out of its time budget", name)
@@ -272,13 +315,28 @@ class Worker:
 
             return unit
 
+        def release(pk: int, held: datetime) -> Callable[[Connection], None]:
+            def unit(conn: Connection) -> None:
+                due = gateway.clock() - interval
+                conn.execute(_RELEASE_CLAIM, {"b_pk": pk, "b_held": held, "b_due": due})
+
+            return unit
+
         claimed = await gateway.db.run(claim)
         report.checked += len(claimed)
+        until = self._until()
+        loop = asyncio.get_running_loop()
         limit = asyncio.Semaphore(MAX_PARALLEL_PROVIDER_CALLS)
 
         async def one(stored: repo.StoredPayment, merchant_name: str, held: datetime) -> None:
             async with limit:
                 try:
+                    if loop.time() >= until:
+                        # Given back rather than left leased: its lease, sized for the whole
+                        # batch, would otherwise keep it from the next passes for minutes.
+                        await gateway.db.run(release(stored.pk, held))
+                        report.deferred += 1
+                        return
                     if not await gateway.db.run(renew(stored.pk, held)):
                         report.lease_lost += 1
                         trans_id = stored.payment.trans_id
