@@ -17,12 +17,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from typing import Final
 
 SIGNATURE_HEADER: Final = "Kessai-Signature"
 EVENT_ID_HEADER: Final = "Kessai-Event-Id"
 DEFAULT_TOLERANCE_SECONDS: Final = 300
+# What each field of the header must look like; anything else (empty, non-ASCII) is malformed.
+_FORMS: Final = {
+    "t": re.compile(r"[0-9]{1,20}", re.ASCII),
+    "b": re.compile(r"[0-9a-f]{64}", re.ASCII),
+    "v1": re.compile(r"[0-9a-f]{64}", re.ASCII),
+}
+_WHAT: Final = {
+    "t": "not a time in unix seconds",
+    "b": "not a SHA-256 digest in hex",
+    "v1": "not an HMAC-SHA256 in hex",
+}
 
 
 class SignatureError(Exception):
@@ -48,17 +60,28 @@ def verify(
     now: float | None = None,
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
 ) -> int:
-    """Check a delivery's signature; answers its timestamp or raises SignatureError."""
+    """Check a delivery's signature; answers its timestamp or raises SignatureError.
+
+    A header whose ``t``, ``b`` or ``v1`` is missing, repeated, empty or not in the form ``sign``
+    writes (ASCII digits; 64 lowercase hex digits) is malformed: part ``header``, the message
+    naming the field.
+    """
     parts: dict[str, str] = {}
     for item in header.split(","):
         key, _, value = item.strip().partition("=")
-        parts[key] = value
-    try:
-        timestamp = int(parts["t"])
-        claimed_digest = parts["b"]
-        claimed_mac = parts["v1"]
-    except (KeyError, ValueError) as exc:
-        raise SignatureError("header", f"malformed {SIGNATURE_HEADER} header") from exc
+        if key in parts and key in _FORMS:
+            raise SignatureError("header", f"malformed {SIGNATURE_HEADER} header: {key} repeated")
+        parts[key] = value.strip()
+    for key, form in _FORMS.items():
+        if key not in parts:
+            raise SignatureError("header", f"malformed {SIGNATURE_HEADER} header: no {key}")
+        if form.fullmatch(parts[key]) is None:
+            raise SignatureError(
+                "header", f"malformed {SIGNATURE_HEADER} header: {key} is {_WHAT[key]}"
+            )
+    timestamp = int(parts["t"])
+    claimed_digest = parts["b"]
+    claimed_mac = parts["v1"]
     if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), claimed_digest):
         raise SignatureError("body", "the body is not the one that was signed")
     expected = hmac.new(

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -45,6 +46,7 @@ class Endpoint(RawServer):
         self.body = body
         self.sent = 0
         self.requests = 0
+        self.ids: list[str] = []  # the Kessai-Event-Id of each request, in the order they came
         self.hold_seconds = hold_seconds
         # "held": answers only once ``released`` is set, by the endpoint it was given to as
         # ``releases`` when that one gets a request of its own.
@@ -56,6 +58,7 @@ class Endpoint(RawServer):
     def answer(self, conn: socket.socket, head: bytes) -> None:
         """Answer as this endpoint's kind says; the gateway hanging up ends it."""
         self.requests += 1
+        self.ids.append(_event_id(head))
         if self.releases is not None:
             self.releases.released.set()
         if self.body == "held" and not self.released.wait(self.hold_seconds):
@@ -83,6 +86,14 @@ class Endpoint(RawServer):
             self.sent += len(piece)
             if self.body == "slow-body":
                 time.sleep(0.2)
+
+
+def _event_id(head: bytes) -> str:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"kessai-event-id":
+            return value.strip().decode()
+    return ""
 
 
 @pytest.fixture
@@ -371,3 +382,217 @@ def test_the_audit_trail_keeps_a_webhook_url_without_its_query(h: Harness) -> No
     (entry,) = [r for r in h.table("audit_events") if r["action"] == "webhook.endpoint_set"]
     assert "URLSECRET123" not in str(entry["detail"])
     assert "https://hooks.example.jp/in" in str(entry["detail"])
+
+
+def _events(h: Harness) -> list[dict[str, object]]:
+    return h.table("webhook_events")
+
+
+def _set_event(h: Harness, pk: int, **values: object) -> None:
+    ev = t.webhook_events
+    h.db.run_sync(lambda conn: conn.execute(ev.update().where(ev.c.id == pk).values(**values)))
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_payments_later_event_waits_for_its_earlier_one_across_passes(h: Harness) -> None:
+    # Each event was due at once when made: after the completion's delivery failed (its retry
+    # set in the future), the refund's event was claimed by the next pass and reached the
+    # merchant first, the completion afterwards.
+    failing = Endpoint("failing")
+    try:
+        till = _endpoint_and_event(h, failing.url)
+        (paid,) = h.table("payments")
+        assert _deliver(h, 5.0) == (1, 0)
+        (completed,) = _events(h)
+        retry_at = completed["next_attempt_at"]
+        assert isinstance(retry_at, datetime) and retry_at > h.clock()
+
+        failing.body = "quick"  # the endpoint is back, but the completion is not due yet
+        till.refund(str(paid["trans_id"]))
+        other = till.request(1500)  # another payment's event is not held back by it
+        _, refunded, other_event = _events(h)
+        assert refunded["type"] == "payment.refunded"
+        assert refunded["payment_id"] == completed["payment_id"]
+        assert _deliver(h, 5.0) == (1, 1)
+        assert failing.ids[1:] == [other_event["event_id"]]
+        assert other.trans_id and other_event["payment_id"] != completed["payment_id"]
+        # Still not the refund, however often a pass runs before the completion's retry.
+        assert _deliver(h, 5.0) == (0, 0)
+        assert [e["status"] for e in _events(h)] == [events.PENDING, events.PENDING, "DELIVERED"]
+
+        h.clock.now = retry_at
+        assert _deliver(h, 5.0) == (1, 1)  # the completion; the refund was not yet claimable
+        assert _deliver(h, 5.0) == (1, 1)
+        assert failing.ids == [
+            completed["event_id"],
+            other_event["event_id"],
+            completed["event_id"],
+            refunded["event_id"],
+        ]
+        assert {e["status"] for e in _events(h)} == {events.DELIVERED}
+    finally:
+        failing.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_dead_earlier_event_does_not_hold_back_its_payments_later_ones(h: Harness) -> None:
+    failing = Endpoint("failing")
+    try:
+        till = _endpoint_and_event(h, failing.url)
+        (paid,) = h.table("payments")
+        (completed,) = _events(h)
+        _set_event(h, int(str(completed["id"])), attempts=events.MAX_ATTEMPTS - 1)
+        assert _deliver(h, 5.0) == (1, 0)
+        assert [e["status"] for e in _events(h)] == [events.DEAD]
+        failing.body = "quick"
+        till.refund(str(paid["trans_id"]))
+        assert _deliver(h, 5.0) == (1, 1)
+        assert [e["status"] for e in _events(h)] == [events.DEAD, events.DELIVERED]
+    finally:
+        failing.close()
+
+
+def test_the_claim_finds_earlier_pending_events_through_the_partial_index(h: Harness) -> None:
+    # However many events are delivered, the claim's look for an earlier PENDING event of the
+    # same payment reads only the PENDING ones.
+    def plan_of(conn: Connection) -> list[sa.Row[tuple[object, ...]]]:
+        compiled = events._DUE_EVENTS[False].compile(conn)
+        params = compiled.construct_params({"b_now": h.clock(), "b_batch": 10})
+        processors = compiled._bind_processors
+        values = tuple(
+            processors[name](params[name]) if name in processors else params[name]
+            for name in compiled.positiontup or ()
+        )
+        return list(conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values).all())
+
+    plan = h.db.run_sync(plan_of, write=False)
+    details = " | ".join(str(row[-1]) for row in plan)
+    assert "ix_webhook_events_pending_payment" in details, details
+
+
+class FirstHeldThenFailed(Endpoint):
+    """Holds its first request until released and answers it 503; answers the others 200."""
+
+    def __init__(self) -> None:
+        super().__init__("quick")
+
+    def answer(self, conn: socket.socket, head: bytes) -> None:
+        self.requests += 1
+        self.ids.append(_event_id(head))
+        if self.requests == 1:
+            self.released.wait(PATIENCE)
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+async def _pass(h: Harness, client: httpx.AsyncClient) -> tuple[int, int]:
+    return await events.deliver_due(h.db, h.clock, 10, client, 0.3, timeout_seconds=PATIENCE)
+
+
+def _resent_entries(h: Harness) -> list[dict[str, object]]:
+    return [r for r in h.table("audit_events") if r["action"] == "webhook.event_resent"]
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_resend_while_the_event_is_being_delivered_is_refused(h: Harness) -> None:
+    # The resend made the event due at once under a running delivery: the next pass sent it a
+    # second time, side by side with the first, and whichever finished last wrote the outcome.
+    held = Endpoint("held", hold_seconds=PATIENCE)
+    try:
+        _endpoint_and_event(h, held.url)
+        (event,) = _events(h)
+        event_id = str(event["event_id"])
+
+        def resend(conn: Connection) -> None:
+            events.resend(conn, event_id, h.clock())
+
+        async def scenario() -> None:
+            async with httpx.AsyncClient() as client:
+                first = asyncio.create_task(_pass(h, client))
+                await _until(lambda: held.requests == 1, "the delivery to start")
+                with pytest.raises(InvalidRequest, match="being delivered right now"):
+                    await h.db.run(resend)
+                assert await _pass(h, client) == (0, 0)  # a second pass alongside: nothing due
+                held.released.set()
+                assert await first == (1, 1)
+
+        asyncio.run(scenario())
+        assert held.requests == 1
+        (after,) = _events(h)
+        assert (after["status"], after["attempts"], after["leased_until"]) == ("DELIVERED", 1, None)
+        assert _resent_entries(h) == []
+
+        # Once that delivery is over, the event can be sent again, and the audit trail says so.
+        h.db.run_sync(resend)
+        (entry,) = _resent_entries(h)
+        assert entry["merchant_id"] == event["merchant_id"]
+        assert event_id in str(entry["detail"]) and "DELIVERED" in str(entry["detail"])
+        assert _deliver(h, 5.0) == (1, 1)
+        assert held.ids == [event_id, event_id]
+    finally:
+        held.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_pass_that_outlived_its_lease_does_not_overwrite_a_delivered_event(h: Harness) -> None:
+    # The first pass's answer came after its lease had run out and a second pass had delivered
+    # the event; the late failure was written over the delivery (on its last attempt: DEAD).
+    endpoint = FirstHeldThenFailed()
+    try:
+        _endpoint_and_event(h, endpoint.url)
+        (event,) = _events(h)
+        _set_event(h, int(str(event["id"])), attempts=events.MAX_ATTEMPTS - 1)
+
+        async def scenario() -> tuple[int, int]:
+            async with httpx.AsyncClient() as client:
+                stale = asyncio.create_task(_pass(h, client))
+                await _until(lambda: endpoint.requests == 1, "the first delivery to start")
+                h.clock.advance(events.LEASE_SECONDS + 1)  # its lease runs out
+                assert await _pass(h, client) == (1, 1)
+                endpoint.released.set()
+                return await stale
+
+        assert asyncio.run(scenario()) == (1, 0)  # the stale pass did see its 503
+        (after,) = _events(h)
+        assert after["status"] == events.DELIVERED
+        assert after["attempts"] == events.MAX_ATTEMPTS  # the second pass's attempt only
+        assert (after["last_status_code"], after["leased_until"]) == (200, None)
+        assert after["delivered_at"] == h.clock()
+        # Both attempts are in its history: the late one happened, it only decides nothing.
+        codes = sorted(a["status_code"] or 0 for a in h.table("webhook_attempts"))
+        assert codes == [200, 503]
+        assert endpoint.requests == 2
+    finally:
+        endpoint.close()
+
+
+@pytest.mark.usefixtures("master_key")
+def test_a_pass_that_outlived_its_lease_leaves_a_resent_event_to_its_new_delivery(
+    h: Harness,
+) -> None:
+    endpoint = FirstHeldThenFailed()
+    try:
+        _endpoint_and_event(h, endpoint.url)
+        (event,) = _events(h)
+        event_id = str(event["event_id"])
+
+        async def scenario() -> tuple[int, int]:
+            async with httpx.AsyncClient() as client:
+                stale = asyncio.create_task(_pass(h, client))
+                await _until(lambda: endpoint.requests == 1, "the first delivery to start")
+                h.clock.advance(events.LEASE_SECONDS + 1)
+                # Its lease is over: the operator may resend, and the resent event is due now.
+                await h.db.run(lambda conn: events.resend(conn, event_id, h.clock()))
+                endpoint.released.set()
+                return await stale
+
+        assert asyncio.run(scenario()) == (1, 0)
+        (after,) = _events(h)
+        # The stale failure did not push the resent event's next attempt into the future.
+        assert (after["status"], after["attempts"]) == (events.PENDING, 0)
+        assert after["next_attempt_at"] == h.clock()
+        assert _deliver(h, 5.0) == (1, 1)
+        assert endpoint.ids == [event_id, event_id]
+    finally:
+        endpoint.close()

@@ -296,7 +296,19 @@ webhook_events = sa.Table(
     sa.Column("last_error", sa.String(200), nullable=True),
     _now_col("delivered_at", nullable=True),
     _now_col("created_at"),
+    # While a delivery pass holds the event: the end of its lease (also its next_attempt_at).
+    # The pass records its attempt's outcome only if the event still carries this very lease.
+    _now_col("leased_until", nullable=True),
     sa.Index("ix_webhook_events_due", "status", "next_attempt_at"),
+    # A payment's event is not claimed while an earlier one of the same payment is PENDING:
+    # the claim looks that up here.
+    sa.Index(
+        "ix_webhook_events_pending_payment",
+        "payment_id",
+        "id",
+        sqlite_where=sa.text("status = 'PENDING'"),
+        postgresql_where=sa.text("status = 'PENDING'"),
+    ),
 )
 
 webhook_attempts = sa.Table(

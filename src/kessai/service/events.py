@@ -76,12 +76,28 @@ _LISTENING = Hot(
 _INSERT_EVENT = Hot(t.webhook_events.insert())
 
 
+# A payment's events reach its merchant in the order they were made: one is not claimed while an
+# earlier event of the same payment is still PENDING, whether leased by a pass or waiting for its
+# retry; a DELIVERED or DEAD one no longer holds the later ones back. Events without a payment are
+# not ordered. The condition is written as a literal, not a bound value, so that the planners use
+# the partial index on exactly it (ix_webhook_events_pending_payment).
+_EARLIER = t.webhook_events.alias("earlier")
+_EARLIER_PENDING = (
+    sa.select(_EARLIER.c.id)
+    .where(
+        _EARLIER.c.payment_id == t.webhook_events.c.payment_id,
+        sa.text(f"earlier.status = '{PENDING}'"),
+        _EARLIER.c.id < t.webhook_events.c.id,
+    )
+    .exists()
+)
 # The delivery claim's select runs on every worker pass: built once.
 _DUE_EVENTS_QUERY = (
     sa.select(t.webhook_events.c.id)
     .where(
         t.webhook_events.c.status == PENDING,
         t.webhook_events.c.next_attempt_at <= sa.bindparam("b_now", type_=UTCDateTime()),
+        ~_EARLIER_PENDING,
     )
     .order_by(t.webhook_events.c.next_attempt_at, t.webhook_events.c.id)
     .limit(sa.bindparam("b_batch", type_=sa.Integer()))
@@ -252,15 +268,54 @@ def list_events(
 
 
 def resend(conn: Connection, event_id: str, now: datetime) -> None:
-    """Queue an event for delivery again (after a receiver's outage, or a DEAD event)."""
+    """Queue an event for delivery again (after a receiver's outage, or a DEAD event).
+
+    An event a delivery pass holds right now (its lease still running) is refused: that delivery
+    decides its outcome, and a second one alongside would reach the merchant twice at once.
+    """
     ev = t.webhook_events
+    row = conn.execute(
+        sa.select(ev.c.id, ev.c.merchant_id, ev.c.status, ev.c.leased_until).where(
+            ev.c.event_id == event_id
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no event {event_id}", code="NOT_FOUND", field="eventId")
+    if row.status == PENDING and row.leased_until is not None and row.leased_until > now:
+        raise InvalidRequest(
+            f"event {event_id} is being delivered right now (its delivery is leased until"
+            f" {row.leased_until.isoformat()}): see its outcome with `kessai admin webhook"
+            " events` and resend it afterwards if it is still needed",
+            field="eventId",
+        )
+    # Guarded by what was read, so that a pass claiming it meanwhile is not overridden either.
     result = conn.execute(
         ev.update()
-        .where(ev.c.event_id == event_id)
-        .values(status=PENDING, next_attempt_at=now, attempts=0)
+        .where(
+            ev.c.id == row.id,
+            ev.c.status == row.status,
+            _same_lease(row.leased_until),
+        )
+        .values(status=PENDING, next_attempt_at=now, attempts=0, leased_until=None)
     )
     if result.rowcount != 1:
-        raise NotFound(f"no event {event_id}", code="NOT_FOUND", field="eventId")
+        raise InvalidRequest(
+            f"event {event_id} was claimed for delivery meanwhile: try again", field="eventId"
+        )
+    audit(
+        conn,
+        at=now,
+        actor="admin:cli",
+        action="webhook.event_resent",
+        merchant_id=row.merchant_id,
+        detail={"eventId": event_id, "status": row.status},
+    )
+
+
+def _same_lease(lease: datetime | None) -> sa.ColumnElement[bool]:
+    """The event still carries ``lease`` (None: no lease)."""
+    column = t.webhook_events.c.leased_until
+    return column.is_(None) if lease is None else column == lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +326,8 @@ class _Claimed:
     secret_nonce: str
     payload: str
     attempts: int
+    # The end of the lease this pass took it with; the pass writes to it only while it holds.
+    lease: datetime
 
 
 def backoff_seconds(attempts: int, rng: random.Random, first_seconds: float) -> float:
@@ -299,6 +356,7 @@ async def deliver_due(
     now = clock()
     started = time.monotonic()
     skip_locked = db.dialect == "postgresql"
+    lease = now + timedelta(seconds=LEASE_SECONDS)
 
     def claim(conn: Connection) -> list[_Claimed]:
         ev, ep = t.webhook_events, t.webhook_endpoints
@@ -308,9 +366,7 @@ async def deliver_due(
             return []
         # The lease: nobody else takes these events until it runs out.
         conn.execute(
-            ev.update()
-            .where(ev.c.id.in_(ids))
-            .values(next_attempt_at=now + timedelta(seconds=LEASE_SECONDS))
+            ev.update().where(ev.c.id.in_(ids)).values(next_attempt_at=lease, leased_until=lease)
         )
         rows = conn.execute(
             sa.select(
@@ -321,7 +377,8 @@ async def deliver_due(
             .order_by(ev.c.id)
         ).all()
         return [
-            _Claimed(r.id, r.event_id, r.url, r.secret_nonce, r.payload, r.attempts) for r in rows
+            _Claimed(r.id, r.event_id, r.url, r.secret_nonce, r.payload, r.attempts, lease)
+            for r in rows
         ]
 
     claimed = await db.run(claim)
@@ -337,7 +394,9 @@ async def deliver_due(
     async def hold_back(rest: list[_Claimed], until: datetime) -> None:
         """Make an endpoint's events not attempted in this pass due at ``until``, in order."""
         if rest:
-            await db.run(functools.partial(_postpone, pks=[e.pk for e in rest], until=until))
+            await db.run(
+                functools.partial(_postpone, pks=[e.pk for e in rest], lease=lease, until=until)
+            )
 
     async def serve(queue: list[_Claimed]) -> tuple[int, int]:
         async with slots:
@@ -370,11 +429,17 @@ async def deliver_due(
     return sum(a for a, _ in counts), sum(d for _, d in counts)
 
 
-def _postpone(conn: Connection, *, pks: list[int], until: datetime) -> None:
-    """Make claimed events, not attempted, due again at ``until`` (their attempts unchanged)."""
+def _postpone(conn: Connection, *, pks: list[int], lease: datetime, until: datetime) -> None:
+    """Make claimed events, not attempted, due again at ``until`` (their attempts unchanged).
+
+    Only those that still carry this pass's ``lease``: one re-sent or claimed again since is
+    another delivery's.
+    """
     ev = t.webhook_events
     conn.execute(
-        ev.update().where(ev.c.id.in_(pks), ev.c.status == PENDING).values(next_attempt_at=until)
+        ev.update()
+        .where(ev.c.id.in_(pks), ev.c.status == PENDING, ev.c.leased_until == lease)
+        .values(next_attempt_at=until, leased_until=None)
     )
 
 
@@ -391,6 +456,10 @@ async def _deliver_one(
 
     Otherwise, when its endpoint is to be tried again: the event's own next attempt, or for an
     event that has just gone DEAD, the time that attempt would have had.
+
+    The attempt always joins the event's history, but its outcome changes the event only while
+    the event is still PENDING under this pass's lease. A pass that outlived its lease (the event
+    re-sent, or claimed and perhaps delivered by another pass since) leaves the event as it is.
     """
     body = event.payload.encode()
     started = time.perf_counter()
@@ -447,8 +516,14 @@ async def _deliver_one(
             values = {"next_attempt_at": retry_at}
         conn.execute(
             ev.update()
-            .where(ev.c.id == event.pk)
-            .values(attempts=attempts, last_status_code=status_code, last_error=error, **values)
+            .where(ev.c.id == event.pk, ev.c.status == PENDING, ev.c.leased_until == event.lease)
+            .values(
+                attempts=attempts,
+                last_status_code=status_code,
+                last_error=error,
+                leased_until=None,
+                **values,
+            )
         )
 
     await db.run(unit)
