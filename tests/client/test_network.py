@@ -187,3 +187,84 @@ def test_async_retry_after_a_cut_is_one_payment(
     assert replayed and qr_replayed
     gateway.expect(trans_id, "SUCCEEDED")
     gateway.expect_charges(3108, ("SUCCEEDED", 0), ("WAITING", 0))
+
+
+def _garbled(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+    """The gateway's answer with a body that cannot be decoded (a broken gzip stream)."""
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"garbled", request=request
+    )
+
+
+def _is_create(request: httpx.Request) -> bool:
+    return request.method == "POST" and request.url.path == "/v1/payments"
+
+
+class GarbledCreate(httpx.BaseTransport):
+    """Forwards to the gateway; every answer to REQUEST arrives garbled."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if not _is_create(request):
+            return response
+        response.read()
+        return _garbled(response, request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncGarbledCreate(httpx.AsyncBaseTransport):
+    """``GarbledCreate`` for ``AsyncTerminal``."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if not _is_create(request):
+            return response
+        await response.aread()
+        return _garbled(response, request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_an_answer_that_cannot_be_decoded_is_unknown_not_an_httpx_error(
+    gateway: Gateway, shared: Credentials, tmp_path: Path
+) -> None:
+    config = make_config(gateway, shared, tmp_path / "journal.db")
+    with Terminal(config, transport=GarbledCreate()) as terminal:
+        with pytest.raises(OutcomeUnknown) as caught:
+            terminal.pay(3109, gateway.code("success"))
+        key = caught.value.trans_key
+        assert key is not None
+        entry = terminal.journal.entry(key)
+        assert entry is not None and entry.status == "SENT"
+        assert entry.attempts == config.retry.max_attempts  # retried with the same transKey
+        assert terminal.status(key).is_paid
+    gateway.expect_charges(3109, ("SUCCEEDED", 0))
+
+
+def test_async_an_answer_that_cannot_be_decoded_is_unknown(
+    gateway: Gateway, shared: Credentials, tmp_path: Path
+) -> None:
+    config = make_config(gateway, shared, tmp_path / "journal.db")
+    code = gateway.code("success")
+
+    async def scenario() -> tuple[str | None, bool]:
+        async with AsyncTerminal(config, transport=AsyncGarbledCreate()) as terminal:
+            with pytest.raises(OutcomeUnknown) as caught:
+                await terminal.pay(3110, code)
+            key = caught.value.trans_key
+            assert key is not None
+            return key, (await terminal.status(key)).is_paid
+
+    key, paid = asyncio.run(scenario())
+    assert key is not None and paid
+    gateway.expect_charges(3110, ("SUCCEEDED", 0))

@@ -83,6 +83,8 @@ def test_settings_come_from_arguments_then_environment_then_file(tmp_path: Path)
     assert config.base_url == "http://env:2"
     assert config.os == "654321" and config.pass_code == "1234" and config.mid == MID
     assert config.poll.interval_s == 3.0
+    # Secrets stay out of logs and tracebacks that show the configuration.
+    assert "A" * 12 not in repr(config) and "pass_code" not in repr(config)
     with pytest.raises(ConfigurationError, match="mid must be 16 digits"):
         TerminalConfig.load(path, env={}, mid="123")
     empty = tmp_path / "empty.toml"

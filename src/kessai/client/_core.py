@@ -147,8 +147,12 @@ def _check_trans_key(value: str, name: str = "transKey") -> None:
         raise _invalid(name, f"{name} must be 1 to 34 letters or digits")
 
 
-def _transport_error(exc: httpx.TransportError) -> TransportError:
-    """The most specific error of ours for an httpx transport failure."""
+def _transport_error(exc: httpx.TransportError | httpx.DecodingError) -> TransportError:
+    """The most specific error of ours for an httpx transport failure.
+
+    A body that cannot be decoded (``httpx.DecodingError``: a broken gzip stream) is an answer
+    lost on the way, as a broken connection is: the request may have been acted on.
+    """
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     # A connect failure or a pool timeout happens before any byte of the request is written.
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
@@ -278,7 +282,7 @@ class Core:
             error: TerminalError
             try:
                 response = yield Send(method, self.base_url + path, headers, body, params)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
                 error = _transport_error(exc)
                 error.__cause__ = exc
                 state.maybe_sent = state.maybe_sent or not isinstance(error, ConnectError)

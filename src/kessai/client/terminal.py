@@ -151,7 +151,8 @@ class Terminal(_Base):
                             json=effect.json,
                             params=dict(effect.params) if effect.params else None,
                         )
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, httpx.DecodingError) as exc:
+                        # A body that cannot be decoded is an answer lost on the way.
                         error = exc
                 elif isinstance(effect, Sleep):
                     time.sleep(effect.seconds)
@@ -348,7 +349,8 @@ class AsyncTerminal(_Base):
                             json=effect.json,
                             params=dict(effect.params) if effect.params else None,
                         )
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, httpx.DecodingError) as exc:
+                        # A body that cannot be decoded is an answer lost on the way.
                         error = exc
                 elif isinstance(effect, Sleep):
                     await asyncio.sleep(effect.seconds)
