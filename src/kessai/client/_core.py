@@ -417,8 +417,16 @@ class Core:
                 attempts=attempts,
                 before_send=lambda: self.journal.mark_sent(key),
             )
-        except JournalError:
-            raise
+        except JournalError as exc:
+            if not attempts.maybe_sent:
+                raise  # no request left: nothing happened
+            # An earlier attempt may have reached the gateway; its entry stays SENT.
+            raise OutcomeUnknown(
+                f"the journal failed ({exc}) after a request for payment {key} may have reached "
+                "the gateway; the customer may have been charged — recover() or status() will "
+                "tell",
+                trans_key=key,
+            ) from exc
         except TerminalError as exc:
             self._settle_failure(exc, attempts, lambda *args: self.journal.mark_unsent(key, *args))
             raise OutcomeUnknown(
@@ -578,8 +586,15 @@ class Core:
                 attempts=attempts,
                 before_send=lambda: self.journal.mark_refund_sent(key),
             )
-        except JournalError:
-            raise
+        except JournalError as exc:
+            if not attempts.maybe_sent:
+                raise
+            raise OutcomeUnknown(
+                f"the journal failed ({exc}) after a request for refund {key} may have reached "
+                "the gateway; recover() will tell",
+                refund_key=key,
+                trans_id=trans_id,
+            ) from exc
         except TerminalError as exc:
             self._settle_failure(
                 exc, attempts, lambda *args: self.journal.mark_refund_unsent(key, *args)
