@@ -13,12 +13,14 @@ from kessai.client import (
     PaymentNotFound,
     PaymentStatus,
     PendingReason,
+    RecoveryReport,
     TerminalConfig,
     TerminalInUse,
     UnprocessableCode,
 )
 
 from .conftest import Gateway, make_config
+from .test_sdk import RacingJournal, start_racing
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +145,27 @@ def test_relogin_and_one_device_per_mid(gateway: Gateway, tmp_path: Path) -> Non
             assert (await mine.pay(100, code)).status is PaymentStatus.COMPLETED
 
     asyncio.run(scenario())
+
+
+def test_recovery_keeps_a_request_another_process_sent_meanwhile(
+    gateway: Gateway, config: TerminalConfig
+) -> None:
+    code = gateway.code("success")
+
+    async def scenario() -> tuple[RecoveryReport, str | None, str | None]:
+        async with AsyncTerminal(config) as terminal:
+            paid = await terminal.pay(2502, code)
+        pay_key, refund_key, meanwhile = start_racing(config.journal, config.mid, paid.trans_id)
+        journal = RacingJournal(config.journal, meanwhile)
+        async with AsyncTerminal(config, journal=journal, recover_on_start=False) as terminal:
+            report = await terminal.recover()
+        entry, journaled = journal.entry(pay_key), journal.refund(refund_key)
+        journal.close()
+        return report, entry and entry.status, journaled and journaled.status
+
+    report, entry_status, refund_status = asyncio.run(scenario())
+    [payment] = report.payments
+    [refund] = report.refunds
+    assert (payment.before, payment.after, payment.resolved) == ("INTENT", "SENT", False)
+    assert (refund.before, refund.after, refund.resolved) == ("INTENT", "SENT", False)
+    assert (entry_status, refund_status) == ("SENT", "SENT")

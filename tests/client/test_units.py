@@ -186,8 +186,13 @@ def test_journal_states_and_permissions(tmp_path: Path) -> None:
             code_masked="9000**38",
         )
         assert (entry.status, entry.attempts, entry.is_resolved) == ("INTENT", 0, False)
+        # Recovery that read INTENT cannot mark NOT_SENT once the entry was marked SENT.
         journal.mark_sent("K1")
+        assert not journal.mark_unsent("K1", "NOT_SENT", if_status="INTENT", if_attempts=0)
+        assert journal.entry("K1").status == "SENT"  # type: ignore[union-attr]
+        # Nor NOT_RECEIVED when it read SENT but the request was sent again meanwhile.
         journal.mark_sent("K1")
+        assert not journal.mark_unsent("K1", "NOT_RECEIVED", if_status="SENT", if_attempts=1)
         sent = journal.entry("K1")
         assert sent is not None and (sent.status, sent.attempts) == ("SENT", 2)
         with pytest.raises(IdempotencyConflict):

@@ -450,7 +450,7 @@ class Core:
     def _settle_failure(
         exc: TerminalError,
         attempts: _Attempts,
-        mark: Callable[[str, str | None, str | None], None],
+        mark: Callable[[str, str | None, str | None], object],
     ) -> None:
         """Journal a failed create or refund whose outcome is definite, and raise it again.
 
@@ -680,23 +680,32 @@ class Core:
                 entry.trans_key, trans_id, entry.amount, entry.status, after, note
             )
 
+        def mark(status: str) -> str | None:
+            # Only while the entry is as read: another process may have sent it meanwhile.
+            if self.journal.mark_unsent(
+                entry.trans_key, status, if_status=entry.status, if_attempts=entry.attempts
+            ):
+                return None
+            now = self.journal.entry(entry.trans_key)
+            return now.status if now is not None else entry.status
+
         try:
             if entry.trans_id is not None:
                 payment = yield from self.paycheck(entry.trans_id)
             else:
                 payment = yield from self.status(entry.trans_key)
         except PaymentNotFound:
-            after, note = self._not_found(
-                entry.status, entry.sent_at, "payment", self.journal.mark_unsent, entry.trans_key
-            )
+            after, note = self._not_found(entry.status, entry.sent_at, "payment", mark)
             return item(after, note)
         except (AuthenticationError, PermissionDenied, ConfigurationError, JournalError):
             raise  # every entry would fail the same way: the terminal must be fixed first
         except TerminalError as exc:
             if entry.status == j.INTENT:
                 # An intent never marked "may be sent" never left: no need to ask anyone.
-                self.journal.mark_unsent(entry.trans_key, j.NOT_SENT)
-                return item(j.NOT_SENT, "the request never left this terminal; not charged")
+                held = mark(j.NOT_SENT)
+                if held is None:
+                    return item(j.NOT_SENT, "the request never left this terminal; not charged")
+                return item(*self._changed_meanwhile("payment", held))
             return item(entry.status, f"could not ask the gateway ({exc}); run recover again")
         return item(payment.status.value, _describe(payment), payment.trans_id)
 
@@ -706,25 +715,30 @@ class Core:
                 entry.refund_key, entry.trans_id, amount, entry.status, after, note
             )
 
-        mark = self.journal.mark_refund_unsent
+        def mark(status: str) -> str | None:
+            if self.journal.mark_refund_unsent(
+                entry.refund_key, status, if_status=entry.status, if_attempts=entry.attempts
+            ):
+                return None
+            now = self.journal.refund(entry.refund_key)
+            return now.status if now is not None else entry.status
+
         try:
             payment = yield from self.paycheck(entry.trans_id)
         except PaymentNotFound:
-            return item(
-                *self._not_found(entry.status, entry.sent_at, "refund", mark, entry.refund_key)
-            )
+            return item(*self._not_found(entry.status, entry.sent_at, "refund", mark))
         except (AuthenticationError, PermissionDenied, ConfigurationError, JournalError):
             raise
         except TerminalError as exc:
             if entry.status == j.INTENT:
-                mark(entry.refund_key, j.NOT_SENT)
-                return item(j.NOT_SENT, "the refund never left this terminal; nothing refunded")
+                held = mark(j.NOT_SENT)
+                if held is None:
+                    return item(j.NOT_SENT, "the refund never left this terminal; nothing refunded")
+                return item(*self._changed_meanwhile("refund", held))
             return item(entry.status, f"could not ask the gateway ({exc}); run recover again")
         refund = payment.refund_by_key(entry.refund_key)
         if refund is None:
-            return item(
-                *self._not_found(entry.status, entry.sent_at, "refund", mark, entry.refund_key)
-            )
+            return item(*self._not_found(entry.status, entry.sent_at, "refund", mark))
         words = {
             RefundStatus.SUCCEEDED: "refunded",
             RefundStatus.FAILED: f"the wallet refused the refund ({refund.failure_reason})",
@@ -732,21 +746,33 @@ class Core:
         }[refund.status]
         return item(refund.status.value, words, refund.amount)
 
+    @staticmethod
+    def _changed_meanwhile(what: str, status: str) -> tuple[str, str]:
+        """Another process changed the entry (sent it, say) while recovery asked about it."""
+        return status, f"the {what} changed while recovery looked ({status}); run recover again"
+
     def _not_found(
         self,
         status: str,
         sent_at: datetime | None,
         what: str,
-        mark: Callable[[str, str], None],
-        key: str,
+        mark: Callable[[str], str | None],
     ) -> tuple[str, str]:
-        """The gateway does not have it: final only once it can no longer arrive."""
+        """The gateway does not have it: final only once it can no longer arrive.
+
+        ``mark`` changes the entry only while it is as recovery read it (answers None), else
+        answers the status another process wrote meanwhile (SENT, say), which is kept.
+        """
         if status == j.INTENT:
-            mark(key, j.NOT_SENT)
+            held = mark(j.NOT_SENT)
+            if held is not None:
+                return self._changed_meanwhile(what, held)
             return j.NOT_SENT, f"the {what} never left this terminal; nothing moved"
         grace = self.config.not_found_grace_s
         if status == j.SENT and j.sent_long_ago(sent_at, grace):
-            mark(key, j.NOT_RECEIVED)
+            held = mark(j.NOT_RECEIVED)
+            if held is not None:
+                return self._changed_meanwhile(what, held)
             return j.NOT_RECEIVED, f"the gateway never received the {what}; nothing moved"
         when = (sent_at or datetime.now(UTC)) + timedelta(seconds=grace)
         return status, (
