@@ -6,6 +6,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from kessai.client import (
     RefundStatus,
     Terminal,
     TerminalConfig,
+    TerminalError,
     TerminalInUse,
     UnprocessableCode,
     WrongPassCode,
@@ -33,6 +35,7 @@ from kessai.client import (
 )
 
 from .conftest import Credentials, Gateway, make_config
+from .proxy import Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -427,3 +430,46 @@ def test_recovery_keeps_a_request_another_process_sent_meanwhile(
     # Still unresolved: the next recover() asks again, instead of "never sent, not charged".
     assert entry is not None and entry.status == "SENT"
     assert journaled is not None and journaled.status == "SENT"
+
+
+def logins(proxy: Proxy) -> int:
+    return sum(1 for line in proxy.log if "POST /v1/login" in line)
+
+
+def test_concurrent_calls_whose_session_ended_log_in_once(
+    gateway: Gateway, tmp_path: Path, proxy: Proxy
+) -> None:
+    creds = gateway.new_terminal()
+    config = make_config(gateway, creds, tmp_path / "journal.db", url=proxy.url, key="RELOG-1")
+    codes = gateway.codes("success", count=6)
+    with Terminal(config) as terminal:
+        terminal.login()
+        gateway.kessai("admin", "terminal", "logout", creds.mid)  # the session ends
+        start = threading.Barrier(len(codes))
+
+        def sale(code: str) -> PaymentStatus | str:
+            start.wait()
+            try:
+                return terminal.pay(2601, code).status
+            except TerminalError as exc:
+                return type(exc).__name__
+
+        with ThreadPoolExecutor(len(codes)) as pool:
+            outcomes = list(pool.map(sale, codes))
+    assert outcomes == [PaymentStatus.COMPLETED] * len(codes)
+    assert logins(proxy) == 2  # the first LOGIN, and one when the session ended
+    gateway.expect_charges(2601, *[("SUCCEEDED", 0)] * len(codes))
+
+
+def test_a_session_another_process_opened_is_used_not_replaced(
+    gateway: Gateway, tmp_path: Path, proxy: Proxy
+) -> None:
+    creds = gateway.new_terminal()
+    config = make_config(gateway, creds, tmp_path / "journal.db", url=proxy.url, key="RELOG-2")
+    with Terminal(config) as first, Terminal(config) as second:
+        first.login()
+        second.login()  # the register's other process: its LOGIN ends the first session
+        paid = first.pay(2602, gateway.code("success"))  # takes the journal's newer session
+        assert second.paycheck(paid.trans_id).is_paid  # which is still alive
+    assert logins(proxy) == 2
+    gateway.expect(paid.trans_id, "SUCCEEDED")

@@ -90,7 +90,18 @@ class Sleep:
     seconds: float
 
 
-Effect = Send | Sleep
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """Effect: a session is needed, because ``stale`` ended (None: there is none yet).
+
+    The driver runs ``Core.renew(stale)`` one at a time per terminal (under its login lock), so
+    concurrent calls whose session ended log in once, not over each other.
+    """
+
+    stale: str | None
+
+
+Effect = Send | Sleep | Renew
 Flow = Generator[Effect, Any, T]
 
 
@@ -269,7 +280,9 @@ class Core:
         """
         state = attempts if attempts is not None else _Attempts()
         started = self._monotonic()
-        relogged = False
+        # Two at most: the first may take a session another call or process opened meanwhile;
+        # if that one has ended too, the second logs in.
+        renewals = 0
         while True:
             headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
             token: str | None = None
@@ -297,10 +310,10 @@ class Core:
                     error = _gateway_error(response)
                     # A 4xx answer changed nothing (docs/errors.md); a 5xx may have.
                     state.maybe_sent = state.maybe_sent or response.status_code >= 500
-                    if isinstance(error, SessionExpired) and auth and relogin and not relogged:
-                        relogged = True
+                    if isinstance(error, SessionExpired) and auth and relogin and renewals < 2:
+                        renewals += 1
                         log.info("the session ended (%s); logging in again", error.code)
-                        yield from self._relogin(token)
+                        yield Renew(token)
                         continue
             delay = self._retry_delay(error, state.tries, started)
             if delay is None:
@@ -314,7 +327,7 @@ class Core:
 
     def _session_token(self) -> Flow[str]:
         if self.token is None:
-            yield from self.login()
+            yield Renew(None)
         if self.token is None:
             raise AuthenticationError(
                 "no session after LOGIN", code="SESSION_REQUIRED", status_code=401
@@ -336,12 +349,23 @@ class Core:
         self.journal.save_session(self.base_url, config.mid, self.device_key, session)
         return session
 
-    def _relogin(self, stale: str | None) -> Flow[None]:
-        # Another call may have logged in again meanwhile: use its session, do not replace it.
+    def renew(self, stale: str | None) -> Flow[None]:
+        """Have a session other than ``stale`` (the token that ended; None: there was none).
+
+        Run by the drivers one at a time per terminal. A call that waited while another logged
+        in again uses that session; a session in the journal newer than ``stale`` (another
+        process of this register logged in) is used before logging in again. LOGIN replaces
+        the device's session, so logging in over each other would end each other's.
+        """
         if self.token is not None and self.token != stale:
             return
-        self.token = None
-        self.journal.clear_session(stale)
+        saved = self.journal.load_session(self.base_url, self.config.mid, self.device_key)
+        if saved is not None and saved.token != stale:
+            log.info("using the session another process of this register opened")
+            self.token = saved.token
+            return
+        if stale is not None:
+            self.journal.clear_session(stale)
         yield from self.login()
 
     def logout(self) -> Flow[None]:
