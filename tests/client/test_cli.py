@@ -301,3 +301,78 @@ def test_missing_settings_are_an_error(tmp_path: Path) -> None:
     assert "missing settings" in json.loads(result.stdout)["error"]["message"]
     named = runner.invoke(app, ["--config", str(tmp_path / "none.toml"), "login"], env=env)
     assert named.exit_code == EXIT_ERROR and "no config file" in named.output
+
+
+def test_a_payment_whose_wait_fails_is_unknown_with_its_keys(
+    tmp_path: Path, gateway: Gateway, shared: Credentials, proxy: Proxy
+) -> None:
+    poll = {"first_delay_s": 0.1, "interval_s": 0.2, "timeout_s": 1.5}
+    pos = Pos(tmp_path, gateway, shared, url=proxy.url, poll=poll)
+    proxy.add("GET", "/v1/payments/", "cut_before", times=1000)  # every PAYCHECK is lost
+    status, waiting = pos.json("pay", "3303", "--code", gateway.code("password"))
+    assert status == EXIT_PENDING
+    assert waiting["status"] == "PENDING" and waiting["transId"] and waiting["transKey"]
+    assert waiting["waitError"]["code"] == "NetworkError"
+    shown = pos.run("pay", "3304", "--code", gateway.code("password"))
+    assert shown.exit_code == EXIT_PENDING
+    assert "UNKNOWN" in shown.output and "DECLINED" not in shown.output
+    [entry] = [e for e in pos.journal().entries() if e.amount == 3304]
+    assert f"transId {entry.trans_id}" in shown.stdout and entry.trans_key in shown.stdout
+    assert f"kessai-pos status {entry.trans_id}" in shown.output
+    gateway.settle(waiting["transId"], False)
+    gateway.settle(entry.trans_id or "", False)
+
+
+def test_a_refund_run_again_after_an_unknown_outcome_refunds_once(
+    tmp_path: Path, gateway: Gateway, shared: Credentials, proxy: Proxy
+) -> None:
+    pos = Pos(tmp_path, gateway, shared, url=proxy.url)
+    status, paid = pos.json("pay", "3305", "--code", gateway.code("success"))
+    assert status == EXIT_OK
+    trans_id = paid["transId"]
+    proxy.add("POST", f"/v1/payments/{trans_id}/refunds", "cut_after", times=4)  # every answer
+    status, lost = pos.json("refund", trans_id, "--amount", "1000")
+    key = lost["error"]["refundKey"]
+    assert status == EXIT_PENDING and key
+    assert lost["error"]["retryable"] and lost["error"]["retryWith"] == ["--refund-key", key]
+    # The cashier runs the same command again: the first refund went through; no second one.
+    status, again = pos.json("refund", trans_id, "--amount", "1000")
+    assert status == EXIT_OK, again
+    assert (again["refundKey"], again["refundedAmount"]) == (key, 1000)
+    assert [r["after"] for r in again["recovered"]["refunds"]] == ["SUCCEEDED"]
+    # Retrying with the key is the same refund too.
+    status, same = pos.json("refund", trans_id, "--amount", "1000", "--refund-key", key)
+    assert (status, same["refundedAmount"], len(same["refunds"])) == (EXIT_OK, 1000, 1)
+    gateway.expect(trans_id, "SUCCEEDED", 1000)
+
+
+def test_an_unknown_refund_says_to_retry_with_its_key(
+    tmp_path: Path, gateway: Gateway, shared: Credentials, proxy: Proxy
+) -> None:
+    pos = Pos(tmp_path, gateway, shared, url=proxy.url)
+    _, paid = pos.json("pay", "3306", "--code", gateway.code("success"))
+    trans_id = paid["transId"]
+    proxy.add("POST", f"/v1/payments/{trans_id}/refunds", "cut_after", times=4)
+    shown = pos.run("refund", trans_id, "--amount", "500")
+    assert shown.exit_code == EXIT_PENDING
+    [refund] = pos.journal().refunds(trans_id=trans_id)
+    assert f"--refund-key {refund.refund_key}" in shown.output
+    assert "pay again" not in shown.output
+    gateway.expect(trans_id, "SUCCEEDED", 500)
+
+
+def test_pay_json_run_again_shows_what_recovery_found(
+    tmp_path: Path, gateway: Gateway, shared: Credentials, proxy: Proxy
+) -> None:
+    pos = Pos(tmp_path, gateway, shared, url=proxy.url)
+    code = gateway.code("success")
+    proxy.add("POST", "/v1/payments", "cut_after", times=4)
+    status, lost = pos.json("pay", "3307", "--code", code)
+    key = lost["error"]["transKey"]
+    assert status == EXIT_PENDING and lost["error"]["retryWith"] == ["--trans-key", key]
+    # Run again with the same code: the first payment was charged, and the output says so.
+    status, again = pos.json("pay", "3307", "--code", code)
+    [first] = again["recovered"]["payments"]
+    assert (first["transKey"], first["after"]) == (key, "COMPLETED")
+    assert status == EXIT_DECLINED and again["failureCode"] == "CODE_ALREADY_USED"
+    gateway.expect_charges(3307, ("FAILED", 0), ("SUCCEEDED", 0))  # the second try was refused

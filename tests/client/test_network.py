@@ -17,6 +17,7 @@ from kessai.client import (
     AsyncTerminal,
     ConnectError,
     Journal,
+    JournalError,
     OutcomeUnknown,
     PaymentStatus,
     RetryPolicy,
@@ -187,3 +188,158 @@ def test_async_retry_after_a_cut_is_one_payment(
     assert replayed and qr_replayed
     gateway.expect(trans_id, "SUCCEEDED")
     gateway.expect_charges(3108, ("SUCCEEDED", 0), ("WAITING", 0))
+
+
+def _garbled(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+    """The gateway's answer with a body that cannot be decoded (a broken gzip stream)."""
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"garbled", request=request
+    )
+
+
+def _is_create(request: httpx.Request) -> bool:
+    return request.method == "POST" and request.url.path == "/v1/payments"
+
+
+class GarbledCreate(httpx.BaseTransport):
+    """Forwards to the gateway; every answer to REQUEST arrives garbled."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if not _is_create(request):
+            return response
+        response.read()
+        return _garbled(response, request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncGarbledCreate(httpx.AsyncBaseTransport):
+    """``GarbledCreate`` for ``AsyncTerminal``."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if not _is_create(request):
+            return response
+        await response.aread()
+        return _garbled(response, request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_an_answer_that_cannot_be_decoded_is_unknown_not_an_httpx_error(
+    gateway: Gateway, shared: Credentials, tmp_path: Path
+) -> None:
+    config = make_config(gateway, shared, tmp_path / "journal.db")
+    with Terminal(config, transport=GarbledCreate()) as terminal:
+        with pytest.raises(OutcomeUnknown) as caught:
+            terminal.pay(3109, gateway.code("success"))
+        key = caught.value.trans_key
+        assert key is not None
+        entry = terminal.journal.entry(key)
+        assert entry is not None and entry.status == "SENT"
+        assert entry.attempts == config.retry.max_attempts  # retried with the same transKey
+        assert terminal.status(key).is_paid
+    gateway.expect_charges(3109, ("SUCCEEDED", 0))
+
+
+def test_async_an_answer_that_cannot_be_decoded_is_unknown(
+    gateway: Gateway, shared: Credentials, tmp_path: Path
+) -> None:
+    config = make_config(gateway, shared, tmp_path / "journal.db")
+    code = gateway.code("success")
+
+    async def scenario() -> tuple[str | None, bool]:
+        async with AsyncTerminal(config, transport=AsyncGarbledCreate()) as terminal:
+            with pytest.raises(OutcomeUnknown) as caught:
+                await terminal.pay(3110, code)
+            key = caught.value.trans_key
+            assert key is not None
+            return key, (await terminal.status(key)).is_paid
+
+    key, paid = asyncio.run(scenario())
+    assert key is not None and paid
+    gateway.expect_charges(3110, ("SUCCEEDED", 0))
+
+
+class JournalFailsOnRetry(Journal):
+    """A journal that cannot be written when a request is marked "may be sent" a second time."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.marks = 0
+
+    def _fail_after_first(self) -> None:
+        self.marks += 1
+        if self.marks > 1:
+            raise JournalError(f"cannot write the journal {self.path}: database is locked")
+
+    def mark_sent(self, trans_key: str) -> None:
+        self._fail_after_first()
+        super().mark_sent(trans_key)
+
+    def mark_refund_sent(self, refund_key: str) -> None:
+        self._fail_after_first()
+        super().mark_refund_sent(refund_key)
+
+
+def test_a_journal_failure_after_a_request_may_have_left_is_unknown(
+    gateway: Gateway, shared: Credentials, proxy: Proxy, tmp_path: Path
+) -> None:
+    proxy.add("POST", "/v1/payments", "cut_after")  # the first attempt charges; its answer is lost
+    config = via(proxy, gateway, shared, tmp_path)
+    journal = JournalFailsOnRetry(tmp_path / "journal.db")
+    with Terminal(config, journal=journal) as terminal:
+        with pytest.raises(OutcomeUnknown) as caught:
+            terminal.pay(3111, gateway.code("success"))
+        key = caught.value.trans_key
+        assert key is not None and "journal" in caught.value.message
+        entry = journal.entry(key)
+        assert entry is not None and (entry.status, entry.attempts) == ("SENT", 1)
+        journal.marks = -100  # writable again for a payment to refund
+        paid = terminal.pay(3112, gateway.code("success"))
+        journal.marks = 0
+        proxy.add("POST", "/v1/payments/", "cut_after")  # the refund's answer is lost
+        with pytest.raises(OutcomeUnknown) as refund_lost:
+            terminal.refund(paid.trans_id, 100)
+        assert refund_lost.value.refund_key is not None
+        assert refund_lost.value.trans_id == paid.trans_id
+        [refund] = journal.refunds(trans_id=paid.trans_id)
+        assert refund.status == "SENT"
+        report = terminal.recover()  # settles both from the gateway's word
+    assert [item.after for item in report.payments] == ["COMPLETED"]
+    assert [(item.after, item.amount) for item in report.refunds] == [("SUCCEEDED", 100)]
+    journal.close()
+    gateway.expect_charges(3111, ("SUCCEEDED", 0))
+    gateway.expect_charges(3112, ("SUCCEEDED", 100))
+
+
+def test_async_a_journal_failure_after_a_request_may_have_left_is_unknown(
+    gateway: Gateway, shared: Credentials, proxy: Proxy, tmp_path: Path
+) -> None:
+    proxy.add("POST", "/v1/payments", "cut_after")
+    config = via(proxy, gateway, shared, tmp_path)
+    journal = JournalFailsOnRetry(tmp_path / "journal.db")
+    code = gateway.code("success")
+
+    async def scenario() -> str | None:
+        async with AsyncTerminal(config, journal=journal) as terminal:
+            with pytest.raises(OutcomeUnknown) as caught:
+                await terminal.pay(3113, code)
+            return caught.value.trans_key
+
+    key = asyncio.run(scenario())
+    assert key is not None
+    entry = journal.entry(key)
+    assert entry is not None and entry.status == "SENT"
+    journal.close()
+    gateway.expect_charges(3113, ("SUCCEEDED", 0))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import stat
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,8 @@ from kessai.client import (
     InvalidRequest,
     InvalidState,
     Journal,
+    JournalEntry,
+    JournalRefund,
     LoginRefused,
     PaymentKind,
     PaymentNotFound,
@@ -22,12 +27,15 @@ from kessai.client import (
     RefundStatus,
     Terminal,
     TerminalConfig,
+    TerminalError,
     TerminalInUse,
     UnprocessableCode,
     WrongPassCode,
+    new_trans_key,
 )
 
 from .conftest import Credentials, Gateway, make_config
+from .proxy import Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -351,3 +359,117 @@ def test_refund_answer_updates_the_journal_refund(gateway: Gateway, config: Term
         assert refund is not None and refund.status is RefundStatus.SUCCEEDED
         journaled = terminal.journal.refund("RK500")
     assert journaled is not None and journaled.status == "SUCCEEDED" and journaled.amount == 500
+
+
+class RacingJournal(Journal):
+    """A journal another process writes to just after recovery has read its unresolved entries."""
+
+    def __init__(self, path: Path, meanwhile: Callable[[str], None]) -> None:
+        super().__init__(path)
+        self.meanwhile = meanwhile
+
+    def entries(self, **filters: Any) -> list[JournalEntry]:
+        found = super().entries(**filters)
+        if filters.get("unresolved"):
+            self.meanwhile("payment")
+        return found
+
+    def refunds(self, **filters: Any) -> list[JournalRefund]:
+        found = super().refunds(**filters)
+        if filters.get("unresolved"):
+            self.meanwhile("refund")
+        return found
+
+
+def start_racing(
+    journal_path: Path, mid: str, trans_id: str
+) -> tuple[str, str, Callable[[str], None]]:
+    """Journal, as a register would, a payment and a refund about to be sent.
+
+    Answers their keys and what the register does while recovery in another process looks:
+    it marks each "may be sent" (its request is on its way, not yet at the gateway).
+    """
+    pay_key, refund_key = new_trans_key(), new_trans_key()
+    with Journal(journal_path) as register:
+        register.record_intent(
+            trans_key=pay_key,
+            mid=mid,
+            kind=PaymentKind.CUSTOMER_CODE,
+            amount=2500,
+            service_id=None,
+            code_masked=None,
+        )
+        register.record_refund_intent(refund_key=refund_key, mid=mid, trans_id=trans_id, amount=1)
+
+    def meanwhile(what: str) -> None:
+        with Journal(journal_path) as register:
+            if what == "payment":
+                register.mark_sent(pay_key)
+            else:
+                register.mark_refund_sent(refund_key)
+
+    return pay_key, refund_key, meanwhile
+
+
+def test_recovery_keeps_a_request_another_process_sent_meanwhile(
+    gateway: Gateway, config: TerminalConfig
+) -> None:
+    with Terminal(config) as terminal:
+        paid = terminal.pay(2501, gateway.code("success"))
+    pay_key, refund_key, meanwhile = start_racing(config.journal, config.mid, paid.trans_id)
+    journal = RacingJournal(config.journal, meanwhile)
+    # Recovery reads INTENT for both, then the register sends them; the gateway has neither yet.
+    with Terminal(config, journal=journal, recover_on_start=False) as terminal:
+        report = terminal.recover()
+    [payment] = report.payments
+    [refund] = report.refunds
+    assert (payment.before, payment.after, payment.resolved) == ("INTENT", "SENT", False)
+    assert (refund.before, refund.after, refund.resolved) == ("INTENT", "SENT", False)
+    entry, journaled = journal.entry(pay_key), journal.refund(refund_key)
+    journal.close()
+    # Still unresolved: the next recover() asks again, instead of "never sent, not charged".
+    assert entry is not None and entry.status == "SENT"
+    assert journaled is not None and journaled.status == "SENT"
+
+
+def logins(proxy: Proxy) -> int:
+    return sum(1 for line in proxy.log if "POST /v1/login" in line)
+
+
+def test_concurrent_calls_whose_session_ended_log_in_once(
+    gateway: Gateway, tmp_path: Path, proxy: Proxy
+) -> None:
+    creds = gateway.new_terminal()
+    config = make_config(gateway, creds, tmp_path / "journal.db", url=proxy.url, key="RELOG-1")
+    codes = gateway.codes("success", count=6)
+    with Terminal(config) as terminal:
+        terminal.login()
+        gateway.kessai("admin", "terminal", "logout", creds.mid)  # the session ends
+        start = threading.Barrier(len(codes))
+
+        def sale(code: str) -> PaymentStatus | str:
+            start.wait()
+            try:
+                return terminal.pay(2601, code).status
+            except TerminalError as exc:
+                return type(exc).__name__
+
+        with ThreadPoolExecutor(len(codes)) as pool:
+            outcomes = list(pool.map(sale, codes))
+    assert outcomes == [PaymentStatus.COMPLETED] * len(codes)
+    assert logins(proxy) == 2  # the first LOGIN, and one when the session ended
+    gateway.expect_charges(2601, *[("SUCCEEDED", 0)] * len(codes))
+
+
+def test_a_session_another_process_opened_is_used_not_replaced(
+    gateway: Gateway, tmp_path: Path, proxy: Proxy
+) -> None:
+    creds = gateway.new_terminal()
+    config = make_config(gateway, creds, tmp_path / "journal.db", url=proxy.url, key="RELOG-2")
+    with Terminal(config) as first, Terminal(config) as second:
+        first.login()
+        second.login()  # the register's other process: its LOGIN ends the first session
+        paid = first.pay(2602, gateway.code("success"))  # takes the journal's newer session
+        assert second.paycheck(paid.trans_id).is_paid  # which is still alive
+    assert logins(proxy) == 2
+    gateway.expect(paid.trans_id, "SUCCEEDED")

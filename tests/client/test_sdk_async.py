@@ -13,12 +13,15 @@ from kessai.client import (
     PaymentNotFound,
     PaymentStatus,
     PendingReason,
+    RecoveryReport,
     TerminalConfig,
     TerminalInUse,
     UnprocessableCode,
 )
 
 from .conftest import Gateway, make_config
+from .proxy import Proxy
+from .test_sdk import RacingJournal, logins, start_racing
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +146,68 @@ def test_relogin_and_one_device_per_mid(gateway: Gateway, tmp_path: Path) -> Non
             assert (await mine.pay(100, code)).status is PaymentStatus.COMPLETED
 
     asyncio.run(scenario())
+
+
+def test_recovery_keeps_a_request_another_process_sent_meanwhile(
+    gateway: Gateway, config: TerminalConfig
+) -> None:
+    code = gateway.code("success")
+
+    async def scenario() -> tuple[RecoveryReport, str | None, str | None]:
+        async with AsyncTerminal(config) as terminal:
+            paid = await terminal.pay(2502, code)
+        pay_key, refund_key, meanwhile = start_racing(config.journal, config.mid, paid.trans_id)
+        journal = RacingJournal(config.journal, meanwhile)
+        async with AsyncTerminal(config, journal=journal, recover_on_start=False) as terminal:
+            report = await terminal.recover()
+        entry, journaled = journal.entry(pay_key), journal.refund(refund_key)
+        journal.close()
+        return report, entry and entry.status, journaled and journaled.status
+
+    report, entry_status, refund_status = asyncio.run(scenario())
+    [payment] = report.payments
+    [refund] = report.refunds
+    assert (payment.before, payment.after, payment.resolved) == ("INTENT", "SENT", False)
+    assert (refund.before, refund.after, refund.resolved) == ("INTENT", "SENT", False)
+    assert (entry_status, refund_status) == ("SENT", "SENT")
+
+
+def test_concurrent_calls_whose_session_ended_log_in_once(
+    gateway: Gateway, tmp_path: Path, proxy: Proxy
+) -> None:
+    creds = gateway.new_terminal()
+    config = make_config(gateway, creds, tmp_path / "journal.db", url=proxy.url, key="RELOG-3")
+    codes = gateway.codes("success", count=6)
+
+    async def scenario() -> list[object]:
+        async with AsyncTerminal(config) as terminal:
+            await terminal.login()
+            gateway.kessai("admin", "terminal", "logout", creds.mid)  # the session ends
+            found = await asyncio.gather(
+                *(terminal.pay(2604, code) for code in codes), return_exceptions=True
+            )
+            return [getattr(item, "status", type(item).__name__) for item in found]
+
+    assert asyncio.run(scenario()) == [PaymentStatus.COMPLETED] * len(codes)
+    assert logins(proxy) == 2  # the first LOGIN, and one when the session ended
+    gateway.expect_charges(2604, *[("SUCCEEDED", 0)] * len(codes))
+
+
+def test_a_session_another_process_opened_is_used_not_replaced(
+    gateway: Gateway, tmp_path: Path, proxy: Proxy
+) -> None:
+    creds = gateway.new_terminal()
+    config = make_config(gateway, creds, tmp_path / "journal.db", url=proxy.url, key="RELOG-4")
+    code = gateway.code("success")
+
+    async def scenario() -> str:
+        async with AsyncTerminal(config) as first, AsyncTerminal(config) as second:
+            await first.login()
+            await second.login()  # the register's other process: it ends the first session
+            paid = await first.pay(2605, code)  # takes the journal's newer session
+            assert (await second.paycheck(paid.trans_id)).is_paid  # which is still alive
+            return paid.trans_id
+
+    trans_id = asyncio.run(scenario())
+    assert logins(proxy) == 2
+    gateway.expect(trans_id, "SUCCEEDED")

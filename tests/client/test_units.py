@@ -83,6 +83,8 @@ def test_settings_come_from_arguments_then_environment_then_file(tmp_path: Path)
     assert config.base_url == "http://env:2"
     assert config.os == "654321" and config.pass_code == "1234" and config.mid == MID
     assert config.poll.interval_s == 3.0
+    # Secrets stay out of logs and tracebacks that show the configuration.
+    assert "A" * 12 not in repr(config) and "pass_code" not in repr(config)
     with pytest.raises(ConfigurationError, match="mid must be 16 digits"):
         TerminalConfig.load(path, env={}, mid="123")
     empty = tmp_path / "empty.toml"
@@ -184,8 +186,13 @@ def test_journal_states_and_permissions(tmp_path: Path) -> None:
             code_masked="9000**38",
         )
         assert (entry.status, entry.attempts, entry.is_resolved) == ("INTENT", 0, False)
+        # Recovery that read INTENT cannot mark NOT_SENT once the entry was marked SENT.
         journal.mark_sent("K1")
+        assert not journal.mark_unsent("K1", "NOT_SENT", if_status="INTENT", if_attempts=0)
+        assert journal.entry("K1").status == "SENT"  # type: ignore[union-attr]
+        # Nor NOT_RECEIVED when it read SENT but the request was sent again meanwhile.
         journal.mark_sent("K1")
+        assert not journal.mark_unsent("K1", "NOT_RECEIVED", if_status="SENT", if_attempts=1)
         sent = journal.entry("K1")
         assert sent is not None and (sent.status, sent.attempts) == ("SENT", 2)
         with pytest.raises(IdempotencyConflict):

@@ -90,7 +90,18 @@ class Sleep:
     seconds: float
 
 
-Effect = Send | Sleep
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """Effect: a session is needed, because ``stale`` ended (None: there is none yet).
+
+    The driver runs ``Core.renew(stale)`` one at a time per terminal (under its login lock), so
+    concurrent calls whose session ended log in once, not over each other.
+    """
+
+    stale: str | None
+
+
+Effect = Send | Sleep | Renew
 Flow = Generator[Effect, Any, T]
 
 
@@ -147,8 +158,12 @@ def _check_trans_key(value: str, name: str = "transKey") -> None:
         raise _invalid(name, f"{name} must be 1 to 34 letters or digits")
 
 
-def _transport_error(exc: httpx.TransportError) -> TransportError:
-    """The most specific error of ours for an httpx transport failure."""
+def _transport_error(exc: httpx.TransportError | httpx.DecodingError) -> TransportError:
+    """The most specific error of ours for an httpx transport failure.
+
+    A body that cannot be decoded (``httpx.DecodingError``: a broken gzip stream) is an answer
+    lost on the way, as a broken connection is: the request may have been acted on.
+    """
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     # A connect failure or a pool timeout happens before any byte of the request is written.
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
@@ -265,7 +280,9 @@ class Core:
         """
         state = attempts if attempts is not None else _Attempts()
         started = self._monotonic()
-        relogged = False
+        # Two at most: the first may take a session another call or process opened meanwhile;
+        # if that one has ended too, the second logs in.
+        renewals = 0
         while True:
             headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
             token: str | None = None
@@ -278,7 +295,7 @@ class Core:
             error: TerminalError
             try:
                 response = yield Send(method, self.base_url + path, headers, body, params)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
                 error = _transport_error(exc)
                 error.__cause__ = exc
                 state.maybe_sent = state.maybe_sent or not isinstance(error, ConnectError)
@@ -293,10 +310,10 @@ class Core:
                     error = _gateway_error(response)
                     # A 4xx answer changed nothing (docs/errors.md); a 5xx may have.
                     state.maybe_sent = state.maybe_sent or response.status_code >= 500
-                    if isinstance(error, SessionExpired) and auth and relogin and not relogged:
-                        relogged = True
+                    if isinstance(error, SessionExpired) and auth and relogin and renewals < 2:
+                        renewals += 1
                         log.info("the session ended (%s); logging in again", error.code)
-                        yield from self._relogin(token)
+                        yield Renew(token)
                         continue
             delay = self._retry_delay(error, state.tries, started)
             if delay is None:
@@ -310,7 +327,7 @@ class Core:
 
     def _session_token(self) -> Flow[str]:
         if self.token is None:
-            yield from self.login()
+            yield Renew(None)
         if self.token is None:
             raise AuthenticationError(
                 "no session after LOGIN", code="SESSION_REQUIRED", status_code=401
@@ -332,12 +349,23 @@ class Core:
         self.journal.save_session(self.base_url, config.mid, self.device_key, session)
         return session
 
-    def _relogin(self, stale: str | None) -> Flow[None]:
-        # Another call may have logged in again meanwhile: use its session, do not replace it.
+    def renew(self, stale: str | None) -> Flow[None]:
+        """Have a session other than ``stale`` (the token that ended; None: there was none).
+
+        Run by the drivers one at a time per terminal. A call that waited while another logged
+        in again uses that session; a session in the journal newer than ``stale`` (another
+        process of this register logged in) is used before logging in again. LOGIN replaces
+        the device's session, so logging in over each other would end each other's.
+        """
         if self.token is not None and self.token != stale:
             return
-        self.token = None
-        self.journal.clear_session(stale)
+        saved = self.journal.load_session(self.base_url, self.config.mid, self.device_key)
+        if saved is not None and saved.token != stale:
+            log.info("using the session another process of this register opened")
+            self.token = saved.token
+            return
+        if stale is not None:
+            self.journal.clear_session(stale)
         yield from self.login()
 
     def logout(self) -> Flow[None]:
@@ -413,8 +441,16 @@ class Core:
                 attempts=attempts,
                 before_send=lambda: self.journal.mark_sent(key),
             )
-        except JournalError:
-            raise
+        except JournalError as exc:
+            if not attempts.maybe_sent:
+                raise  # no request left: nothing happened
+            # An earlier attempt may have reached the gateway; its entry stays SENT.
+            raise OutcomeUnknown(
+                f"the journal failed ({exc}) after a request for payment {key} may have reached "
+                "the gateway; the customer may have been charged — recover() or status() will "
+                "tell",
+                trans_key=key,
+            ) from exc
         except TerminalError as exc:
             self._settle_failure(exc, attempts, lambda *args: self.journal.mark_unsent(key, *args))
             raise OutcomeUnknown(
@@ -438,7 +474,7 @@ class Core:
     def _settle_failure(
         exc: TerminalError,
         attempts: _Attempts,
-        mark: Callable[[str, str | None, str | None], None],
+        mark: Callable[[str, str | None, str | None], object],
     ) -> None:
         """Journal a failed create or refund whose outcome is definite, and raise it again.
 
@@ -574,8 +610,15 @@ class Core:
                 attempts=attempts,
                 before_send=lambda: self.journal.mark_refund_sent(key),
             )
-        except JournalError:
-            raise
+        except JournalError as exc:
+            if not attempts.maybe_sent:
+                raise
+            raise OutcomeUnknown(
+                f"the journal failed ({exc}) after a request for refund {key} may have reached "
+                "the gateway; recover() will tell",
+                refund_key=key,
+                trans_id=trans_id,
+            ) from exc
         except TerminalError as exc:
             self._settle_failure(
                 exc, attempts, lambda *args: self.journal.mark_refund_unsent(key, *args)
@@ -661,23 +704,32 @@ class Core:
                 entry.trans_key, trans_id, entry.amount, entry.status, after, note
             )
 
+        def mark(status: str) -> str | None:
+            # Only while the entry is as read: another process may have sent it meanwhile.
+            if self.journal.mark_unsent(
+                entry.trans_key, status, if_status=entry.status, if_attempts=entry.attempts
+            ):
+                return None
+            now = self.journal.entry(entry.trans_key)
+            return now.status if now is not None else entry.status
+
         try:
             if entry.trans_id is not None:
                 payment = yield from self.paycheck(entry.trans_id)
             else:
                 payment = yield from self.status(entry.trans_key)
         except PaymentNotFound:
-            after, note = self._not_found(
-                entry.status, entry.sent_at, "payment", self.journal.mark_unsent, entry.trans_key
-            )
+            after, note = self._not_found(entry.status, entry.sent_at, "payment", mark)
             return item(after, note)
         except (AuthenticationError, PermissionDenied, ConfigurationError, JournalError):
             raise  # every entry would fail the same way: the terminal must be fixed first
         except TerminalError as exc:
             if entry.status == j.INTENT:
                 # An intent never marked "may be sent" never left: no need to ask anyone.
-                self.journal.mark_unsent(entry.trans_key, j.NOT_SENT)
-                return item(j.NOT_SENT, "the request never left this terminal; not charged")
+                held = mark(j.NOT_SENT)
+                if held is None:
+                    return item(j.NOT_SENT, "the request never left this terminal; not charged")
+                return item(*self._changed_meanwhile("payment", held))
             return item(entry.status, f"could not ask the gateway ({exc}); run recover again")
         return item(payment.status.value, _describe(payment), payment.trans_id)
 
@@ -687,25 +739,30 @@ class Core:
                 entry.refund_key, entry.trans_id, amount, entry.status, after, note
             )
 
-        mark = self.journal.mark_refund_unsent
+        def mark(status: str) -> str | None:
+            if self.journal.mark_refund_unsent(
+                entry.refund_key, status, if_status=entry.status, if_attempts=entry.attempts
+            ):
+                return None
+            now = self.journal.refund(entry.refund_key)
+            return now.status if now is not None else entry.status
+
         try:
             payment = yield from self.paycheck(entry.trans_id)
         except PaymentNotFound:
-            return item(
-                *self._not_found(entry.status, entry.sent_at, "refund", mark, entry.refund_key)
-            )
+            return item(*self._not_found(entry.status, entry.sent_at, "refund", mark))
         except (AuthenticationError, PermissionDenied, ConfigurationError, JournalError):
             raise
         except TerminalError as exc:
             if entry.status == j.INTENT:
-                mark(entry.refund_key, j.NOT_SENT)
-                return item(j.NOT_SENT, "the refund never left this terminal; nothing refunded")
+                held = mark(j.NOT_SENT)
+                if held is None:
+                    return item(j.NOT_SENT, "the refund never left this terminal; nothing refunded")
+                return item(*self._changed_meanwhile("refund", held))
             return item(entry.status, f"could not ask the gateway ({exc}); run recover again")
         refund = payment.refund_by_key(entry.refund_key)
         if refund is None:
-            return item(
-                *self._not_found(entry.status, entry.sent_at, "refund", mark, entry.refund_key)
-            )
+            return item(*self._not_found(entry.status, entry.sent_at, "refund", mark))
         words = {
             RefundStatus.SUCCEEDED: "refunded",
             RefundStatus.FAILED: f"the wallet refused the refund ({refund.failure_reason})",
@@ -713,21 +770,33 @@ class Core:
         }[refund.status]
         return item(refund.status.value, words, refund.amount)
 
+    @staticmethod
+    def _changed_meanwhile(what: str, status: str) -> tuple[str, str]:
+        """Another process changed the entry (sent it, say) while recovery asked about it."""
+        return status, f"the {what} changed while recovery looked ({status}); run recover again"
+
     def _not_found(
         self,
         status: str,
         sent_at: datetime | None,
         what: str,
-        mark: Callable[[str, str], None],
-        key: str,
+        mark: Callable[[str], str | None],
     ) -> tuple[str, str]:
-        """The gateway does not have it: final only once it can no longer arrive."""
+        """The gateway does not have it: final only once it can no longer arrive.
+
+        ``mark`` changes the entry only while it is as recovery read it (answers None), else
+        answers the status another process wrote meanwhile (SENT, say), which is kept.
+        """
         if status == j.INTENT:
-            mark(key, j.NOT_SENT)
+            held = mark(j.NOT_SENT)
+            if held is not None:
+                return self._changed_meanwhile(what, held)
             return j.NOT_SENT, f"the {what} never left this terminal; nothing moved"
         grace = self.config.not_found_grace_s
         if status == j.SENT and j.sent_long_ago(sent_at, grace):
-            mark(key, j.NOT_RECEIVED)
+            held = mark(j.NOT_RECEIVED)
+            if held is not None:
+                return self._changed_meanwhile(what, held)
             return j.NOT_RECEIVED, f"the gateway never received the {what}; nothing moved"
         when = (sent_at or datetime.now(UTC)) + timedelta(seconds=grace)
         return status, (

@@ -175,7 +175,7 @@ class TerminalConfig:
 
     base_url: str
     mid: str
-    password: str
+    password: str = field(repr=False)
     os: str
     key: str | None = None  # None: this machine's MAC address (see machine_key())
     pass_code: str | None = field(default=None, repr=False)

@@ -500,20 +500,56 @@ class Journal:
             )
 
     def mark_unsent(
-        self, trans_key: str, status: str, code: str | None = None, message: str | None = None
-    ) -> None:
-        """Resolve a payment that never reached the gateway (NOT_SENT, NOT_RECEIVED, REJECTED)."""
+        self,
+        trans_key: str,
+        status: str,
+        code: str | None = None,
+        message: str | None = None,
+        *,
+        if_status: str | None = None,
+        if_attempts: int | None = None,
+    ) -> bool:
+        """Resolve a payment that never reached the gateway (NOT_SENT, NOT_RECEIVED, REJECTED).
+
+        Only an entry still INTENT or SENT changes. With ``if_status`` (and ``if_attempts``) it
+        changes only while it is still as the caller read it: recovery in another process must
+        not undo a "may be sent" mark written meanwhile. Tells whether the entry changed.
+        """
+        return self._mark_unsent(
+            "payments", "trans_key", trans_key, status, code, message, if_status, if_attempts
+        )
+
+    def _mark_unsent(
+        self,
+        table: str,
+        key_column: str,
+        key: str,
+        status: str,
+        code: str | None,
+        message: str | None,
+        if_status: str | None,
+        if_attempts: int | None,
+    ) -> bool:
         if status not in LOCAL_FINAL_STATUSES:
             raise ValueError(f"not a local final status: {status}")
+        if if_status is not None and if_status not in (INTENT, SENT):
+            return False
         now = _iso(_now())
+        # Only an entry whose outcome is unknown may end this way; a payment the gateway
+        # reported keeps the gateway's word.
+        clauses = ["status IN (?, ?)"] if if_status is None else ["status = ?"]
+        parameters: list[Any] = [INTENT, SENT] if if_status is None else [if_status]
+        if if_attempts is not None:
+            clauses.append("attempts = ?")
+            parameters.append(if_attempts)
         with self._write() as db:
-            # Only an entry whose outcome is unknown may end this way; a payment the gateway
-            # reported keeps the gateway's word.
-            db.execute(
-                "UPDATE payments SET status = ?, error_code = ?, error_message = ?, "
-                "updated_at = ?, resolved_at = ? WHERE trans_key = ? AND status IN (?, ?)",
-                (status, code, message, now, now, trans_key, INTENT, SENT),
+            cursor = db.execute(
+                f"UPDATE {table} SET status = ?, error_code = ?, error_message = ?, "  # noqa: S608
+                f"updated_at = ?, resolved_at = ? WHERE {key_column} = ? AND "
+                + " AND ".join(clauses),
+                (status, code, message, now, now, key, *parameters),
             )
+            return cursor.rowcount > 0
 
     def record_payment(self, payment: Payment) -> bool:
         """Write what the gateway said about a payment; tells whether the journal has it.
@@ -659,18 +695,22 @@ class Journal:
             )
 
     def mark_refund_unsent(
-        self, refund_key: str, status: str, code: str | None = None, message: str | None = None
-    ) -> None:
-        """Resolve a refund that never reached the gateway (NOT_SENT, NOT_RECEIVED, REJECTED)."""
-        if status not in LOCAL_FINAL_STATUSES:
-            raise ValueError(f"not a local final status: {status}")
-        now = _iso(_now())
-        with self._write() as db:
-            db.execute(
-                "UPDATE refunds SET status = ?, error_code = ?, error_message = ?, "
-                "updated_at = ?, resolved_at = ? WHERE refund_key = ? AND status IN (?, ?)",
-                (status, code, message, now, now, refund_key, INTENT, SENT),
-            )
+        self,
+        refund_key: str,
+        status: str,
+        code: str | None = None,
+        message: str | None = None,
+        *,
+        if_status: str | None = None,
+        if_attempts: int | None = None,
+    ) -> bool:
+        """Resolve a refund that never reached the gateway (NOT_SENT, NOT_RECEIVED, REJECTED).
+
+        ``if_status`` and ``if_attempts`` as for ``mark_unsent``; tells whether it changed.
+        """
+        return self._mark_unsent(
+            "refunds", "refund_key", refund_key, status, code, message, if_status, if_attempts
+        )
 
     def refund(self, refund_key: str) -> JournalRefund | None:
         """The refund journaled under ``refund_key``."""

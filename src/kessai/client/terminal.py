@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from kessai.client._core import Core, Flow, Send, Sleep
+from kessai.client._core import Core, Flow, Renew, Send, Sleep
 from kessai.client.config import TerminalConfig
 from kessai.client.exceptions import TerminalError
 from kessai.client.journal import Journal
@@ -128,7 +128,8 @@ class Terminal(_Base):
         )
         self._owns_client = client is None
         self._client = client or httpx.Client(transport=transport, timeout=_timeout(self.config))
-        self._login_lock = threading.Lock()
+        # Reentrant: a LOGIN driven under it never needs it again, but must not deadlock if so.
+        self._login_lock = threading.RLock()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -151,10 +152,18 @@ class Terminal(_Base):
                             json=effect.json,
                             params=dict(effect.params) if effect.params else None,
                         )
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, httpx.DecodingError) as exc:
+                        # A body that cannot be decoded is an answer lost on the way.
                         error = exc
                 elif isinstance(effect, Sleep):
                     time.sleep(effect.seconds)
+                elif isinstance(effect, Renew):
+                    try:
+                        # One LOGIN at a time: each would end the session the previous one opened.
+                        with self._login_lock:
+                            self._drive(self._core.renew(effect.stale))
+                    except Exception as exc:  # thrown into the flow, which decides what it means
+                        error = exc
         finally:
             flow.close()
 
@@ -162,8 +171,7 @@ class Terminal(_Base):
         if self._core.token is None:
             # One LOGIN at a time: concurrent first calls would replace each other's session.
             with self._login_lock:
-                if self._core.token is None:
-                    self._drive(self._core.login())
+                self._drive(self._core.renew(None))
         if not self._core.recovered:
             try:
                 self._drive(self._core.recover(0.0))
@@ -348,18 +356,24 @@ class AsyncTerminal(_Base):
                             json=effect.json,
                             params=dict(effect.params) if effect.params else None,
                         )
-                    except httpx.TransportError as exc:
+                    except (httpx.TransportError, httpx.DecodingError) as exc:
+                        # A body that cannot be decoded is an answer lost on the way.
                         error = exc
                 elif isinstance(effect, Sleep):
                     await asyncio.sleep(effect.seconds)
+                elif isinstance(effect, Renew):
+                    try:
+                        async with self._login_lock:
+                            await self._drive(self._core.renew(effect.stale))
+                    except Exception as exc:  # thrown into the flow, which decides what it means
+                        error = exc
         finally:
             flow.close()
 
     async def _run(self, make: Callable[[], Flow[T]]) -> T:
         if self._core.token is None:
             async with self._login_lock:
-                if self._core.token is None:
-                    await self._drive(self._core.login())
+                await self._drive(self._core.renew(None))
         if not self._core.recovered:
             try:
                 await self._drive(self._core.recover(0.0))

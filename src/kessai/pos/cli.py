@@ -9,8 +9,8 @@ Exit codes (also in docs/pos.md), so that scripts can act on the outcome without
 2     usage error (a missing or malformed argument)
 3     declined: the payment is definitely not paid (FAILED, EXPIRED, CANCELED), or the wallet
       refused the refund
-4     pending or unknown: not final yet, or the answer was lost — never a decline; find out
-      with `kessai-pos status` or `kessai-pos recover`
+4     pending or unknown: not final yet, the answer was lost, or waiting for an accepted
+      payment failed — never a decline; find out with `kessai-pos status` or `kessai-pos recover`
 130   interrupted (Ctrl-C); a payment already sent goes on — check it with `status`
 ====  =========================================================================================
 """
@@ -111,40 +111,73 @@ def _exit(code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _fail(as_json: bool, code: str, message: str, status: int, **extra: Any) -> NoReturn:
+def _fail(
+    as_json: bool,
+    code: str,
+    message: str,
+    status: int,
+    found: dict[str, Any] | None = None,
+    **extra: Any,
+) -> NoReturn:
     if as_json:
-        _emit_json({"error": {"code": code, "message": message, **extra}})
+        _emit_json({"error": {"code": code, "message": message, **extra}, **(found or {})})
     else:
         _stderr().print(f"[red]error[/red] {code}: {message}", highlight=False)
     _exit(status)
 
 
 @contextmanager
-def _guard(as_json: bool) -> Iterator[None]:
-    """Turn the SDK's errors into a message and an exit code."""
+def _guard(
+    as_json: bool, found: dict[str, Any] | None = None, retry_option: str | None = None
+) -> Iterator[None]:
+    """Turn the SDK's errors into a message and an exit code.
+
+    ``found`` is what the command learned before it failed (start-up recovery's report), added
+    to its JSON output. ``retry_option`` is the command's option that repeats the same request
+    (``--trans-key``, ``--refund-key``): an unknown outcome is retryable only with that key.
+    """
+    extra = found if found is not None else {}
     try:
         yield
     except OutcomeUnknown as exc:
+        if exc.refund_key is not None:
+            key = exc.refund_key if retry_option == "--refund-key" else None
+        else:
+            key = exc.trans_key if retry_option == "--trans-key" else None
         if as_json:
-            _emit_json(
-                {
-                    "error": {
-                        "code": "OUTCOME_UNKNOWN",
-                        "message": exc.message,
-                        "transKey": exc.trans_key,
-                        "refundKey": exc.refund_key,
-                        "transId": exc.trans_id,
-                        "retryable": True,
-                    }
-                }
-            )
+            error: dict[str, Any] = {
+                "code": "OUTCOME_UNKNOWN",
+                "message": exc.message,
+                "transKey": exc.trans_key,
+                "refundKey": exc.refund_key,
+                "transId": exc.trans_id,
+                "retryable": key is not None,
+            }
+            if key is not None:
+                error["retryWith"] = [retry_option, key]
+            _emit_json({"error": error, **extra})
         else:
             console = _stderr()
             console.print("[bold yellow]UNKNOWN[/bold yellow] " + exc.message, highlight=False)
-            console.print(
-                "Do NOT treat this as declined, and do not ask the customer to pay again. "
-                "Run `kessai-pos recover` to learn the outcome."
-            )
+            if exc.refund_key is not None:
+                console.print(
+                    f"Do NOT treat this refund as failed, and do not refund again with a new "
+                    f"key. Run the same command again with `--refund-key {exc.refund_key}` "
+                    "(the same key refunds at most once), or run `kessai-pos recover`.",
+                    highlight=False,
+                )
+            else:
+                retry = (
+                    f" Running the same command again with `--trans-key {key}` is safe (the "
+                    "same key charges at most once)."
+                    if key is not None
+                    else ""
+                )
+                console.print(
+                    "Do NOT treat this as declined, and do not ask the customer to pay again. "
+                    f"Run `kessai-pos recover` to learn the outcome.{retry}",
+                    highlight=False,
+                )
         _exit(EXIT_PENDING)
     except GatewayError as exc:
         _fail(
@@ -152,12 +185,13 @@ def _guard(as_json: bool) -> Iterator[None]:
             exc.code,
             exc.message,
             EXIT_ERROR,
+            extra,
             field=exc.field,
             retryable=exc.retryable,
             requestId=exc.request_id,
         )
     except TerminalError as exc:
-        _fail(as_json, type(exc).__name__, exc.message, EXIT_ERROR, retryable=exc.retryable)
+        _fail(as_json, type(exc).__name__, exc.message, EXIT_ERROR, extra, retryable=exc.retryable)
 
 
 def _terminal(ctx: typer.Context) -> Terminal:
@@ -174,11 +208,35 @@ def _payment_exit(payment: Payment) -> int:
     return EXIT_PENDING
 
 
-def _show(payment: Payment, as_json: bool) -> None:
+def _show(payment: Payment, as_json: bool, found: dict[str, Any] | None = None) -> None:
     if as_json:
-        _emit_json(payment.to_dict())
+        _emit_json({**payment.to_dict(), **(found or {})})
     else:
         render.print_payment(_stdout(), payment)
+
+
+def _wait_failed(
+    payment: Payment, error: TerminalError, as_json: bool, found: dict[str, Any]
+) -> NoReturn:
+    """The gateway accepted the payment, but waiting for its outcome failed: it is unknown."""
+    if as_json:
+        failure = {"code": getattr(error, "code", type(error).__name__), "message": error.message}
+        _emit_json({**payment.to_dict(), "waitError": failure, **found})
+    else:
+        render.print_payment(_stdout(), payment)
+        console = _stderr()
+        console.print(
+            f"[bold yellow]UNKNOWN[/bold yellow] could not learn how payment {payment.trans_id} "
+            f"ended ({error.message}). The gateway accepted it: it may still be paid.",
+            highlight=False,
+        )
+        console.print(
+            "Do NOT treat this as declined, and do not ask the customer to pay again. Check "
+            f"with `kessai-pos status {payment.trans_id}` (transKey {payment.trans_key}) or "
+            "`kessai-pos recover`.",
+            highlight=False,
+        )
+    _exit(EXIT_PENDING)
 
 
 def _wait(
@@ -209,8 +267,11 @@ def _wait(
         _exit(EXIT_INTERRUPTED)
 
 
-def _start_up(terminal: Terminal, as_json: bool) -> None:
-    """Recover what an earlier run left unfinished, before a new sale; say what was found."""
+def _start_up(terminal: Terminal, as_json: bool, found: dict[str, Any]) -> None:
+    """Recover what an earlier run left unfinished, before a new sale; say what was found.
+
+    With --json, the report goes into the command's output as ``recovered`` (``found``).
+    """
     if not terminal.journal.entries(unresolved=True, mid=terminal.config.mid, limit=1) and not (
         terminal.journal.refunds(unresolved=True, mid=terminal.config.mid, limit=1)
     ):
@@ -219,7 +280,9 @@ def _start_up(terminal: Terminal, as_json: bool) -> None:
         report = terminal.recover()
     except TerminalError as exc:
         _stderr().print(f"[yellow]start-up recovery failed[/yellow]: {exc}", highlight=False)
+        found["recoveryError"] = exc.message
         return
+    found["recovered"] = report.to_dict()
     if not as_json:
         render.print_recovery(_stderr(), report)
 
@@ -402,12 +465,19 @@ def pay(
 ) -> None:
     """Charge the code the customer shows (REQUEST); waits while the customer confirms."""
     scanned = code if code is not None else _read_scanned_code(as_json)
-    with _guard(as_json), _terminal(ctx) as terminal:
-        _start_up(terminal, as_json)
+    found: dict[str, Any] = {}
+    wait_error: TerminalError | None = None
+    with _guard(as_json, found, "--trans-key"), _terminal(ctx) as terminal:
+        _start_up(terminal, as_json, found)
         payment = terminal.pay(amount, scanned, service_id=service, trans_key=trans_key)
         if not payment.is_final and wait:
-            payment = _wait(terminal, payment, timeout, None)
-    _show(payment, as_json)
+            try:
+                payment = _wait(terminal, payment, timeout, None)
+            except TerminalError as exc:
+                wait_error = exc  # the gateway has the payment: its outcome is unknown
+    if wait_error is not None:
+        _wait_failed(payment, wait_error, as_json, found)
+    _show(payment, as_json, found)
     if not payment.is_final and not as_json:
         _stderr().print(f"Not final yet: check with `kessai-pos status {payment.trans_id}`.")
     _exit(_payment_exit(payment))
@@ -430,11 +500,13 @@ def qr(
 
     With --json it prints JSON lines: the new payment (with qrData) at once, the final one last.
     """
-    with _guard(as_json), _terminal(ctx) as terminal:
-        _start_up(terminal, as_json)
+    found: dict[str, Any] = {}
+    wait_error: TerminalError | None = None
+    with _guard(as_json, found), _terminal(ctx) as terminal:
+        _start_up(terminal, as_json, found)
         payment = terminal.qr_code(amount, service, ttl_seconds=ttl)
         if as_json:
-            _emit_json(payment.to_dict())
+            _emit_json({**payment.to_dict(), **found})
         else:
             console = _stdout()
             if payment.qr_data:
@@ -450,7 +522,12 @@ def qr(
             if payment.qr_expires_at is not None:
                 left = (payment.qr_expires_at - datetime.now(UTC)).total_seconds()
                 timeout = max(0.0, left) + QR_EXPIRY_MARGIN_S
-            payment = _wait(terminal, payment, timeout, payment.qr_expires_at)
+            try:
+                payment = _wait(terminal, payment, timeout, payment.qr_expires_at)
+            except TerminalError as exc:
+                wait_error = exc  # the gateway has the payment: its outcome is unknown
+    if wait_error is not None:
+        _wait_failed(payment, wait_error, as_json, {})
     if as_json:
         if wait:
             _emit_json(payment.to_dict())
@@ -472,20 +549,93 @@ def refund(
     passcode: Annotated[
         str | None, typer.Option(help="The refund passCode (asked when not configured).")
     ] = None,
+    refund_key: Annotated[
+        str | None,
+        typer.Option(help="Reuse this refundKey (to repeat a refund whose outcome was unknown)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Refund a payment, fully or partly (CANCEL), with the terminal's passCode."""
-    with _guard(as_json), _terminal(ctx) as terminal:
-        code = passcode or terminal.config.pass_code
-        if code is None:
-            code = typer.prompt("Refund passCode", hide_input=True, err=True)
-        refund_key = new_trans_key()  # known here, to report this refund's own status
-        payment = terminal.refund(trans_id, amount, pass_code=code, refund_key=refund_key)
-    _show(payment, as_json)
-    mine = payment.refund_by_key(refund_key)
+    """Refund a payment, fully or partly (CANCEL), with the terminal's passCode.
+
+    Refunds of this payment whose outcome was never learned are resolved first: while one of
+    them went through (or may have), no new refund is sent.
+    """
+    found: dict[str, Any] = {}
+    with _guard(as_json, found, "--refund-key"), _terminal(ctx) as terminal:
+        earlier = _earlier_refund(terminal, trans_id, refund_key, as_json, found)
+        if earlier is not None:
+            key, payment = earlier
+        else:
+            code = passcode or terminal.config.pass_code
+            if code is None:
+                code = typer.prompt("Refund passCode", hide_input=True, err=True)
+            key = refund_key or new_trans_key()  # known here, to report this refund's status
+            payment = terminal.refund(trans_id, amount, pass_code=code, refund_key=key)
+    found["refundKey"] = key
+    _show(payment, as_json, found)
+    mine = payment.refund_by_key(key)
     if mine is None or mine.status is RefundStatus.PENDING:
+        if not as_json:
+            _stderr().print(
+                f"Refund {key} is not final yet: check with `kessai-pos recover`; run the same "
+                f"command again with `--refund-key {key}`, never with a new key.",
+                highlight=False,
+            )
         _exit(EXIT_PENDING)
     _exit(EXIT_OK if mine.status is RefundStatus.SUCCEEDED else EXIT_DECLINED)
+
+
+# A refund recovery found in one of these moved no money: another may be sent.
+_NOTHING_REFUNDED: Final = frozenset({"FAILED", "NOT_SENT", "NOT_RECEIVED", "REJECTED"})
+
+
+def _earlier_refund(
+    terminal: Terminal,
+    trans_id: str,
+    refund_key: str | None,
+    as_json: bool,
+    found: dict[str, Any],
+) -> tuple[str, Payment] | None:
+    """Resolve this payment's refunds whose outcome is unknown, before sending another.
+
+    Answers the earlier refund (its key, and the payment) when one of them went through, is
+    pending or is still unknown: then no new refund is sent, so running a refund again after
+    an unknown outcome never refunds twice. None when every one of them moved no money.
+    """
+    mid = terminal.config.mid
+    unresolved = {
+        r.refund_key
+        for r in terminal.journal.refunds(trans_id=trans_id, unresolved=True, mid=mid)
+        if r.refund_key != refund_key  # the same key again is the same refund: safe to send
+    }
+    if not unresolved:
+        return None
+    report = terminal.recover()
+    found["recovered"] = report.to_dict()
+    if not as_json:
+        render.print_recovery(_stderr(), report)
+    moved = [
+        r
+        for r in report.refunds
+        if r.refund_key in unresolved and (not r.resolved or r.after not in _NOTHING_REFUNDED)
+    ]
+    if not moved:
+        return None
+    first = next((r for r in moved if not r.resolved), moved[0])
+    if not as_json:
+        what = "went through" if first.resolved else "is still not known"
+        _stderr().print(
+            f"An earlier refund of this payment, {first.refund_key} "
+            f"({render.yen(first.amount)}), {what}: no new refund was sent. "
+            + (
+                "Run the command again to refund more."
+                if first.resolved
+                else f"Retry it with `--refund-key {first.refund_key}`, or run `kessai-pos "
+                "recover` later."
+            ),
+            highlight=False,
+        )
+    return first.refund_key, terminal.paycheck(trans_id)
 
 
 @app.command()
