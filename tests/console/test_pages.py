@@ -26,6 +26,12 @@ pytestmark = pytest.mark.e2e
 JST = timezone(timedelta(hours=9))
 
 
+def _follow(page: Page, selector: str) -> None:
+    """Click what loads another page, and wait for it: rows read sooner are the old page's."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def _rows(page: Page) -> list[str]:
     return [
         str(row.get_attribute("data-trans-id")) for row in page.locator("#payments tbody tr").all()
@@ -43,27 +49,27 @@ def test_filters_narrow_the_list_and_pages_go_back_in_time(
     more = [reg.pay(1000 + i) for i in range(7)]
     login(page, shop.owner, OWNER_PASSWORD)
     page.select_option("#filter-terminal", reg.terminal.mid)
-    page.click("#apply-filters")
+    _follow(page, "#apply-filters")
     # Ten payments on this terminal, eight to a page, newest first.
     expect(page.locator("#result-count")).to_have_text("10件")
     assert _rows(page) == [p["transId"] for p in reversed(more)] + [declined["transId"]]
-    page.click("a[rel=next]")
+    _follow(page, "a[rel=next]")
     assert _rows(page) == [wechat["transId"], small["transId"]]
     expect(page.locator(".pager")).to_contain_text("10件中 9〜10件")
-    page.click("a[rel=prev]")
+    _follow(page, "a[rel=prev]")
     expect(page.locator("#payments tbody tr")).to_have_count(8)
 
     page.select_option("#filter-status", "FAILED")
-    page.click("#apply-filters")
+    _follow(page, "#apply-filters")
     assert _rows(page) == [declined["transId"]]
     page.select_option("#filter-status", "")
     page.select_option("#filter-service", "21")
-    page.click("#apply-filters")
+    _follow(page, "#apply-filters")
     assert _rows(page) == [wechat["transId"]]
     page.select_option("#filter-service", "")
     page.fill("#amount-min", "2000")
     page.fill("#amount-max", "3000")
-    page.click("#apply-filters")
+    _follow(page, "#apply-filters")
     assert _rows(page) == [wechat["transId"]]
 
     today = datetime.now(JST).date()
@@ -71,10 +77,10 @@ def test_filters_narrow_the_list_and_pages_go_back_in_time(
     page.fill("#amount-max", "")
     page.fill("#date-from", (today - timedelta(days=3)).isoformat())
     page.fill("#date-to", (today - timedelta(days=1)).isoformat())
-    page.click("#apply-filters")
+    _follow(page, "#apply-filters")
     expect(page.locator("#no-payments")).to_be_visible()
     page.fill("#date-to", today.isoformat())
-    page.click("#apply-filters")
+    _follow(page, "#apply-filters")
     expect(page.locator("#result-count")).to_have_text("10件")
     # A transId, or the start of a transKey, is found too.
     page.goto(f"/console/payments?q={small['transId']}")

@@ -194,19 +194,6 @@ class Gateway:
         bound = self.settings.provider_timeout_seconds
         return min(bound, schedule.read_timeout_seconds) if schedule is not None else bound
 
-    def _recheck_interval(self, provider: str) -> timedelta:
-        """How often PAYCHECK may ask ``provider``: our interval, or its own advice if longer.
-
-        However many terminals poll, a provider is asked no more often than it asks to be
-        (PayPay and Alipay+ about every 3 s, WeChat Pay 10 s), which keeps it from throttling us.
-        """
-        seconds = self.settings.provider_recheck_interval_ms / 1000
-        connector = self.connectors.get(routing.account_of(provider)[0])
-        schedule: Schedule | None = getattr(connector, "schedule", None)
-        if schedule is not None:
-            seconds = max(seconds, schedule.poll_interval_seconds)
-        return timedelta(seconds=seconds)
-
     def _give_up_seconds(self, connector: Connector) -> float:
         """When an unknown outcome is cancelled: the sooner of the provider's rule and ours."""
         schedule: Schedule | None = getattr(connector, "schedule", None)
@@ -667,7 +654,7 @@ class Gateway:
         if payment.status is not S.PENDING:
             return payment
         now = self.clock()
-        interval = self._recheck_interval(stored.provider)
+        interval = timedelta(milliseconds=self.settings.provider_recheck_interval_ms)
         pk = stored.pk
 
         def claim(conn: Connection) -> str | None:
