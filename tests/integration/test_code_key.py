@@ -1,8 +1,12 @@
-"""The key for customer codes is sealed with the master key wherever one is configured."""
+"""The key for customer codes is sealed with the master key, and every instance still opens it.
+
+Sealing is done when a database is created with a master key configured, and on request
+(`kessai admin key seal-codes`), with every configured key: an instance holding any one of them
+opens it, so a rotation never shuts out an instance that has only the old key.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +27,30 @@ KEY_B = "b2" * 32
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
+def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.delenv("KESSAI_SECRET_KEY", raising=False)
+    monkeypatch.delenv("KESSAI_SECRET_KEY_FILE", raising=False)
     return f"sqlite:///{tmp_path / 'k.db'}"
 
 
-def _stored(db: Database) -> str:
-    query = sa.select(t.meta.c.value).where(t.meta.c.key == repo.CODE_KEY_NAME)
-    return str(db.run_sync(lambda conn: conn.execute(query).scalar_one(), write=False))
+def _migrate(url: str) -> None:
+    """What every command does first: bring the schema up to date."""
+    db = Database(url)
+    upgrade(db)
+    db.close()
+
+
+def _meta(url: str) -> dict[str, str]:
+    db = Database(url)
+    try:
+        rows = db.run_sync(lambda conn: conn.execute(sa.select(t.meta)).all(), write=False)
+    finally:
+        db.close()
+    return {str(r.key): str(r.value) for r in rows}
 
 
 def _key(url: str) -> str:
-    # A fresh Database each time: the key is cached per engine.
+    # A fresh Database each time: the key is cached per engine, as in a process.
     db = Database(url)
     try:
         return db.run_sync(repo.code_key, write=False)
@@ -41,107 +58,103 @@ def _key(url: str) -> str:
         db.close()
 
 
-def _migrate(url: str) -> None:
-    """What every command does first: bring the schema up to date (and seal the key)."""
-    db = Database(url)
-    upgrade(db)
-    db.close()
+def _kessai(*args: str) -> tuple[int, str]:
+    done = CliRunner().invoke(app, list(args))
+    return done.exit_code, done.output
 
 
-@pytest.fixture
-def clear_key(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.delenv("KESSAI_SECRET_KEY", raising=False)
-    monkeypatch.delenv("KESSAI_SECRET_KEY_FILE", raising=False)
-    db = Database(url)
-    upgrade(db)
-    clear = _stored(db)
-    db.close()
-    yield clear
+def _clear_database(url: str) -> str:
+    _migrate(url)
+    clear = _key(url)
+    assert len(clear) == 64 and clear in _meta(url).values()
+    return clear
 
 
-def test_a_master_key_seals_the_code_key_and_the_key_stays_the_same(
-    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sealing_hides_the_key_and_keeps_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Hashes stored before the sealing must still match: the key is hidden, not changed.
-    assert len(clear_key) == 64
-    assert _key(url) == clear_key
+    clear = _clear_database(url)
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
+    # Another command with the key does not seal on its own: instances without the key yet
+    # must go on working until the operator seals.
     _migrate(url)
-    db = Database(url)
-    sealed = _stored(db)
-    db.close()
-    assert sealed.startswith(repo.SEALED)
-    assert clear_key not in sealed
-    assert _key(url) == clear_key
-    # Sealed once: a later start changes nothing.
-    _migrate(url)
-    db = Database(url)
-    assert _stored(db) == sealed
-    db.close()
+    assert _meta(url)[repo.CODE_KEY_NAME] == clear
+    assert _kessai("admin", "key", "seal-codes", "--database", url)[0] == 0
+    meta = _meta(url)
+    assert meta[repo.CODE_KEY_NAME] == repo.SEALED
+    assert not any(clear in value for value in meta.values())
+    assert _key(url) == clear
 
 
-def test_a_sealed_key_without_the_master_key_is_a_clear_error(
-    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch
+def test_a_database_created_with_a_master_key_is_sealed_from_the_start(
+    url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
     _migrate(url)
-    monkeypatch.delenv("KESSAI_SECRET_KEY")
-    with pytest.raises(InternalError, match="sealed with the master key: set KESSAI_SECRET_KEY"):
-        _key(url)
+    assert _meta(url)[repo.CODE_KEY_NAME] == repo.SEALED
+    assert len(_key(url)) == 64
 
 
-def test_a_new_master_key_put_first_seals_the_key_again(
-    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch
+def test_a_rotation_never_shuts_out_an_instance_with_either_key(
+    url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Rotation: with the new key first and the old one after it, the next start seals the key
-    # with the new one, after which the old one can be dropped.
+    clear = _clear_database(url)
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
-    _migrate(url)
+    _kessai("admin", "key", "seal-codes", "--database", url)
+    # The new key is added (second, then first) and the key sealed again with both: an
+    # instance still running with the old key alone opens it, as does one with the new.
     monkeypatch.setenv("KESSAI_SECRET_KEY", f"{KEY_B},{KEY_A}")
-    _migrate(url)
+    code, output = _kessai("admin", "key", "seal-codes", "--database", url, "--json")
+    assert code == 0, output
+    for only in (KEY_A, KEY_B):
+        monkeypatch.setenv("KESSAI_SECRET_KEY", only)
+        assert _key(url) == clear
+    # The old key dropped everywhere, sealed with the new one alone: the old no longer opens.
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_B)
-    assert _key(url) == clear_key
+    assert _kessai("admin", "key", "seal-codes", "--database", url)[0] == 0
+    assert _key(url) == clear
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
-    with pytest.raises(InternalError, match="not among the configured keys"):
+    with pytest.raises(InternalError, match="none of which is configured"):
         _key(url)
 
 
-def test_a_command_with_a_master_key_that_cannot_unseal_stops_with_one_line(
-    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_sealed_key_without_the_master_key_stops_a_command_with_one_line(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Hashing codes under another key would answer wrong things quietly: refuse to start.
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
     _migrate(url)
-    monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_B)
-    with pytest.raises(typer.Exit) as stopped, opened(url):
-        pass
-    assert stopped.value.exit_code == 1
-    error = capsys.readouterr().err
-    assert "sealed with master key" in error
-    assert "Traceback" not in error
+    for configured in (KEY_B, None):
+        if configured is None:
+            monkeypatch.delenv("KESSAI_SECRET_KEY")
+        else:
+            monkeypatch.setenv("KESSAI_SECRET_KEY", configured)
+        with pytest.raises(typer.Exit) as stopped, opened(url):
+            pass
+        assert stopped.value.exit_code == 1
+        error = capsys.readouterr().err
+        assert "key for customer codes is sealed" in error
+        assert "Traceback" not in error
 
 
 def test_a_lost_master_key_is_survived_by_a_new_code_key(
-    url: str, clear_key: str, monkeypatch: pytest.MonkeyPatch
+    url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without a way out, a lost master key would stop every payment for good.
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_A)
     _migrate(url)
+    old = _key(url)
     monkeypatch.setenv("KESSAI_SECRET_KEY", KEY_B)
-    runner = CliRunner()
-    refused = runner.invoke(app, ["admin", "key", "reset-code-key", "--database", url])
-    assert refused.exit_code == 2
-    done = runner.invoke(app, ["admin", "key", "reset-code-key", "--yes", "--database", url])
-    assert done.exit_code == 0, done.output
+    assert _kessai("admin", "key", "reset-code-key", "--database", url)[0] == 2
+    code, output = _kessai("admin", "key", "reset-code-key", "--yes", "--database", url)
+    assert code == 0, output
     fresh = _key(url)
-    assert fresh != clear_key and len(fresh) == 64
+    assert fresh != old and len(fresh) == 64
+    assert not any(fresh in value for value in _meta(url).values())
     db = Database(url)
-    stored = _stored(db)
     actions = db.run_sync(
         lambda conn: list(conn.execute(sa.select(t.audit_events.c.action)).scalars()), write=False
     )
     db.close()
-    assert stored.startswith(repo.SEALED) and fresh not in stored
     assert "codes.key_reset" in actions
     with opened(url):  # and every command starts again
         pass

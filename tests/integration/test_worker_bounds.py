@@ -12,10 +12,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from conftest import Harness, run
 
-from kessai.connectors.base import ProviderResult, RefundResult
+from kessai.connectors.base import ProviderOutcome, ProviderResult, RefundResult
 from kessai.domain.model import PaymentStatus, RefundStatus
+from kessai.service import worker as worker_module
 from kessai.service.worker import MAX_PARALLEL_PROVIDER_CALLS, Worker, WorkerReport
 
 JOB_SECONDS = 0.3
@@ -137,3 +139,51 @@ def test_payments_the_pass_did_not_get_to_are_given_back_at_once(
     second = _pass(h)
     assert (second.checked, second.finished) == (3, 3)
     assert {h.payment_row(p.trans_id)["status"] for p in pending} == {"COMPLETED"}
+
+
+RESEND_CALL = 0.95  # each of the two calls within the provider timeout (1 s)
+
+
+class NeverArrived:
+    """A refund the wallet never received; asked about, then sent again, each call slowly."""
+
+    name = "sandbox"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.phase = "lost"
+
+    async def refund(self, ref: str, refund_ref: str, amount: int) -> RefundResult:
+        if self.phase == "lost":
+            raise ConnectionResetError("the request never reached the wallet")
+        await asyncio.sleep(RESEND_CALL)
+        return await self.inner.refund(ref, refund_ref, amount)
+
+    async def refund_sync(self, ref: str, refund_ref: str, amount: int) -> RefundResult:
+        await asyncio.sleep(RESEND_CALL)
+        return RefundResult(ProviderOutcome.NOT_FOUND)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_refund_the_worker_sends_again_is_recorded(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two calls of nearly the provider timeout each: the job's bound must allow for both.
+    monkeypatch.setattr(worker_module, "RECORD_MARGIN_SECONDS", 0.5)  # 5 s in production
+    h = make_harness(worker_job_seconds=0.3, provider_timeout_seconds=1.0)
+    till = h.till()
+    paid = till.request(1000)
+    wrapper = NeverArrived(h.gateway.connectors["sandbox"])
+    h.gateway.connectors["sandbox"] = wrapper  # type: ignore[assignment]
+    assert [r.status for r in till.refund(paid.trans_id, 100).payment.refunds] == [
+        RefundStatus.PENDING
+    ]
+    wrapper.phase = "slow"
+    h.clock.advance(h.settings.provider_not_found_grace_seconds + 5)
+
+    report = _pass(h)
+    refunds = h.stored(till.shop.merchant_id, paid.trans_id).refunds
+    assert report.errors == [], report.errors
+    assert [r.status for r in refunds] == [RefundStatus.SUCCEEDED]

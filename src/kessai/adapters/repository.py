@@ -38,86 +38,107 @@ CODE_KEY_NAME: Final = "code_hmac_key"
 _CODE_KEY = Hot(sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME))
 
 
-# A sealed code key is stored as "sealed:<master key id>:<Fernet token>".
-SEALED: Final = "sealed:"
+# A sealed code key: the key's own row holds SEALED, and one row per master key it is sealed
+# with, named CODE_KEY_NAME + "." + that key's fingerprint, holds its Fernet token.
+SEALED: Final = "sealed"
+_SEALED_ROWS = sa.select(t.meta.c.key, t.meta.c.value).where(
+    t.meta.c.key.like(CODE_KEY_NAME + ".%")
+)
 
 
 def code_key(conn: Connection) -> str:
     """The database's secret for keyed hashes of customer codes (created by the first migration).
 
-    Cached per database: it never changes once created, so every instance may keep it. Where a
-    master key is configured the database holds it sealed with that key (``seal_code_key``).
+    Cached per database: it never changes once created, so every instance may keep it (after
+    ``reset_code_key``, gateway processes must be restarted). Where it is sealed with the
+    master key (``seal_code_key``), the configured master keys open it.
     """
     # Keyed by the engine object: turning its URL into text on every call cost more than this.
     engine = conn.engine
     key = _code_keys.get(engine)
     if key is None:
-        row = _CODE_KEY.run(conn).first()
-        value = None if row is None else row.value
-        if value is None:
-            raise InternalError("the database is not migrated: run `kessai migrate`")
         try:
-            key = _code_keys[engine] = _unsealed(str(value), SecretBox.from_env())
+            key = _code_keys[engine] = _unsealed(conn, SecretBox.from_env())
         except SecretKeyInvalid as exc:
             raise InternalError(str(exc)) from exc
     return key
 
 
-def _unsealed(value: str, box: SecretBox | None) -> str:
-    """The code key of a ``kessai_meta`` value; SecretKeyInvalid when it cannot be unsealed."""
-    if not value.startswith(SEALED):
-        return value
-    _, stored_id, token = value.split(":", 2)
+def _unsealed(conn: Connection, box: SecretBox | None) -> str:
+    """The code key in the clear; SecretKeyInvalid when it is sealed and no key opens it."""
+    row = _CODE_KEY.run(conn).first()
+    value = None if row is None else row.value
+    if value is None:
+        raise InternalError("the database is not migrated: run `kessai migrate`")
+    if value != SEALED:
+        return str(value)
+    tokens = {
+        str(r.key).removeprefix(CODE_KEY_NAME + "."): str(r.value)
+        for r in conn.execute(_SEALED_ROWS)
+    }
     if box is None:
         raise SecretKeyInvalid(
             "this database's key for customer codes is sealed with the master key: "
             f"{HOW_TO_SET_A_KEY}"
         )
-    try:
-        return box.decrypt(token, stored_id)
-    except SecretKeyInvalid as exc:
+    key = box.decrypt_any(tokens)
+    if key is None:
         raise SecretKeyInvalid(
-            f"this database's key for customer codes was sealed with master key {stored_id}, "
-            f"which is not among the configured keys ({box.key_id} first)"
-        ) from exc
+            "this database's key for customer codes is sealed with master key(s) "
+            f"{', '.join(sorted(tokens))}, none of which is configured "
+            f"({', '.join(box.key_ids)})"
+        )
+    return key
 
 
-def seal_code_key(conn: Connection) -> bool:
-    """Keep the customer-code key sealed with the current master key, if one is configured.
+def check_code_key(conn: Connection) -> None:
+    """Raise SecretKeyInvalid when the code key is sealed and no configured master key opens it.
 
-    Run with every migration. In the clear, a copy of the database alone would be enough to
-    test candidate codes against the keyed hashes stored with payments and sandbox codes (a few
-    wallets leave only millions of candidates once the masked digits are known). A key sealed
-    with an older master key (still configured, after the current one) is sealed again with the
-    current one, so that the older one can then be dropped. Answers whether anything changed;
-    raises SecretKeyInvalid when the key is sealed and no configured master key opens it, so
-    that a command stops at its start rather than fail at every payment.
+    Every command checks this at its start, so that a gateway missing the key stops with one
+    line rather than failing every payment.
+    """
+    _unsealed(conn, SecretBox.from_env())
+
+
+def seal_code_key(conn: Connection) -> list[str]:
+    """Seal the code key with every configured master key; answers their fingerprints.
+
+    In the clear, a copy of the database alone would be enough to test candidate codes against
+    the keyed hashes stored with payments and sandbox codes (a few wallets leave only millions
+    of candidates once the masked digits are known). Sealed with each configured key, so that
+    instances holding any one of them (during a rotation, some hold only the old one) all open
+    it. Run by `kessai admin key seal-codes`, and when a database is created with a master key
+    configured; never as a side effect of other commands, which could shut out instances
+    configured otherwise.
     """
     box = SecretBox.from_env()
-    stored = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == CODE_KEY_NAME)).scalar()
-    if stored is None:
-        return False
-    value = str(stored)
     if box is None:
-        _unsealed(value, box)  # raises if sealed: nothing could hash a code
-        return False
-    if value.startswith(f"{SEALED}{box.key_id}:"):
-        return False
-    _store_code_key(conn, _unsealed(value, box), box)
-    return True
+        raise SecretKeyInvalid(f"sealing needs a master key: {HOW_TO_SET_A_KEY}")
+    _store_code_key(conn, _unsealed(conn, box), box)
+    return box.key_ids
 
 
 def _store_code_key(conn: Connection, key: str, box: SecretBox | None) -> None:
-    value = key if box is None else f"{SEALED}{box.key_id}:{box.encrypt(key)}"
-    conn.execute(t.meta.update().where(t.meta.c.key == CODE_KEY_NAME).values(value=value))
+    meta = t.meta
+    conn.execute(meta.delete().where(meta.c.key.like(CODE_KEY_NAME + ".%")))
+    if box is None:
+        conn.execute(meta.update().where(meta.c.key == CODE_KEY_NAME).values(value=key))
+        return
+    conn.execute(meta.update().where(meta.c.key == CODE_KEY_NAME).values(value=SEALED))
+    rows = [
+        {"key": f"{CODE_KEY_NAME}.{ident}", "value": token}
+        for ident, token in box.encrypt_each(key).items()
+    ]
+    conn.execute(meta.insert(), rows)
 
 
 def reset_code_key(conn: Connection, now: datetime) -> None:
     """Replace the key for customer codes with a new one (sealed if a master key is configured).
 
-    The way out when the master key that sealed it is lost. What was hashed under the old key no
-    longer matches: a retry of an earlier REQUEST or GET-QR-CODE answers IDEMPOTENCY_CONFLICT
+    The way out when the master keys that sealed it are lost. What was hashed under the old key
+    no longer matches: a retry of an earlier REQUEST or GET-QR-CODE answers IDEMPOTENCY_CONFLICT
     instead of replaying (never a second charge), and sandbox codes issued before are unknown.
+    Gateway processes already running keep the old key until they are restarted.
     """
     _store_code_key(conn, secrets.token_hex(32), SecretBox.from_env())
     _code_keys.pop(conn.engine, None)

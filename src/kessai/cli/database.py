@@ -10,6 +10,7 @@ import sqlalchemy as sa
 import typer
 from sqlalchemy.engine import Connection
 
+from kessai import keys
 from kessai.adapters.db import Database, normalise_url
 from kessai.adapters.migrate import upgrade
 from kessai.cli import output
@@ -40,7 +41,7 @@ def _cannot_open(url: str, exc: BaseException) -> NoReturn:
 
 
 @contextmanager
-def opened(url: str, *, seal: bool = True) -> Iterator[Database]:
+def opened(url: str, *, check_key: bool = True) -> Iterator[Database]:
     """The database for one command, migrated to the newest schema.
 
     One that cannot be opened or migrated (an unsupported URL, a folder that does not exist, a
@@ -54,11 +55,12 @@ def opened(url: str, *, seal: bool = True) -> Iterator[Database]:
         _cannot_open(url, exc)
     with closing(db):
         try:
-            upgrade(db, seal=seal)
+            upgrade(db, check_key=check_key)
         except (OSError, sa.exc.DBAPIError) as exc:
             _cannot_open(url, exc)
-        except SecretKeyInvalid as exc:
-            # Migrating seals the database's key for customer codes with the master key.
+        except (SecretKeyInvalid, keys.MissingKey) as exc:
+            # The database's key for customer codes is sealed with master keys none of which
+            # is configured, or the configured key is malformed.
             output.error(str(exc))
             raise typer.Exit(CANNOT_OPEN_EXIT) from exc
         yield db

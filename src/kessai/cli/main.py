@@ -21,6 +21,7 @@ from kessai.cli.demo import seed_and_describe
 from kessai.clock import system_clock
 from kessai.config import Settings, SettingsError, log_level_from_env
 from kessai.connectors.sandbox import OUTCOMES, wallets
+from kessai.connectors.secrets import SecretKeyInvalid
 from kessai.console.config import ConsoleConfig
 from kessai.domain.catalog import load_catalog
 from kessai.service import admin as admin_service
@@ -435,14 +436,38 @@ def key_reset_code_key(
         output.error("this cannot be undone: run again with --yes (see --help)")
         raise typer.Exit(2)
     now = system_clock()
-    with opened(database, seal=False) as db:
-        db.run_sync(lambda conn: repository.reset_code_key(conn, now))
+    with opened(database, check_key=False) as db:
+        try:
+            db.run_sync(lambda conn: repository.reset_code_key(conn, now))
+        except SecretKeyInvalid as exc:
+            output.error(str(exc))
+            raise typer.Exit(1) from exc
     sealed = bool(keys.configured())
     output.emit(
         {"codeKeyReset": True, "sealed": sealed},
         as_json,
-        "the key for customer codes was replaced"
+        "the key for customer codes was replaced (restart every gateway process)"
         + (", sealed with the master key" if sealed else ""),
+    )
+
+
+@key_app.command("seal-codes")
+def key_seal_codes(database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOpt = False) -> None:
+    """Seal the database's key for customer codes with every configured master key.
+
+    Run it once every instance has the master key; again after adding a new key (second in the
+    list), and after dropping an old one. A database created with a master key is sealed already.
+    """
+    with opened(database) as db:
+        try:
+            sealed_with = db.run_sync(repository.seal_code_key)
+        except SecretKeyInvalid as exc:
+            output.error(str(exc))
+            raise typer.Exit(1) from exc
+    output.emit(
+        {"sealedWith": sealed_with},
+        as_json,
+        "the key for customer codes is sealed with master key(s) " + ", ".join(sealed_with),
     )
 
 

@@ -82,7 +82,8 @@ class SecretBox:
             raise SecretKeyMissing
         masters = [decode_master_key(k) for k in keys]
         self._ids = [key_id(m) for m in masters]
-        self._fernet = MultiFernet([Fernet(_fernet_key(m)) for m in masters])
+        self._each = [Fernet(_fernet_key(m)) for m in masters]
+        self._fernet = MultiFernet(self._each)
 
     @property
     def key_id(self) -> str:
@@ -92,6 +93,34 @@ class SecretBox:
     def encrypt(self, plaintext: str) -> str:
         """A token for ``plaintext``, decryptable by any key of this box."""
         return self._fernet.encrypt(plaintext.encode()).decode()
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The fingerprints of every configured key, current first."""
+        return list(self._ids)
+
+    def encrypt_each(self, plaintext: str) -> dict[str, str]:
+        """A token for ``plaintext`` under each configured key, by key fingerprint.
+
+        For a secret that processes configured with different keys (during a rotation) must all
+        be able to open: each opens the token of a key it has.
+        """
+        return {
+            ident: fernet.encrypt(plaintext.encode()).decode()
+            for ident, fernet in zip(self._ids, self._each, strict=True)
+        }
+
+    def decrypt_any(self, tokens: Mapping[str, str]) -> str | None:
+        """The plaintext of the first of ``tokens`` (by key fingerprint) a configured key opens."""
+        for ident, fernet in zip(self._ids, self._each, strict=True):
+            token = tokens.get(ident)
+            if token is None:
+                continue
+            try:
+                return fernet.decrypt(token.encode()).decode()
+            except InvalidToken:
+                continue
+        return None
 
     def decrypt(self, token: str, stored_key_id: str | None = None) -> str:
         """The plaintext of ``token``; a wrong key is reported with both key fingerprints."""

@@ -155,13 +155,11 @@ class Worker:
         # started is let finish and be recorded: a bound shorter than the provider timeout used
         # to cut every slow call off before its answer was kept, pass after pass, so a payment
         # or refund whose provider answered slowly was never settled.
-        asking = (
-            self.settings.worker_job_seconds
-            + self.settings.provider_timeout_seconds
-            + RECORD_MARGIN_SECONDS
-        )
-        await self._bounded(self.reconcile(report), "reconcile", report, asking)
-        await self._bounded(self.refunds(report), "refunds", report, asking)
+        job = self.settings.worker_job_seconds + RECORD_MARGIN_SECONDS
+        call = self.settings.provider_timeout_seconds
+        await self._bounded(self.reconcile(report), "reconcile", report, job + call)
+        # A refund is asked about, then (never received by the provider) sent again: two calls.
+        await self._bounded(self.refunds(report), "refunds", report, job + 2 * call)
         await self._bounded(self.prune(report), "prune", report)
 
     def _until(self) -> float:
