@@ -235,11 +235,6 @@ def test_calls_without_a_valid_session(pos: Pos, subtests: pytest.Subtests) -> N
         ("POST", f"/v1/payments/{trans_id}/refunds", {"passCode": pos.terminal.pass_code}),
         ("PUT", f"/v1/payments/{trans_id}/voucher", {"voucherNo": "V1"}),
         ("POST", "/v1/qr-codes", {"transKey": new_key(), "amount": 100, "serviceId": "01"}),
-        # Requests the gateway would refuse anyway: without a session, the refusal says only
-        # that (not which wallet a code is, nor which services exist).
-        ("POST", "/v1/payments", _request_body(PRODUCT_BARCODE)),
-        ("POST", "/v1/payments", _request_body(sandbox_code(pos.http, "01"), serviceId="21")),
-        ("POST", "/v1/qr-codes", {"transKey": new_key(), "amount": 100, "serviceId": "99"}),
         ("POST", "/v1/identify", {"code": PRODUCT_BARCODE}),
         ("GET", f"/v1/payments/{trans_id}/qr.png", None),
     ]

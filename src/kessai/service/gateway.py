@@ -246,19 +246,6 @@ class Gateway:
             raise answer.error
         return answer
 
-    async def _checked(self, token: str, check: Callable[[], T]) -> T:
-        """``check()``'s answer; when it refuses the request, a bad session is refused first.
-
-        So a caller without a valid session learns nothing from the checks (which wallet a code
-        belongs to, which services are offered): it gets the 401 any other call gives it. A
-        request with a valid session pays nothing for this; a refused one, one session read.
-        """
-        try:
-            return check()
-        except KessaiError:
-            await self._auth_unit(token, lambda conn, ctx: None, write=False)
-            raise
-
     def _view(self, payment: Payment, replayed: bool = False) -> PaymentView:
         return PaymentView(payment, self.catalog.get(payment.service_id), replayed)
 
@@ -550,13 +537,9 @@ class Gateway:
         request_id: str,
     ) -> PaymentView:
         """REQUEST: charge the code the terminal scanned from the customer's phone."""
-
-        def check() -> Service:
-            fields.check("transKey", trans_key)
-            fields.check_amount(amount)
-            return self._service_for_code(code, service_id)[0]
-
-        service = await self._checked(token, check)
+        fields.check("transKey", trans_key)
+        fields.check_amount(amount)
+        service, _ = self._service_for_code(code, service_id)
         now = self.clock()
         digest = token_hash(token)
         fingerprint = f"CUSTOMER_CODE|{amount}|{service.service_id}|{code}"
@@ -814,29 +797,24 @@ class Gateway:
         request_id: str,
     ) -> PaymentView:
         """GET-QR-CODE: a dynamic QR code for one payment that the customer scans."""
+        fields.check("transKey", trans_key)
+        fields.check_amount(amount)
+        fields.check("serviceId", service_id)
+        service = self.catalog.require(service_id)
+        self._require_active(service)
+        if not service.supports_merchant_qr:
+            raise UnprocessableCode(
+                f"{service.name} does not offer merchant-presented QR codes here",
+                code="SERVICE_NOT_SUPPORTED",
+                field="serviceId",
+            )
         s = self.settings
-
-        def check() -> tuple[Service, int]:
-            fields.check("transKey", trans_key)
-            fields.check_amount(amount)
-            fields.check("serviceId", service_id)
-            service = self.catalog.require(service_id)
-            self._require_active(service)
-            if not service.supports_merchant_qr:
-                raise UnprocessableCode(
-                    f"{service.name} does not offer merchant-presented QR codes here",
-                    code="SERVICE_NOT_SUPPORTED",
-                    field="serviceId",
-                )
-            ttl = s.qr_ttl_default_seconds if ttl_seconds is None else ttl_seconds
-            if isinstance(ttl, bool) or not s.qr_ttl_min_seconds <= ttl <= s.qr_ttl_max_seconds:
-                raise InvalidRequest(
-                    f"ttlSeconds must be {s.qr_ttl_min_seconds} to {s.qr_ttl_max_seconds}",
-                    field="ttlSeconds",
-                )
-            return service, ttl
-
-        service, ttl = await self._checked(token, check)
+        ttl = s.qr_ttl_default_seconds if ttl_seconds is None else ttl_seconds
+        if isinstance(ttl, bool) or not s.qr_ttl_min_seconds <= ttl <= s.qr_ttl_max_seconds:
+            raise InvalidRequest(
+                f"ttlSeconds must be {s.qr_ttl_min_seconds} to {s.qr_ttl_max_seconds}",
+                field="ttlSeconds",
+            )
         now = self.clock()
         digest = token_hash(token)
         fingerprint = f"MERCHANT_QR|{amount}|{service.service_id}"
