@@ -346,6 +346,23 @@ def test_a_refund_run_again_after_an_unknown_outcome_refunds_once(
     gateway.expect(trans_id, "SUCCEEDED", 1000)
 
 
+def test_a_refund_of_another_amount_after_one_went_through_sends_nothing_and_says_so(
+    tmp_path: Path, gateway: Gateway, shared: Credentials, proxy: Proxy
+) -> None:
+    pos = Pos(tmp_path, gateway, shared, url=proxy.url)
+    _, paid = pos.json("pay", "3308", "--code", gateway.code("success"))
+    trans_id = paid["transId"]
+    proxy.add("POST", f"/v1/payments/{trans_id}/refunds", "cut_after", times=4)
+    status, _ = pos.json("refund", trans_id, "--amount", "1000")
+    assert status == EXIT_PENDING
+    # Another amount now: the earlier refund went through, this one is not sent, and the exit
+    # status does not claim it was.
+    status, other = pos.json("refund", trans_id, "--amount", "500")
+    assert status == EXIT_ERROR, other
+    assert other["refundSent"] is False and other["refundedAmount"] == 1000
+    gateway.expect(trans_id, "SUCCEEDED", 1000)
+
+
 def test_an_unknown_refund_says_to_retry_with_its_key(
     tmp_path: Path, gateway: Gateway, shared: Credentials, proxy: Proxy
 ) -> None:

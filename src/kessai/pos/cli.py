@@ -563,6 +563,7 @@ def refund(
     found: dict[str, Any] = {}
     with _guard(as_json, found, "--refund-key"), _terminal(ctx) as terminal:
         earlier = _earlier_refund(terminal, trans_id, refund_key, as_json, found)
+        found["refundSent"] = earlier is None
         if earlier is not None:
             key, payment = earlier
         else:
@@ -574,6 +575,16 @@ def refund(
     found["refundKey"] = key
     _show(payment, as_json, found)
     mine = payment.refund_by_key(key)
+    if earlier is not None and mine is not None and amount is not None and mine.amount != amount:
+        # What went through was another amount than this command asks for, and this command
+        # sent nothing: a script must not read that as its own refund done.
+        if not as_json:
+            _stderr().print(
+                f"Nothing was refunded by this command: the earlier refund was "
+                f"{render.yen(mine.amount)}, not {render.yen(amount)}.",
+                highlight=False,
+            )
+        _exit(EXIT_ERROR)
     if mine is None or mine.status is RefundStatus.PENDING:
         if not as_json:
             _stderr().print(
