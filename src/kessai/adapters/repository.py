@@ -95,9 +95,9 @@ def check_code_key(conn: Connection) -> None:
     """Raise SecretKeyInvalid when the code key is sealed and no configured master key opens it.
 
     Every command checks this at its start, so that a gateway missing the key stops with one
-    line rather than failing every payment.
+    line rather than failing every payment. The key opened is kept, as ``code_key`` keeps it.
     """
-    _unsealed(conn, SecretBox.from_env())
+    _code_keys[conn.engine] = _unsealed(conn, SecretBox.from_env())
 
 
 def seal_code_key(conn: Connection) -> list[str]:

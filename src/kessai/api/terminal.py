@@ -101,12 +101,11 @@ class _RepeatedKey(Exception):
 
 def _refuse_repeats(pairs: list[tuple[str, Any]]) -> None:
     """``object_pairs_hook``: every object's pairs, in order, with their keys unescaped."""
-    if len({key for key, _ in pairs}) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
 
 
 _PAIRS: Final = json.JSONDecoder(object_pairs_hook=_refuse_repeats)

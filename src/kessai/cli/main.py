@@ -7,10 +7,12 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy.engine import Connection
 
 from kessai import keys
 from kessai.adapters import repository
@@ -56,6 +58,7 @@ admin_app.add_typer(key_app, name="key")
 admin_app.add_typer(provider_admin.provider_app, name="provider")
 admin_app.add_typer(console_admin.user_app, name="user")
 
+T = TypeVar("T")
 DatabaseOpt = Annotated[
     str,
     typer.Option(
@@ -238,8 +241,7 @@ def terminal_create(
 ) -> None:
     """Create a terminal; prints its mid, password and passCode (shown only now)."""
     now = system_clock()
-    if passcode == "-":
-        passcode = sys.stdin.readline().strip()
+    passcode = _or_stdin(passcode)
     issued = run_unit(
         database,
         lambda c: admin_service.create_terminal(c, merchant, now, passcode=passcode, name=name),
@@ -279,6 +281,14 @@ def terminal_list(
 
 
 MidArg = Annotated[str, typer.Argument(help="The terminal's 16-digit mid.")]
+
+
+def _or_stdin(value: str | None) -> str | None:
+    """An option's value, or for "-" the first line of standard input.
+
+    So a secret can be kept out of the process list and the shell's history.
+    """
+    return sys.stdin.readline().strip() if value == "-" else value
 
 
 @terminal_app.command("disable")
@@ -328,7 +338,7 @@ def terminal_set_passcode(
 ) -> None:
     """Give a terminal a new passCode (shown once); wrong-passCode counts and locks start over."""
     now = system_clock()
-    given = sys.stdin.readline().strip() if passcode == "-" else passcode
+    given = _or_stdin(passcode)
     code = run_unit(database, lambda c: admin_service.set_passcode(c, mid, now, given), as_json)
     output.emit(
         {"mid": mid, "passCode": code},
@@ -419,6 +429,16 @@ def key_generate(as_json: JsonOpt = False) -> None:
     output.emit({"key": key}, as_json, key)
 
 
+def _key_unit(url: str, fn: Callable[[Connection], T], *, check_key: bool = True) -> T:
+    """Run ``fn`` on the database; a master key it cannot use ends the command with one line."""
+    with opened(url, check_key=check_key) as db:
+        try:
+            return db.run_sync(fn)
+        except SecretKeyInvalid as exc:
+            output.error(str(exc))
+            raise typer.Exit(1) from exc
+
+
 @key_app.command("reset-code-key")
 def key_reset_code_key(
     yes: Annotated[
@@ -436,12 +456,7 @@ def key_reset_code_key(
         output.error("this cannot be undone: run again with --yes (see --help)")
         raise typer.Exit(2)
     now = system_clock()
-    with opened(database, check_key=False) as db:
-        try:
-            db.run_sync(lambda conn: repository.reset_code_key(conn, now))
-        except SecretKeyInvalid as exc:
-            output.error(str(exc))
-            raise typer.Exit(1) from exc
+    _key_unit(database, lambda conn: repository.reset_code_key(conn, now), check_key=False)
     sealed = bool(keys.configured())
     output.emit(
         {"codeKeyReset": True, "sealed": sealed},
@@ -458,12 +473,7 @@ def key_seal_codes(database: DatabaseOpt = DEFAULT_DATABASE_URL, as_json: JsonOp
     Run it once every instance has the master key; again after adding a new key (second in the
     list), and after dropping an old one. A database created with a master key is sealed already.
     """
-    with opened(database) as db:
-        try:
-            sealed_with = db.run_sync(repository.seal_code_key)
-        except SecretKeyInvalid as exc:
-            output.error(str(exc))
-            raise typer.Exit(1) from exc
+    sealed_with = _key_unit(database, repository.seal_code_key)
     output.emit(
         {"sealedWith": sealed_with},
         as_json,

@@ -162,9 +162,11 @@ class Worker:
         await self._bounded(self.refunds(report), "refunds", report, job + 2 * call)
         await self._bounded(self.prune(report), "prune", report)
 
-    def _until(self) -> float:
-        """The event-loop time after which a job starts no more provider calls."""
-        return asyncio.get_running_loop().time() + self.settings.worker_job_seconds
+    def _time_up(self) -> Callable[[], bool]:
+        """Whether the job that calls this now must start no more provider calls, when asked."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.worker_job_seconds
+        return lambda: loop.time() >= until
 
     async def _webhook_jobs(self, report: WorkerReport) -> None:
         await self._bounded(self.deliver(report), "webhooks", report)
@@ -188,15 +190,14 @@ class Worker:
             rows = conn.execute(sa.select(r.c.payment_id, r.c.refund_id).where(r.c.id.in_(ids)))
             return [(row.payment_id, row.refund_id) for row in rows]
 
-        until = self._until()
-        loop = asyncio.get_running_loop()
+        time_up = self._time_up()
         limit = asyncio.Semaphore(MAX_PARALLEL_PROVIDER_CALLS)
 
         async def one(payment_pk: int, refund_id: str) -> None:
             # Side by side, as payments are: one refund whose provider answers slowly must not
             # hold back the others of the batch.
             async with limit:
-                if loop.time() >= until:
+                if time_up():
                     report.deferred += 1  # due again after the recheck interval
                     return
                 try:
@@ -322,14 +323,13 @@ class Worker:
 
         claimed = await gateway.db.run(claim)
         report.checked += len(claimed)
-        until = self._until()
-        loop = asyncio.get_running_loop()
+        time_up = self._time_up()
         limit = asyncio.Semaphore(MAX_PARALLEL_PROVIDER_CALLS)
 
         async def one(stored: repo.StoredPayment, merchant_name: str, held: datetime) -> None:
             async with limit:
                 try:
-                    if loop.time() >= until:
+                    if time_up():
                         # Given back rather than left leased: its lease, sized for the whole
                         # batch, would otherwise keep it from the next passes for minutes.
                         await gateway.db.run(release(stored.pk, held))
