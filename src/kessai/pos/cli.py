@@ -240,9 +240,18 @@ def _wait_failed(
 
 
 def _wait(
-    terminal: Terminal, payment: Payment, timeout_s: float | None, deadline: datetime | None
+    terminal: Terminal,
+    payment: Payment,
+    timeout_s: float | None,
+    deadline: datetime | None,
+    as_json: bool,
+    found: dict[str, Any],
 ) -> Payment:
-    """Wait for a PENDING payment while showing why, live on a terminal, as lines otherwise."""
+    """Wait for a PENDING payment while showing why, live on a terminal, as lines otherwise.
+
+    The gateway has the payment: if waiting fails, its outcome is unknown (``_wait_failed``),
+    never an error that would read as "nothing happened".
+    """
     console = _stderr()
     waiting = render.Waiting(render.waiting_reason(payment), payment.trans_id, deadline)
     if not console.is_terminal:
@@ -260,6 +269,8 @@ def _wait(
             with console.status(waiting):
                 return terminal.wait(payment.trans_id, timeout_s, on_update=on_update)
         return terminal.wait(payment.trans_id, timeout_s, on_update=on_update)
+    except TerminalError as exc:
+        _wait_failed(payment, exc, as_json, found)
     except KeyboardInterrupt:
         console.print(
             f"Stopped waiting. The payment goes on: `kessai-pos status {payment.trans_id}`."
@@ -466,17 +477,11 @@ def pay(
     """Charge the code the customer shows (REQUEST); waits while the customer confirms."""
     scanned = code if code is not None else _read_scanned_code(as_json)
     found: dict[str, Any] = {}
-    wait_error: TerminalError | None = None
     with _guard(as_json, found, "--trans-key"), _terminal(ctx) as terminal:
         _start_up(terminal, as_json, found)
         payment = terminal.pay(amount, scanned, service_id=service, trans_key=trans_key)
         if not payment.is_final and wait:
-            try:
-                payment = _wait(terminal, payment, timeout, None)
-            except TerminalError as exc:
-                wait_error = exc  # the gateway has the payment: its outcome is unknown
-    if wait_error is not None:
-        _wait_failed(payment, wait_error, as_json, found)
+            payment = _wait(terminal, payment, timeout, None, as_json, found)
     _show(payment, as_json, found)
     if not payment.is_final and not as_json:
         _stderr().print(f"Not final yet: check with `kessai-pos status {payment.trans_id}`.")
@@ -501,7 +506,6 @@ def qr(
     With --json it prints JSON lines: the new payment (with qrData) at once, the final one last.
     """
     found: dict[str, Any] = {}
-    wait_error: TerminalError | None = None
     with _guard(as_json, found), _terminal(ctx) as terminal:
         _start_up(terminal, as_json, found)
         payment = terminal.qr_code(amount, service, ttl_seconds=ttl)
@@ -522,12 +526,8 @@ def qr(
             if payment.qr_expires_at is not None:
                 left = (payment.qr_expires_at - datetime.now(UTC)).total_seconds()
                 timeout = max(0.0, left) + QR_EXPIRY_MARGIN_S
-            try:
-                payment = _wait(terminal, payment, timeout, payment.qr_expires_at)
-            except TerminalError as exc:
-                wait_error = exc  # the gateway has the payment: its outcome is unknown
-    if wait_error is not None:
-        _wait_failed(payment, wait_error, as_json, {})
+            # What start-up recovery found went out with the first line already.
+            payment = _wait(terminal, payment, timeout, payment.qr_expires_at, as_json, {})
     if as_json:
         if wait:
             _emit_json(payment.to_dict())
