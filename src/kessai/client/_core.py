@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import httpx
 
@@ -704,14 +704,7 @@ class Core:
                 entry.trans_key, trans_id, entry.amount, entry.status, after, note
             )
 
-        def mark(status: str) -> str | None:
-            # Only while the entry is as read: another process may have sent it meanwhile.
-            if self.journal.mark_unsent(
-                entry.trans_key, status, if_status=entry.status, if_attempts=entry.attempts
-            ):
-                return None
-            now = self.journal.entry(entry.trans_key)
-            return now.status if now is not None else entry.status
+        mark = _unsent_marker(self.journal.mark_unsent, self.journal.entry, entry.trans_key, entry)
 
         try:
             if entry.trans_id is not None:
@@ -739,13 +732,9 @@ class Core:
                 entry.refund_key, entry.trans_id, amount, entry.status, after, note
             )
 
-        def mark(status: str) -> str | None:
-            if self.journal.mark_refund_unsent(
-                entry.refund_key, status, if_status=entry.status, if_attempts=entry.attempts
-            ):
-                return None
-            now = self.journal.refund(entry.refund_key)
-            return now.status if now is not None else entry.status
+        mark = _unsent_marker(
+            self.journal.mark_refund_unsent, self.journal.refund, entry.refund_key, entry
+        )
 
         try:
             payment = yield from self.paycheck(entry.trans_id)
@@ -816,3 +805,34 @@ def _describe(payment: Payment) -> str:
     if payment.pending_reason is PendingReason.WAITING_FOR_CUSTOMER:
         return "still waiting for the customer"
     return "the wallet has not answered yet; run recover again later"
+
+
+class _Read(Protocol):
+    """A journal entry (payment or refund) as recovery read it."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+
+def _unsent_marker(
+    mark_unsent: Callable[..., bool],
+    reread: Callable[[str], _Read | None],
+    key: str,
+    entry: _Read,
+) -> Callable[[str], str | None]:
+    """Recovery's ``mark``: resolve the entry ``key`` as never received, if still as read.
+
+    The marker answers None when it changed the entry; otherwise the status another process
+    wrote meanwhile (SENT, say), which is kept.
+    """
+
+    def mark(status: str) -> str | None:
+        if mark_unsent(key, status, if_status=entry.status, if_attempts=entry.attempts):
+            return None
+        now = reread(key)
+        return now.status if now is not None else entry.status
+
+    return mark
