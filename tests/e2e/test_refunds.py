@@ -13,6 +13,7 @@ from .support import (
     KESSAI,
     Cli,
     CliBatch,
+    CliError,
     Pos,
     assert_error,
     base_env,
@@ -183,6 +184,10 @@ def test_a_new_passcode_replaces_the_old_one_and_lifts_its_lock(pos: Pos, cli: C
         pos.refund(trans_id, passCode=wrong)
     assert_error(pos.refund(trans_id), 429, "PASSCODE_LOCKED", "passCode")
     mine = "4321" if old != "4321" else "8765"
+    # A passCode that is not four digits is refused, and changes nothing.
+    with pytest.raises(CliError, match="exited 2"):
+        cli.json("admin", "terminal", "set-passcode", pos.terminal.mid, "--passcode", "12a4")
+    assert_error(pos.refund(trans_id), 429, "PASSCODE_LOCKED", "passCode")
     command = [KESSAI, "admin", "terminal", "set-passcode", pos.terminal.mid, "--passcode", "-"]
     done = subprocess.run(
         [*command, "--database", cli.database_url, "--json"],

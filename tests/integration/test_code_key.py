@@ -158,3 +158,18 @@ def test_a_lost_master_key_is_survived_by_a_new_code_key(
     assert "codes.key_reset" in actions
     with opened(url):  # and every command starts again
         pass
+
+
+def test_the_key_commands_refuse_a_missing_or_malformed_master_key_with_one_line(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _clear_database(url)
+    code, output = _kessai("admin", "key", "seal-codes", "--database", url)
+    assert (code, "sealing needs a master key" in output) == (1, True), output
+    monkeypatch.setenv("KESSAI_SECRET_KEY", "not-a-key")
+    for command in (("seal-codes",), ("reset-code-key", "--yes")):
+        code, output = _kessai("admin", "key", *command, "--database", url)
+        assert code == 1, output
+        assert "KESSAI_SECRET_KEY" in output and "Traceback" not in output
+    # Nothing was sealed or replaced by the refused commands.
+    assert _meta(url)[repo.CODE_KEY_NAME] != repo.SEALED
